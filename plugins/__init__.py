@@ -1,0 +1,1 @@
+"""Built-in plugins: the paper's recipe, loaded through the ``reasondistill`` entry points."""

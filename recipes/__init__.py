@@ -1,0 +1,1 @@
+"""Built-in recipes (YAML) and Python recipe builders."""

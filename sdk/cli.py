@@ -1,0 +1,123 @@
+"""The ``reasondistill`` command line: run, validate, plugins, recipes, show.
+
+Bad input (an invalid recipe, unknown stage, bad data) prints one line naming the field or file
+and exits with code 2, like argparse's own usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import ReasonDistillError
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a YAML recipe file, or the name of a built-in recipe (see `reasondistill recipes`)")
+    p.add_argument("--profile", help="apply a profile defined in the recipe (e.g. tiny)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reasondistill", description="Distil a reasoning LLM teacher into a fast relevance student.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage decision")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a recipe; skips up-to-date stages and resumes cut-off ones")
+    _recipe_args(p)
+    p.add_argument("--runs-dir", default="runs", help="folder holding runs/<name>/<stage>/ (default: runs)")
+    p.add_argument("--name", help="run name (default: the recipe's name)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE (and all after it); repeatable")
+
+    p = sub.add_parser("validate", help="check a recipe against the installed plugins; writes nothing")
+    _recipe_args(p)
+
+    p = sub.add_parser("plugins", help="every hook and the plugins implementing it, and every component")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("recipes", help="list the built-in recipes")
+
+    p = sub.add_parser("show", help="a run's stages, timings and metrics as a table")
+    p.add_argument("run", help="run name (under --runs-dir) or a run folder")
+    p.add_argument("--runs-dir", default="runs")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .engine import Engine
+    from .recipe import find_recipe, load_recipe
+
+    recipe = load_recipe(args.recipe, args.profile)
+    results = Engine(runs_dir=args.runs_dir).run(recipe, force=args.force, source=str(find_recipe(args.recipe)), name=args.name)
+    ran = [n for n, r in results.items() if not r.skipped]
+    print(f"run {args.name or recipe.name}: {len(ran)} stage(s) ran, {len(results) - len(ran)} up to date -> "
+          f"{Path(args.runs_dir) / (args.name or recipe.name)}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .engine import Engine
+    from .recipe import find_recipe, load_recipe
+
+    recipe = load_recipe(args.recipe, args.profile)
+    stages = Engine().validate(recipe, source=str(find_recipe(args.recipe)))
+    print(f"{recipe.name}: valid ({len(stages)} stages: {', '.join(s.name for s in stages)})")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from .manager import get_hooks
+
+    hooks = get_hooks()
+    impls = hooks.implementers()
+    comps = {kind: {name: {"plugin": e.plugin, "family": e.family, "description": e.component.description}
+                    for name, e in sorted(entries.items())} for kind, entries in hooks.catalogue.entries.items()}
+    if args.json:
+        print(json.dumps({"hooks": impls, "components": comps}, indent=2))
+        return 0
+    print("Hooks (implementers in call order):")
+    for hook, plugins in impls.items():
+        print(f"  {hook:<26} {', '.join(plugins) or '-'}")
+    print("\nComponents:")
+    for kind, entries in sorted(comps.items()):
+        for name, info in entries.items():
+            print(f"  {kind:<10} {name:<24} {info['plugin']:<18} {info['description']}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    import yaml
+
+    from .recipe import builtin_recipes
+
+    for name, path in builtin_recipes().items():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        print(f"{name:<14} {str(raw.get('description', '')).strip().splitlines()[0] if raw.get('description') else ''}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .report import run_table
+
+    folder = Path(args.run) if Path(args.run).is_dir() and (Path(args.run) / "recipe.json").exists() else Path(args.runs_dir) / args.run
+    print(run_table(folder))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "recipes": cmd_recipes, "show": cmd_show}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ReasonDistillError as exc:
+        print(f"reasondistill: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""A search domain: how a pair becomes a teacher prompt and a student input, and the label scale.
+
+Reusing reasondistill for another search domain means writing one ``Domain`` subclass in a
+plugin; nothing else forks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from .components import Component, Options
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A teacher completion split into its parts. ``label`` is None when no valid label was found."""
+
+    reasoning: str
+    label: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.label is not None
+
+
+class Domain(Component):
+    """Renders pairs for the teacher and the student and parses the teacher's answers.
+
+    The completion format is ``Reasoning: <text>\\nLabel: <label name>``; override
+    :meth:`format_completion` and :meth:`parse_completion` together to change it.
+    """
+
+    kind = "domain"
+    labels: ClassVar[tuple[str, ...]] = ("irrelevant", "partly relevant", "relevant")
+    label_descriptions: ClassVar[tuple[str, ...]] = (
+        "the item does not serve the query",
+        "the item serves the query only in part",
+        "the item serves the query",
+    )
+    task: ClassVar[str] = "Judge how relevant a search result is to a user's query."
+    item_noun: ClassVar[str] = "item"
+    reasoning_key: ClassVar[str] = "Reasoning"
+    label_key: ClassVar[str] = "Label"
+    #: extra columns rendered into the item text, in order (e.g. district, price band)
+    item_fields: ClassVar[tuple[str, ...]] = ()
+
+    class Options(Options):
+        pass
+
+    # --- rendering ----------------------------------------------------------------------------
+    def query_text(self, row: Mapping[str, Any]) -> str:
+        return str(row["query"])
+
+    def item_text(self, row: Mapping[str, Any]) -> str:
+        """The item as the student sees it: its text plus the domain's extra fields."""
+        extras = [f"{f}: {row[f]}" for f in self.item_fields if row.get(f) not in (None, "")]
+        return "; ".join([str(row["item"]), *extras])
+
+    def system_prompt(self) -> str:
+        scale = "\n".join(f"- {n}: {d}" for n, d in zip(self.labels, self.label_descriptions))
+        return (
+            f"{self.task} Think step by step about what the query asks for and what the "
+            f"{self.item_noun} offers, then give one label.\nLabels:\n{scale}\n"
+            f"Answer exactly as:\n{self.reasoning_key}: <one or two sentences>\n"
+            f"{self.label_key}: <label>"
+        )
+
+    def user_prompt(self, row: Mapping[str, Any]) -> str:
+        return f"Query: {self.query_text(row)}\n{self.item_noun.capitalize()}: {self.item_text(row)}"
+
+    def messages(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Chat messages for the teacher (system + user); the assistant turn is the completion."""
+        return [
+            {"role": "system", "content": self.system_prompt()},
+            {"role": "user", "content": self.user_prompt(row)},
+        ]
+
+    def rationalize_prompt(self, row: Mapping[str, Any], label: int) -> list[dict[str, str]]:
+        """STaR-style rationalization: ask the teacher to explain a known gold label."""
+        hint = f"(The correct label is '{self.labels[label]}'. Explain why, then give it.)"
+        msgs = self.messages(row)
+        msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + hint}
+        return msgs
+
+    # --- completions --------------------------------------------------------------------------
+    def format_completion(self, reasoning: str, label: int) -> str:
+        return f"{self.reasoning_key}: {reasoning.strip()}\n{self.label_key}: {self.labels[label]}"
+
+    def label_from_text(self, text: str) -> int | None:
+        """Map a label string to its index, ignoring case, whitespace and punctuation."""
+        norm = _norm(text)
+        by_name = {_norm(n): i for i, n in enumerate(self.labels)}
+        if norm in by_name:
+            return by_name[norm]
+        if norm.isdigit() and int(norm) < len(self.labels):
+            return int(norm)
+        return None
+
+    def parse_completion(self, text: str) -> Parsed:
+        """Split free text into reasoning and label. Never raises; label is None when absent.
+
+        The *last* ``Label:`` line wins (the model's conclusion); the reasoning is what precedes
+        it, without its ``Reasoning:`` prefix.
+        """
+        if not isinstance(text, str):
+            return Parsed("", None)
+        text = text.replace("\x00", "")
+        pattern = re.compile(rf"(?im)^\s*\**\s*{re.escape(self.label_key)}\s*\**\s*[:：]\s*(.*)$")
+        matches = list(pattern.finditer(text))
+        label, reasoning = None, text
+        if matches:
+            last = matches[-1]
+            label = self.label_from_text(last.group(1))
+            reasoning = text[: last.start()]
+        reasoning = re.sub(rf"(?i)^\s*{re.escape(self.reasoning_key)}\s*[:：]\s*", "", reasoning.strip())
+        return Parsed(reasoning.strip(), label)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", str(text)).strip().lower()

@@ -1,0 +1,149 @@
+"""Runs a recipe stage by stage, skipping what is up to date and resuming what was cut off.
+
+Each stage's hash chains the previous stage's hash with its own spec, the recipe's shared
+settings and the fingerprints of its external inputs. So changing one stage's options reruns
+that stage and every stage after it, and nothing before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .errors import ArtifactError, RecipeError
+from .fingerprint import canonical_hash, fingerprint, write_json_atomic
+from .manager import Hooks, get_hooks
+from .recipe import Recipe, ResolvedStage, resolve
+from .runstore import (
+    STATE,
+    RunInfo,
+    StageContext,
+    StageResult,
+    clear_dir,
+    package_versions,
+    read_manifest,
+    verify_outputs,
+    write_manifest,
+)
+
+log = logging.getLogger("reasondistill")
+
+
+def stage_hash(recipe: Recipe, stage: ResolvedStage, previous: str, inputs: dict[str, str]) -> str:
+    shared = recipe.model_dump(mode="json", include={"domain", "domain_options", "models", "seed",
+                                                        "reward_weights", "trust_remote_code"})
+    return canonical_hash({
+        "uses": stage.spec.uses,
+        "options": stage.options.model_dump(mode="json"),
+        "inputs": stage.spec.inputs,
+        "shared": shared,
+        "previous": previous,
+        "external": inputs,
+    })
+
+
+class Engine:
+    """Executes recipes against a runs folder, through the typed hook facade."""
+
+    def __init__(self, hooks: Hooks | None = None, runs_dir: str | Path = "runs"):
+        self.hooks = hooks or get_hooks()
+        self.runs_dir = Path(runs_dir)
+
+    def validate(self, recipe: Recipe, source: str | None = None) -> list[ResolvedStage]:
+        """Resolve every stage; raises RecipeError before anything is written."""
+        return resolve(recipe, self.hooks.catalogue, source)
+
+    def run(self, recipe: Recipe, force: Iterable[str] = (), source: str | None = None,
+            name: str | None = None) -> dict[str, StageResult]:
+        stages = self.validate(recipe, source)
+        force = set(force)
+        unknown = force - {s.name for s in stages}
+        if unknown:
+            raise RecipeError("--force", f"no stage named {', '.join(sorted(unknown))}; stages: "
+                              f"{', '.join(s.name for s in stages)}")
+        if recipe.trust_remote_code:
+            log.warning("recipe %s sets trust_remote_code: code shipped with models will run", recipe.name)
+        domain = self.hooks.catalogue.get("domain", recipe.domain, "domain")
+        run = RunInfo(name or recipe.name, self.runs_dir / (name or recipe.name), recipe)
+        run.dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run.dir / "recipe.json", recipe.model_dump(mode="json"))
+
+        produced: dict[str, dict[str, Path]] = {}
+        results: dict[str, StageResult] = {}
+        previous, rerun_rest = "", False
+        for stage in stages:
+            stage_dir = run.dir / stage.name
+            external = stage.component.input_fingerprints(stage.options)
+            digest = stage_hash(recipe, stage, previous, external)
+            manifest = None if (rerun_rest or stage.name in force) else self._up_to_date(stage_dir, digest)
+            if manifest is not None:
+                result = StageResult(outputs={k: v["path"] for k, v in manifest["outputs"].items()},
+                                     metrics=manifest.get("metrics", {}), skipped=True,
+                                     seconds=manifest.get("timings", {}).get("seconds", 0.0))
+                log.info("stage %s: up to date, skipped", stage.name)
+            else:
+                rerun_rest = True  # later stages depend on this stage's fresh outputs
+                result = self._execute(run, stage, stage_dir, digest, external, domain, produced)
+            produced[stage.name] = {k: stage_dir / v for k, v in result.outputs.items()}
+            results[stage.name] = result
+            self.hooks.on_stage_end(run, stage.name, result)
+            previous = digest
+        return results
+
+    def _up_to_date(self, stage_dir: Path, digest: str) -> dict | None:
+        try:
+            manifest = read_manifest(stage_dir)
+        except ArtifactError as exc:
+            log.warning("%s; recomputing the stage", exc)
+            return None
+        if manifest is None or manifest.get("hash") != digest:
+            return None
+        problem = verify_outputs(stage_dir, manifest)
+        if problem:
+            log.warning("stage %s: %s; recomputing", stage_dir.name, problem)
+            return None
+        return manifest
+
+    def _execute(self, run: RunInfo, stage: ResolvedStage, stage_dir: Path, digest: str,
+                 external: dict[str, str], domain, produced) -> StageResult:
+        state_path = stage_dir / STATE
+        resuming = False
+        if state_path.exists() and (stage_dir / "manifest.json").exists() is False:
+            import json
+
+            try:
+                resuming = json.loads(state_path.read_text()).get("hash") == digest
+            except (ValueError, OSError):
+                resuming = False
+        if not resuming:
+            clear_dir(stage_dir)
+        write_json_atomic(state_path, {"hash": digest, "status": "running"})
+        ctx = StageContext(stage.name, stage_dir, run, self.hooks, domain, resuming, dict(produced),
+                           dict(stage.spec.inputs))
+        log.info("stage %s: %s", stage.name, "resuming" if resuming else "running")
+        started = time.time()
+        result = stage.component.run(ctx, stage.options)
+        seconds = time.time() - started
+        result.seconds = seconds
+        outputs = {}
+        for out_name, rel in result.outputs.items():
+            path = stage_dir / rel
+            if not path.exists():
+                raise ArtifactError(f"stage {stage.name!r} reported output {out_name!r} at {path}, which does not exist")
+            outputs[out_name] = {"path": str(rel), "fingerprint": fingerprint(path)}
+        write_manifest(stage_dir, {
+            "stage": stage.name,
+            "uses": stage.spec.uses,
+            "hash": digest,
+            "options": stage.options.model_dump(mode="json"),
+            "external_inputs": external,
+            "inputs": {s: {k: str(v) for k, v in outs.items()} for s, outs in produced.items()},
+            "outputs": outputs,
+            "metrics": result.metrics,
+            "versions": package_versions(),
+            "timings": {"started": started, "ended": started + seconds, "seconds": seconds},
+        })
+        state_path.unlink(missing_ok=True)
+        return result

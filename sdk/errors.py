@@ -1,0 +1,36 @@
+"""Errors users see. Each names the field, file or plugin at fault in one line."""
+
+from __future__ import annotations
+
+
+class ReasonDistillError(Exception):
+    """Base class: the CLI turns these into a one-line message and exit code 2."""
+
+
+class RecipeError(ReasonDistillError, ValueError):
+    """A recipe that does not validate; ``field`` is the exact path (``stages[1].options.lr``)."""
+
+    def __init__(self, field: str, message: str, source: str | None = None):
+        self.field, self.source = field, source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {message}")
+
+
+class DataError(ReasonDistillError, ValueError):
+    """Input data that breaks the pairs contract; names the file and the column or row."""
+
+
+class PluginError(ReasonDistillError, RuntimeError):
+    """A plugin that raised or misbehaved; names the plugin and the hook."""
+
+    def __init__(self, plugin: str, hook: str, message: str):
+        self.plugin, self.hook = plugin, hook
+        super().__init__(f"plugin {plugin!r} failed in hook {hook!r}: {message}")
+
+
+class ArtifactError(ReasonDistillError, RuntimeError):
+    """A run artifact that is missing or does not match its recorded fingerprint."""
+
+
+class ModelError(ReasonDistillError, RuntimeError):
+    """A model reference that cannot be resolved offline."""

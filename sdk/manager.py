@@ -1,0 +1,235 @@
+"""The plugin manager and the typed facade the engine calls hooks through.
+
+Built-ins and third-party plugins load the same way: entry points in the ``reasondistill`` group.
+Environment switches (read when the manager is built):
+
+- ``REASONDISTILL_PLUGINS=a,b``: allow-list of entry-point names to load (default: all).
+- ``REASONDISTILL_BLOCK_PLUGINS=a,b``: entry-point names never to load.
+- ``REASONDISTILL_TRACE=1``: print every hook call and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Iterator
+
+import pluggy
+
+from . import hookspecs
+from .components import Component
+from .errors import PluginError
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+#: register hook -> the component kind it fills, and the family shown by ``reasondistill plugins``
+REGISTER_HOOKS: dict[str, tuple[str, str]] = {
+    "register_stages": ("stage", "pipeline"),
+    "register_teacher_stages": ("stage", "teacher"),
+    "register_annotators": ("annotator", "annotator"),
+    "register_students": ("student", "student"),
+    "register_distill_losses": ("loss", "loss"),
+    "register_domains": ("domain", "domain"),
+    "register_models": ("model", "model"),
+}
+
+
+def _env_list(name: str) -> set[str] | None:
+    raw = os.environ.get(name, "").strip()
+    return {p.strip() for p in raw.split(",") if p.strip()} if raw else None
+
+
+def build_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the hookspecs added and the allowed entry points loaded."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    allow, block = _env_list("REASONDISTILL_PLUGINS"), _env_list("REASONDISTILL_BLOCK_PLUGINS")
+    if load_entry_points:
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if (allow is not None and ep.name not in allow) or (block and ep.name in block):
+                continue
+            if pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party package must name itself
+                raise PluginError(ep.name, "load", f"cannot import {ep.value}: {exc}") from exc
+            _register(pm, plugin, ep.name)
+    if os.environ.get("REASONDISTILL_TRACE"):
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        try:
+            pm.unregister(name=name)
+        except ValueError:
+            pass
+        raise PluginError(name, "register", str(exc)) from exc
+
+
+@dataclass
+class Entry:
+    """A registered component and the plugin that registered it."""
+
+    component: Component
+    plugin: str
+    family: str
+
+
+@dataclass
+class Catalogue:
+    """Every registered component, by kind and name."""
+
+    entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
+
+    def kind(self, kind: str) -> dict[str, Entry]:
+        return self.entries.get(kind, {})
+
+    def get(self, kind: str, name: str, field_path: str | None = None) -> Component:
+        """The component, or a ``RecipeError`` naming ``field_path`` and the registered names."""
+        from .errors import RecipeError
+
+        entry = self.kind(kind).get(name)
+        if entry is None:
+            names = ", ".join(sorted(self.kind(kind))) or "none"
+            raise RecipeError(field_path or kind, f"unknown {kind} {name!r}; registered: {names}")
+        return entry.component
+
+
+class Hooks:
+    """Typed facade over the plugin manager: the engine never calls hooks with loose kwargs.
+
+    Register hooks are called one implementation at a time so that a failure, or a duplicate
+    component name, names the plugin responsible.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager | None = None):
+        self.pm = pm if pm is not None else build_plugin_manager()
+        self._catalogue: Catalogue | None = None
+        self.trace = bool(os.environ.get("REASONDISTILL_TRACE"))
+
+    # --- plugins ------------------------------------------------------------------------------
+    def register(self, plugin: Any, name: str | None = None) -> str:
+        """Register a plugin object (module or instance); misspelled hooks fail loudly."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        _register(self.pm, plugin, name)
+        self._catalogue = None
+        return name
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self._catalogue = None
+
+    def implementers(self) -> dict[str, list[str]]:
+        """Every hook spec and the plugins implementing it (in call order)."""
+        return {
+            hook: [impl.plugin_name for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls())]
+            for hook in sorted(_spec_names())
+        }
+
+    def _call(self, impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
+        """Call one implementation, naming its plugin if it raises."""
+        try:
+            result = impl.function(*[kwargs[a] for a in impl.argnames])
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(impl.plugin_name, hook, f"{type(exc).__name__}: {exc}") from exc
+        if self.trace:
+            sys.stderr.write(f"[reasondistill] {hook} <- {impl.plugin_name}: {result!r}\n")
+        return result
+
+    def _each(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """Call each implementation of ``hook`` in pluggy's order (last registered first)."""
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            yield impl.plugin_name, self._call(impl, hook, kwargs)
+
+    # --- catalogue ----------------------------------------------------------------------------
+    @property
+    def catalogue(self) -> Catalogue:
+        if self._catalogue is None:
+            self._catalogue = self._build_catalogue()
+        return self._catalogue
+
+    def _build_catalogue(self) -> Catalogue:
+        cat = Catalogue()
+        for hook, (kind, family) in REGISTER_HOOKS.items():
+            for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+                collected: list[Any] = []
+                self._call(impl, hook, {"register": collected.append})
+                for comp in collected:
+                    self._add(cat, kind, family, comp, impl.plugin_name, hook)
+        return cat
+
+    @staticmethod
+    def _add(cat: Catalogue, kind: str, family: str, comp: Any, plugin: str, hook: str) -> None:
+        name = getattr(comp, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(plugin, hook, f"registered {comp!r} without a string 'name'")
+        if getattr(comp, "kind", kind) != kind:
+            raise PluginError(plugin, hook, f"{name!r} is a {comp.kind}, but {hook} takes a {kind}")
+        bucket = cat.entries.setdefault(kind, {})
+        if name in bucket:
+            raise PluginError(plugin, hook, f"{kind} {name!r} is already registered by plugin {bucket[name].plugin!r}")
+        bucket[name] = Entry(comp, plugin, family)
+
+    # --- typed hook calls ---------------------------------------------------------------------
+    def score_reasoning(self, example: dict[str, Any], completion: str, domain: Any) -> dict[str, float]:
+        """The merged reward vector of all scorer plugins; a duplicated dimension is an error."""
+        vector: dict[str, float] = {}
+        owner: dict[str, str] = {}
+        for plugin, scores in self._each("score_reasoning", example=example, completion=completion, domain=domain):
+            for dim, value in (scores or {}).items():
+                if dim in owner:
+                    raise PluginError(plugin, "score_reasoning", f"dimension {dim!r} is already scored by {owner[dim]!r}")
+                owner[dim] = plugin
+                vector[dim] = float(value)
+        return vector
+
+    def aggregate_reward(self, scores: dict[str, float], weights: dict[str, float]) -> float:
+        """One scalar from a reward vector (first plugin answer wins; weighted mean otherwise)."""
+        for _, value in self._each("aggregate_reward", scores=scores, weights=weights):
+            if value is not None:
+                return float(value)
+        return weighted_mean(scores, weights)
+
+    def on_stage_end(self, run: Any, stage: str, result: Any) -> None:
+        for _ in self._each("on_stage_end", run=run, stage=stage, result=result):
+            pass
+
+
+def weighted_mean(scores: dict[str, float], weights: dict[str, float]) -> float:
+    """The default aggregation: mean of the dimensions weighted by ``weights`` (default 1.0)."""
+    if not scores:
+        return 0.0
+    total = sum(weights.get(k, 1.0) for k in scores)
+    return sum(v * weights.get(k, 1.0) for k, v in scores.items()) / total if total else 0.0
+
+
+def _spec_names() -> list[str]:
+    return [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "reasondistill_spec")]
+
+
+_DEFAULT: Hooks | None = None
+
+
+def get_hooks() -> Hooks:
+    """The process-wide facade (built on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Hooks()
+    return _DEFAULT
+
+
+def reset_hooks() -> None:
+    """Forget the process-wide facade, e.g. after installing a plugin distribution."""
+    global _DEFAULT
+    _DEFAULT = None

@@ -1,0 +1,38 @@
+"""Model references: a registered model name, a local folder, or a hub id."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+
+def cache_dir() -> Path:
+    """Where materialised models live (``REASONDISTILL_CACHE``, default ``~/.cache/reasondistill``)."""
+    return Path(os.environ.get("REASONDISTILL_CACHE", Path.home() / ".cache" / "reasondistill"))
+
+
+def resolve_model(ref: str, hooks: Any = None) -> str:
+    """A path ``from_pretrained`` can load: materialise a registered model, else pass through."""
+    if hooks is None:
+        from .manager import get_hooks
+
+        hooks = get_hooks()
+    entry = hooks.catalogue.kind("model").get(ref)
+    if entry is not None:
+        target = cache_dir() / "models"
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            return str(entry.component.materialize(target))
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"model {ref!r} (plugin {entry.plugin!r}) could not be prepared: {exc}") from exc
+    if Path(ref).expanduser().exists():
+        return str(Path(ref).expanduser())
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in ref:
+        names = ", ".join(sorted(hooks.catalogue.kind("model")))
+        raise ModelError(f"model {ref!r} is neither a registered model ({names}) nor a local folder")
+    return ref  # a hub id: transformers resolves it (from its cache when offline)

@@ -1,0 +1,207 @@
+"""Recipes: ordered stages, each naming a registered component and its options.
+
+A recipe is data (a pydantic model with ``extra="forbid"``), built in Python or loaded from YAML
+with ``yaml.safe_load``. :func:`resolve` checks every stage against the catalogue and validates its
+options with the component's own ``Options`` model; every error is one line naming the field path.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .components import Stage
+from .errors import RecipeError
+
+MAX_RECIPE_BYTES = 1_000_000
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class StageSpec(BaseModel):
+    """One recipe step: ``uses`` a registered stage with ``options``; ``name`` defaults to ``uses``.
+
+    ``inputs`` maps an input name the stage reads to the stage that produced it
+    (``{pairs: load}``); by default a stage reads the latest earlier output of that name.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    uses: str
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    options: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def stage_name(self) -> str:
+        return self.name or self.uses
+
+
+class Recipe(BaseModel):
+    """A whole run: domain, models by role, seed, reward weights and the ordered stages."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    domain: str = "local_services"
+    domain_options: dict[str, Any] = Field(default_factory=dict)
+    #: role -> model: a registered model name, a local folder or a hub id (``teacher``, ``student``)
+    models: dict[str, str] = Field(default_factory=dict)
+    seed: int = 0
+    reward_weights: dict[str, float] = Field(default_factory=dict)
+    #: never run code shipped with a model unless the recipe says so (and the run logs it)
+    trust_remote_code: bool = False
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        seen: set[str] = set()
+        for spec in stages:
+            if spec.stage_name in seen:
+                raise ValueError(f"stage name {spec.stage_name!r} is used twice; give one a 'name'")
+            seen.add(spec.stage_name)
+        return stages
+
+
+@dataclass(frozen=True)
+class ResolvedStage:
+    """A stage spec with its component looked up and its options validated."""
+
+    spec: StageSpec
+    component: Stage
+    options: BaseModel
+
+    @property
+    def name(self) -> str:
+        return self.spec.stage_name
+
+
+def step(uses: str, name: str | None = None, inputs: dict[str, str] | None = None, **options: Any) -> StageSpec:
+    """Python shorthand for a stage: ``step("distill", loss="crsd", epochs=2)``."""
+    return StageSpec(uses=uses, name=name, options=options, inputs=inputs or {})
+
+
+def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    """``("stages", 1, "options", "lr")`` -> ``stages[1].options.lr``."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "recipe"
+
+
+def recipe_error(exc: ValidationError, prefix: str = "", source: str | None = None) -> RecipeError:
+    """The first pydantic error as a one-line :class:`RecipeError`."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = err["msg"]
+    if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+        shown = repr(err["input"])
+        msg += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+    if err["type"] == "extra_forbidden":
+        msg = "unknown option"
+    return RecipeError(field_path(loc, prefix), msg, source)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_profile(raw: dict[str, Any], profile: str | None, source: str | None = None) -> dict[str, Any]:
+    """Merge ``profiles[profile]`` into the recipe; ``stages`` overrides are keyed by stage name."""
+    raw = dict(raw)
+    profiles = raw.pop("profiles", None) or {}
+    if profile is None:
+        return raw
+    if profile not in profiles:
+        raise RecipeError("profiles", f"unknown profile {profile!r}; defined: {', '.join(profiles) or 'none'}", source)
+    over = dict(profiles[profile])
+    stage_over = over.pop("stages", {}) or {}
+    raw = _deep_merge(raw, over)
+    stages = [dict(s) for s in raw.get("stages", [])]
+    for name, patch in stage_over.items():
+        hits = [s for s in stages if (s.get("name") or s.get("uses")) == name]
+        if not hits:
+            raise RecipeError(f"profiles.{profile}.stages.{name}", "no stage of that name", source)
+        hits[0].update(_deep_merge(hits[0], patch))
+    raw["stages"] = stages
+    return raw
+
+
+def load_recipe(source: str | Path | dict[str, Any], profile: str | None = None) -> Recipe:
+    """A recipe from a YAML file, a built-in recipe name, or a dict; errors name the field."""
+    label = None
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = find_recipe(source)
+        label = str(path)
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError("recipe", f"file is larger than {MAX_RECIPE_BYTES} bytes", label)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise RecipeError("recipe", f"not valid YAML: {str(exc).splitlines()[0]}", label) from exc
+    if not isinstance(raw, dict):
+        raise RecipeError("recipe", f"must be a mapping, got {type(raw).__name__}", label)
+    raw = apply_profile(raw, profile, label)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise recipe_error(exc, source=label) from None
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Built-in YAML recipes shipped in ``reasondistill.recipes``, by name."""
+    folder = Path(__file__).resolve().parent.parent / "recipes"
+    try:
+        import reasondistill.recipes as pkg
+
+        folder = Path(pkg.__file__).parent
+    except ImportError:  # pragma: no cover - only outside an install
+        pass
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def find_recipe(source: str | Path) -> Path:
+    path = Path(source)
+    if path.is_file():
+        return path
+    named = builtin_recipes().get(str(source))
+    if named is not None:
+        return named
+    raise RecipeError("recipe", f"no file {str(source)!r} and no built-in recipe of that name "
+                      f"(built in: {', '.join(builtin_recipes()) or 'none'})")
+
+
+def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[ResolvedStage]:
+    """Look up each stage's component and validate its options; the first error is raised."""
+    catalogue.get("domain", recipe.domain, "domain") if recipe.domain else None
+    out = []
+    context = {"catalogue": catalogue, "recipe": recipe}
+    names = [s.stage_name for s in recipe.stages]
+    for i, spec in enumerate(recipe.stages):
+        try:
+            component = catalogue.get("stage", spec.uses, f"stages[{i}].uses")
+        except RecipeError as exc:
+            raise RecipeError(exc.field, str(exc).split(": ", 1)[1], source) from None
+        try:
+            options = component.options(spec.options, context=context)
+        except ValidationError as exc:
+            raise recipe_error(exc, prefix=f"stages[{i}].options", source=source) from None
+        except RecipeError as exc:  # nested component checks raise with their own sub-path
+            raise RecipeError(f"stages[{i}].options.{exc.field}", str(exc).split(": ", 1)[1], source) from None
+        for key, producer in spec.inputs.items():
+            if producer.split(".")[0] not in names[:i]:
+                raise RecipeError(f"stages[{i}].inputs.{key}", f"no earlier stage named {producer!r}", source)
+        out.append(ResolvedStage(spec, component, options))
+    return out

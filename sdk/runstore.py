@@ -1,0 +1,160 @@
+"""The run store: ``runs/<name>/<stage>/`` folders, their manifests, and what a stage sees.
+
+A stage is complete when its ``manifest.json`` exists, carries a valid self-checksum, and every
+output it lists still matches its fingerprint. A stage folder without a manifest is work that was
+cut off: when the stage hash is unchanged the stage resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .errors import ArtifactError
+from .fingerprint import canonical_hash, fingerprint, write_json_atomic
+
+if TYPE_CHECKING:
+    from .domain import Domain
+    from .manager import Hooks
+    from .recipe import Recipe
+
+MANIFEST = "manifest.json"
+STATE = ".state.json"
+TRACKED_PACKAGES = ("reasondistill", "torch", "transformers", "trl", "peft", "datasets",
+                    "accelerate", "pluggy", "pydantic")
+
+
+@dataclass
+class RunInfo:
+    """A run's name, folder and recipe; passed to lifecycle hooks."""
+
+    name: str
+    dir: Path
+    recipe: Recipe
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: output paths (relative to its folder) and metrics."""
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+    seconds: float = 0.0
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def write_manifest(stage_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest atomically with a checksum over its own content."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    write_json_atomic(stage_dir / MANIFEST, {**body, "checksum": canonical_hash(body)})
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """The manifest, or None when absent; an edited or corrupt manifest raises ArtifactError."""
+    path = stage_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: manifest is not valid JSON ({exc})") from None
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    if not isinstance(data, dict) or data.get("checksum") != canonical_hash(body):
+        raise ArtifactError(f"{path}: manifest checksum does not match its content (edited by hand?)")
+    return data
+
+
+def verify_outputs(stage_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """None when every listed output matches its fingerprint, else a reason naming the output."""
+    for name, entry in manifest.get("outputs", {}).items():
+        path = stage_dir / entry["path"]
+        if not path.exists():
+            return f"output {name!r} ({path}) is missing"
+        if fingerprint(path) != entry["fingerprint"]:
+            return f"output {name!r} ({path}) does not match its fingerprint"
+    return None
+
+
+@dataclass
+class StageContext:
+    """Everything a running stage may use. Stages write only under ``dir``."""
+
+    name: str
+    dir: Path
+    run: RunInfo
+    hooks: Hooks
+    domain: Domain
+    resuming: bool
+    produced: dict[str, dict[str, Path]]  # earlier stage -> output name -> absolute path
+    input_map: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.run.recipe
+
+    @property
+    def seed(self) -> int:
+        return self.run.recipe.seed
+
+    def has_input(self, name: str) -> bool:
+        try:
+            self.input(name)
+            return True
+        except ArtifactError:
+            return False
+
+    def input(self, name: str) -> Path:
+        """The path of an earlier output: the stage ``inputs`` names, else the latest of that name."""
+        if name in self.input_map:
+            stage, _, out = self.input_map[name].partition(".")
+            out = out or name
+            try:
+                return self.produced[stage][out]
+            except KeyError:
+                raise ArtifactError(f"stage {self.name!r}: input {name!r} expects output {out!r} of "
+                                    f"stage {stage!r}, which it did not produce") from None
+        for outputs in reversed(list(self.produced.values())):
+            if name in outputs:
+                return outputs[name]
+        raise ArtifactError(f"stage {self.name!r} needs an input {name!r}, but no earlier stage produced one")
+
+    def load_dataset(self, name: str) -> Any:
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.input(name)))
+
+    def model(self, role: str) -> str:
+        """The local folder (or hub id) of the model the recipe assigns to ``role``."""
+        from .models import resolve_model
+
+        ref = self.recipe.models.get(role)
+        if ref is None:
+            from .errors import RecipeError
+
+            raise RecipeError(f"models.{role}", f"stage {self.name!r} needs a {role} model; set models.{role}")
+        return resolve_model(ref, self.hooks)
+
+    def progress(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it") -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=f"{self.name}: {desc}".rstrip(": "), unit=unit, dynamic_ncols=True)
+
+
+def clear_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,105 @@
+"""Tiny models built offline from config, with a tokenizer trained on the spot.
+
+They back the test kit and the ``tiny`` recipe profile: real transformers architectures
+(Llama-style causal LM, BERT encoder) small enough that a training step takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CAUSAL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def corpus(extra: Iterable[str] = ()) -> list[str]:
+    """Training text for tiny tokenizers: the demo domain, its prompts and some extra text."""
+    from reasondistill.plugins.local_services import LocalServices, generate_pairs
+
+    dom = LocalServices()
+    rows = generate_pairs(n=400, seed=1)
+    texts = [dom.system_prompt(), *extra]
+    for r in rows:
+        texts += [dom.user_prompt(r), dom.format_completion(r["rationale"], r["label"])]
+    texts += ["The product is a tool for the garden. Query: drill bits, paint, faucet, lumber, 2x4 in. x 8 ft."]
+    return texts
+
+
+def train_causal_tokenizer(out_dir: Path, vocab_size: int = 600, extra: Iterable[str] = ()):
+    """A byte-level BPE tokenizer with ChatML specials and a chat template with generation marks."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CAUSAL_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(extra), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<pad>", unk_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterable[str] = ()):
+    """A lowercasing WordPiece tokenizer with BERT's specials and pair template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(corpus(extra), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+    """Save a tiny Llama-style causal LM + tokenizer to ``out_dir`` (fp32 safetensors)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    tok = train_causal_tokenizer(out)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_tiny_encoder(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, num_labels: int = 3) -> Path:
+    """Save a tiny BERT encoder + WordPiece tokenizer to ``out_dir``."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    out = Path(out_dir)
+    tok = train_encoder_tokenizer(out)
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                        num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
+                        pad_token_id=tok.pad_token_id, num_labels=num_labels)
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    return out
