@@ -139,7 +139,7 @@ class Engine:
             "hash": digest,
             "options": stage.options.model_dump(mode="json"),
             "external_inputs": external,
-            "inputs": {s: {k: str(v) for k, v in outs.items()} for s, outs in produced.items()},
+            "inputs": {s: {k: str(v.relative_to(run.dir)) for k, v in outs.items()} for s, outs in produced.items()},
             "outputs": outputs,
             "metrics": result.metrics,
             "versions": package_versions(),

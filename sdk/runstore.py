@@ -135,7 +135,8 @@ class StageContext:
     def load_dataset(self, name: str) -> Any:
         from datasets import load_from_disk
 
-        return load_from_disk(str(self.input(name)))
+        # in memory: map/select must never write cache files into an earlier stage's output
+        return load_from_disk(str(self.input(name)), keep_in_memory=True)
 
     def model(self, role: str) -> str:
         """The local folder (or hub id) of the model the recipe assigns to ``role``."""

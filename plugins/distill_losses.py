@@ -1,0 +1,122 @@
+"""Distillation losses: ``crsd`` (the paper), ``ce`` (baseline) and ``kd`` (logit distillation).
+
+Each returns a dict of named terms; the trainer logs every term on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from reasondistill import DistillLoss, Options, hookimpl
+
+
+def _view(student, batch: dict[str, Any], prefix: str):
+    return student.forward_view(batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"],
+                                batch.get(f"{prefix}_token_type_ids"))
+
+
+def _targets_ce(logits: torch.Tensor, batch: dict[str, Any], soft: bool) -> torch.Tensor:
+    if soft and "label_probs" in batch:
+        return -(batch["label_probs"] * F.log_softmax(logits, -1)).sum(-1).mean()
+    return F.cross_entropy(logits, batch["labels"])
+
+
+class CEOptions(Options):
+    soft_targets: bool = Field(False, description="train on the teacher's label_probs instead of hard labels")
+
+
+class CrossEntropy(DistillLoss):
+    name = "ce"
+    description = "Cross-entropy on the standard view only (the baseline)."
+    Options = CEOptions
+
+    def compute(self, student, batch, options: CEOptions):
+        logits, _ = _view(student, batch, "std")
+        loss = _targets_ce(logits, batch, options.soft_targets)
+        return {"loss": loss, "ce_std": loss.detach(), "logits": logits}
+
+
+class KDOptions(Options):
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label CE; 1-alpha goes to KL")
+    temperature: float = Field(2.0, gt=0)
+
+
+class LogitKD(DistillLoss):
+    name = "kd"
+    description = "CE plus KL divergence to the teacher's label probabilities (Hinton KD)."
+    Options = KDOptions
+
+    def compute(self, student, batch, options: KDOptions):
+        logits, _ = _view(student, batch, "std")
+        ce = F.cross_entropy(logits, batch["labels"])
+        if "label_probs" in batch:
+            t = options.temperature
+            teacher = batch["label_probs"].clamp_min(1e-8) ** (1.0 / t)
+            teacher = teacher / teacher.sum(-1, keepdim=True)
+            kl = F.kl_div(F.log_softmax(logits / t, -1), teacher, reduction="batchmean") * t * t
+        else:  # no teacher probabilities: KD reduces to CE
+            kl = torch.zeros((), device=logits.device)
+        loss = options.alpha * ce + (1 - options.alpha) * kl
+        return {"loss": loss, "ce_std": ce.detach(), "kl": kl.detach(), "logits": logits}
+
+
+class CRSDOptions(Options):
+    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
+    w_std: float = Field(1.0, ge=0, description="weight of CE on the standard view")
+    w_reasoning: float = Field(1.0, ge=0, description="weight of CE on the reasoning view")
+    w_nce: float = Field(0.5, ge=0, description="weight of the in-batch InfoNCE")
+    w_point: float = Field(0.0, ge=0, description="weight of a pointwise (1 - cosine) alignment term")
+    symmetric: bool = Field(False, description="average InfoNCE over both directions")
+    stop_gradient: bool = Field(False, description="no alignment gradient into the reasoning view")
+    projection: int = Field(0, ge=0, description="size of a projection head before InfoNCE (0 = none)")
+    soft_targets: bool = Field(False, description="CE against the teacher's label_probs")
+
+
+class CRSD(DistillLoss):
+    """Contrastive Reasoning Self-Distillation (arXiv 2510.11056, Figure 3).
+
+    One encoder and head see (query, item) and (query, item, reasoning). Loss = CE on both views
+    plus an in-batch InfoNCE whose positives are each standard [CLS] and its own reasoning [CLS].
+    """
+
+    name = "crsd"
+    description = "CE on both views + in-batch InfoNCE between standard and reasoning [CLS] (the paper)."
+    Options = CRSDOptions
+    needs_reasoning = True
+
+    def extra_modules(self, hidden: int, options: CRSDOptions) -> dict[str, torch.nn.Module]:
+        if not options.projection:
+            return {}
+        return {"crsd_projection": torch.nn.Sequential(
+            torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, options.projection))}
+
+    def compute(self, student, batch, options: CRSDOptions):
+        logits, cls = _view(student, batch, "std")
+        r_logits, r_cls = _view(student, batch, "rsn")
+        ce_std = _targets_ce(logits, batch, options.soft_targets)
+        ce_rsn = _targets_ce(r_logits, batch, options.soft_targets)
+        if options.stop_gradient:
+            r_cls = r_cls.detach()
+        if options.projection:
+            proj = student.extra["crsd_projection"]
+            cls, r_cls = proj(cls), proj(r_cls)
+        z, zr = F.normalize(cls, dim=-1), F.normalize(r_cls, dim=-1)
+        sim = z @ zr.T / options.temperature
+        target = torch.arange(sim.size(0), device=sim.device)
+        nce = F.cross_entropy(sim, target)
+        if options.symmetric:
+            nce = 0.5 * (nce + F.cross_entropy(sim.T, target))
+        point = (1 - (z * zr).sum(-1)).mean()
+        loss = options.w_std * ce_std + options.w_reasoning * ce_rsn + options.w_nce * nce + options.w_point * point
+        return {"loss": loss, "ce_std": ce_std.detach(), "ce_reasoning": ce_rsn.detach(), "infonce": nce.detach(),
+                "pointwise": point.detach(), "logits": logits}
+
+
+@hookimpl
+def register_distill_losses(register):
+    for loss in (CRSD(), CrossEntropy(), LogitKD()):
+        register(loss)

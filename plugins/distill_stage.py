@@ -1,0 +1,137 @@
+"""The ``distill`` stage: train a student on (teacher) labels and reasoning with a chosen loss."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import Field
+
+from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
+from reasondistill.components import validate_nested
+from reasondistill.errors import DataError
+
+
+class DistillOptions(Options):
+    student: ComponentRef("student") = "encoder-classifier"
+    student_options: dict[str, Any] = Field(default_factory=dict)
+    loss: ComponentRef("loss") = "crsd"
+    loss_options: dict[str, Any] = Field(default_factory=dict)
+    train_input: str = Field("annotations", description="the earlier output to train on")
+    reasoning_column: str = "reasoning"
+    label_column: str = "label"
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    batch_size: int = Field(32, ge=2, description="also the InfoNCE negatives per row + 1")
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(200, ge=1)
+    report_to: list[str] = Field(default_factory=list, description="trackers, as in TrainingArguments")
+
+
+def _rows(ds, options: DistillOptions, source: str, needs_reasoning: bool):
+    cols = ds.column_names
+    if options.label_column not in cols:
+        raise DataError(f"{source}: no column {options.label_column!r} to train on (columns: {', '.join(cols)})")
+    if needs_reasoning and options.reasoning_column not in cols:
+        raise DataError(f"{source}: loss needs reasoning, but there is no column {options.reasoning_column!r} "
+                        f"(columns: {', '.join(cols)}); set reasoning_column")
+    keep = [i for i, lab in enumerate(ds[options.label_column]) if lab is not None and lab >= 0]
+    if "parse_ok" in cols:
+        ok = ds["parse_ok"]
+        keep = [i for i in keep if ok[i]]
+    return ds.select(keep)
+
+
+class DistillStage(Stage):
+    name = "distill"
+    description = "Train the student (CRSD, CE or KD) with transformers.Trainer; outputs `student`."
+    Options = DistillOptions
+
+    def options(self, raw=None, context=None) -> DistillOptions:
+        opts = DistillOptions.model_validate(raw or {}, context=context)
+        student = validate_nested(context, "student", opts.student, opts.student_options, "student_options")
+        loss = validate_nested(context, "loss", opts.loss, opts.loss_options, "loss_options")
+        return opts.model_copy(update={"student_options": student.model_dump(), "loss_options": loss.model_dump()})
+
+    def run(self, ctx, options: DistillOptions) -> StageResult:
+        from transformers import TrainingArguments
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from reasondistill.training import DistillTrainer, PairCollator
+
+        cat = ctx.hooks.catalogue
+        student_c = cat.get("student", options.student)
+        loss_c = cat.get("loss", options.loss)
+        s_opts = student_c.options(options.student_options)
+        l_opts = loss_c.options(options.loss_options)
+        model_path = ctx.model("student")
+        trust = ctx.recipe.trust_remote_code
+        labels = ctx.domain.labels
+
+        train = _rows(ctx.load_dataset(options.train_input), options, options.train_input, loss_c.needs_reasoning)
+        if len(train) < options.batch_size:
+            raise DataError(f"{options.train_input}: {len(train)} usable rows, fewer than batch_size {options.batch_size}")
+        tokenizer = student_c.tokenizer(model_path, trust)
+        needs_r = loss_c.needs_reasoning
+
+        def encode(batch):
+            rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+            queries = [ctx.domain.query_text(r) for r in rows]
+            items = [ctx.domain.item_text(r) for r in rows]
+            reasonings = [r.get(options.reasoning_column) or "" for r in rows] if needs_r else None
+            out = student_c.encode(tokenizer, queries, items, reasonings, s_opts)
+            out["labels"] = [int(r[options.label_column]) for r in rows]
+            return out
+
+        keep_probs = "label_probs" in train.column_names
+        encoded = train.map(encode, batched=True, remove_columns=[c for c in train.column_names if not (keep_probs and c == "label_probs")],
+                            desc="tokenizing")
+        student = student_c.build(model_path, len(labels), s_opts, trust)
+        if hasattr(loss_c, "extra_modules"):
+            import torch
+
+            student.extra = torch.nn.ModuleDict(loss_c.extra_modules(student.hidden_size, l_opts))
+        ckpt_dir = ctx.dir / "checkpoints"
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir), num_train_epochs=options.epochs, max_steps=options.max_steps,
+            per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
+            weight_decay=options.weight_decay, warmup_steps=options.warmup_ratio, logging_steps=options.logging_steps,
+            save_steps=options.save_steps, save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed,
+            report_to=options.report_to or "none", remove_unused_columns=False, bf16=False, fp16=False,
+            dataloader_num_workers=0, disable_tqdm=False, dataloader_drop_last=True,
+        )
+        trainer = DistillTrainer(model=student, args=args, train_dataset=encoded,
+                                 data_collator=PairCollator(tokenizer, ("std", "rsn") if needs_r else ("std",)),
+                                 loss=loss_c, loss_options=l_opts)
+        last = get_last_checkpoint(str(ckpt_dir)) if ctx.resuming and ckpt_dir.exists() else None
+        train_out = trainer.train(resume_from_checkpoint=last)
+
+        out_dir = ctx.dir / "student"
+        student.model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "reasondistill.json").write_text(json.dumps({
+            "labels": list(labels), "domain": ctx.domain.name, "max_length": s_opts.max_length,
+            "loss": options.loss, "student": options.student, "base_model": model_path}, indent=2))
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))
+        metrics: dict[str, Any] = {"train_rows": len(train), "steps": trainer.state.global_step,
+                                   "train_loss": round(float(train_out.training_loss), 5),
+                                   "step_seconds": round(train_out.metrics["train_runtime"] / max(1, trainer.state.global_step), 4),
+                                   "resumed_from": last.rsplit("-", 1)[-1] if last else None}
+        if ctx.has_input("dev"):
+            from reasondistill.evaluation import evaluate_student
+
+            metrics.update(evaluate_student(out_dir, ctx.load_dataset("dev"), ctx.domain, reasoning_column=options.reasoning_column,
+                                            student=student, tokenizer=tokenizer, student_options=s_opts, student_component=student_c))
+        import shutil
+
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the final model is saved; checkpoints only serve resume
+        return StageResult(outputs={"student": "student", "loss_history": "loss_history.json"}, metrics=metrics)
+
+
+@hookimpl
+def register_stages(register):
+    register(DistillStage())

@@ -1,0 +1,56 @@
+"""The student trainer: ``transformers.Trainer`` with a pluggable distillation loss.
+
+Subclassing ``Trainer`` (rather than a hand-written loop) is what makes ``accelerate launch``,
+checkpoints, ``resume_from_checkpoint`` and ``report_to`` work unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+
+class PairCollator:
+    """Pads each view dynamically (to the longest row of the batch), keeps labels and soft targets."""
+
+    def __init__(self, tokenizer: Any, views: tuple[str, ...] = ("std",)):
+        self.tokenizer, self.views = tokenizer, views
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for view in self.views:
+            feats = [{k[len(view) + 1:]: r[k] for k in r if k.startswith(view + "_")} for r in rows]
+            padded = self.tokenizer.pad(feats, return_tensors="pt")
+            batch.update({f"{view}_{k}": v for k, v in padded.items()})
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        if rows[0].get("label_probs") is not None:
+            batch["label_probs"] = torch.tensor([r["label_probs"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+class DistillTrainer(Trainer):
+    """Calls ``loss.compute(student, batch, options)`` and logs each returned term separately."""
+
+    def __init__(self, *args: Any, loss: Any, loss_options: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.distill_loss, self.loss_options = loss, loss_options
+        self._terms: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = self.distill_loss.compute(model, inputs, self.loss_options)
+        if model.training:
+            for key, value in out.items():
+                if key not in ("loss", "logits") and torch.is_tensor(value) and value.dim() == 0:
+                    self._terms[key].append(float(value))
+        return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        for key, values in self._terms.items():
+            if values:
+                logs[f"loss_{key}"] = round(sum(values) / len(values), 5)
+        self._terms.clear()
+        super().log(logs, *args, **kwargs)
