@@ -1,0 +1,72 @@
+"""The test kit for plugin authors, shipped as a pytest plugin (entry point ``pytest11``).
+
+Fixtures:
+
+- ``rd_hooks``: a fresh plugin facade with every installed plugin loaded.
+- ``register_plugin``: ``register_plugin(obj, name=None)`` adds an inline plugin to ``rd_hooks``
+  for one test (a misspelled hookimpl fails at once).
+- ``rd_engine``: an :class:`~reasondistill.Engine` on ``rd_hooks`` writing under ``tmp_path``.
+- ``tiny_causal_lm`` / ``tiny_encoder``: folders with a tiny Llama / BERT and a tokenizer trained
+  offline (built once per session).
+- ``tiny_pairs``: 64 graded pairs from the embedded ``local_services`` generator.
+
+All imports of the ML stack happen inside fixtures, so installing reasondistill never slows down
+an unrelated pytest session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+
+@pytest.fixture
+def rd_hooks():
+    from reasondistill.manager import Hooks
+
+    return Hooks()
+
+
+@pytest.fixture
+def register_plugin(rd_hooks) -> Callable[..., str]:
+    names: list[str] = []
+
+    def register(plugin: Any, name: str | None = None) -> str:
+        names.append(rd_hooks.register(plugin, name))
+        return names[-1]
+
+    yield register
+    for name in names:
+        if rd_hooks.pm.has_plugin(name):
+            rd_hooks.unregister(name)
+
+
+@pytest.fixture
+def rd_engine(rd_hooks, tmp_path):
+    from reasondistill.engine import Engine
+
+    return Engine(rd_hooks, runs_dir=tmp_path / "runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    from reasondistill.tiny import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    from reasondistill.tiny import build_tiny_encoder
+
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture
+def tiny_pairs():
+    from reasondistill.data import rows_to_pairs
+    from reasondistill.plugins.local_services import generate_pairs
+
+    return rows_to_pairs(generate_pairs(n=64, seed=0), "tiny_pairs", num_labels=3)
