@@ -1,0 +1,103 @@
+"""Recipes through the engine: skip, rerun-after-change, force, resume, corruption."""
+
+import json
+
+import pytest
+
+from reasondistill import Recipe, RecipeError, step
+from reasondistill.runstore import MANIFEST
+
+from .counting import CALLS, CountingPlugin
+
+
+@pytest.fixture
+def engine(rd_engine, register_plugin):
+    register_plugin(CountingPlugin(), "counting")
+    CALLS.clear()
+    return rd_engine
+
+
+def three(a=1, b=2, c=3, **kw):
+    return Recipe(name="count3", stages=[step("count", name="a", value=a), step("count", name="b", value=b, **kw),
+                                         step("count", name="c", value=c)])
+
+
+def test_rerun_does_no_work(engine):
+    engine.run(three())
+    assert (CALLS["a"], CALLS["b"], CALLS["c"]) == (1, 1, 1)
+    results = engine.run(three())
+    assert (CALLS["a"], CALLS["b"], CALLS["c"]) == (1, 1, 1)
+    assert all(r.skipped for r in results.values())
+    assert results["b"].metrics == {"value": 2}
+
+
+def test_changing_one_stage_reruns_it_and_later_only(engine):
+    engine.run(three())
+    engine.run(three(b=20))
+    assert (CALLS["a"], CALLS["b"], CALLS["c"]) == (1, 2, 2)
+    # c read b's fresh output
+    assert (engine.runs_dir / "count3" / "c" / "parts" / "0.txt").read_text() == "3:b=20"
+
+
+def test_force_reruns_stage_and_after(engine):
+    engine.run(three())
+    engine.run(three(), force=["b"])
+    assert (CALLS["a"], CALLS["b"], CALLS["c"]) == (1, 2, 2)
+    with pytest.raises(RecipeError, match="--force"):
+        engine.run(three(), force=["nope"])
+
+
+def test_cut_off_stage_resumes(engine):
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(three(fail_at=2))
+    b_dir = engine.runs_dir / "count3" / "b"
+    assert not (b_dir / MANIFEST).exists() and len(list((b_dir / "parts").iterdir())) == 2
+    engine.run(three(fail_at=2))
+    assert CALLS["b:resumed_at_2"] == 1 and CALLS["a"] == 1
+    assert (b_dir / MANIFEST).exists()
+
+
+def test_changed_hash_discards_partial_work(engine):
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(three(fail_at=1))
+    engine.run(three(b=7))
+    assert CALLS["b:resumed_at_1"] == 0
+    assert sorted(p.read_text() for p in (engine.runs_dir / "count3" / "b" / "parts").iterdir()) == ["7:a=1"] * 3
+
+
+def test_corrupted_output_is_recomputed(engine):
+    engine.run(three())
+    (engine.runs_dir / "count3" / "b" / "result.txt").write_text("tampered")
+    engine.run(three())
+    assert (CALLS["a"], CALLS["b"], CALLS["c"]) == (1, 2, 2)
+    assert (engine.runs_dir / "count3" / "b" / "result.txt").read_text() == "b=2"
+
+
+def test_edited_manifest_is_recomputed(engine):
+    engine.run(three())
+    path = engine.runs_dir / "count3" / "a" / MANIFEST
+    data = json.loads(path.read_text())
+    data["metrics"]["value"] = 99
+    path.write_text(json.dumps(data))
+    engine.run(three())
+    assert CALLS["a"] == 2
+    assert json.loads(path.read_text())["metrics"]["value"] == 1
+
+
+def test_manifest_records_versions_timings_and_inputs(engine):
+    engine.run(three())
+    m = json.loads((engine.runs_dir / "count3" / "b" / MANIFEST).read_text())
+    assert m["versions"]["torch"] and m["versions"]["pluggy"]
+    assert m["timings"]["seconds"] >= 0
+    assert m["inputs"] == {"a": {"result": "a/result.txt"}}
+    assert m["outputs"]["result"]["fingerprint"].startswith("sha256:")
+
+
+def test_explicit_inputs(engine):
+    recipe = Recipe(name="x", stages=[step("count", name="a", value=1), step("count", name="b", value=2),
+                                      step("count", name="c", value=3, inputs={"result": "a"})])
+    engine.run(recipe)
+    assert (engine.runs_dir / "x" / "c" / "parts" / "0.txt").read_text() == "3:a=1"
+    bad = Recipe(name="y", stages=[step("count", name="a", inputs={"result": "zzz"})])
+    with pytest.raises(RecipeError, match=r"stages\[0\].inputs.result"):
+        engine.run(bad)

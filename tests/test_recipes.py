@@ -1,0 +1,115 @@
+"""Recipe validation, YAML loading, profiles and the CLI's exit codes."""
+
+import pytest
+import yaml
+
+from reasondistill import RecipeError, load_recipe
+from reasondistill.cli import main
+from reasondistill.engine import Engine
+
+
+def write(tmp_path, data, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+GOOD = {"name": "good", "models": {"student": "tiny-encoder"},
+        "stages": [{"uses": "pairs", "options": {"n": 50}},
+                   {"uses": "distill", "options": {"train_input": "pairs", "reasoning_column": "rationale"}}]}
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"stages": [{"uses": "nope"}]}, "stages[0].uses"),
+    ({"stages": [{"uses": "pairs", "options": {"n": "many"}}]}, "stages[0].options.n"),
+    ({"stages": [{"uses": "pairs", "options": {"bogus": 1}}]}, "stages[0].options.bogus"),
+    ({"stages": [{"uses": "pairs"}, {"uses": "distill", "options": {"loss": "nope"}}]}, "stages[1].options.loss"),
+    ({"stages": [{"uses": "pairs"}, {"uses": "distill", "options": {"loss_options": {"temperature": "x"}}}]},
+     "stages[1].options.loss_options.temperature"),
+    ({"stages": [{"uses": "pairs"}, {"uses": "distill", "options": {"loss": "ce", "loss_options": {"w_nce": 1}}}]},
+     "stages[1].options.loss_options.w_nce"),
+    ({"seed": "abc"}, "seed"),
+    ({"domain": "mars"}, "domain"),
+    ({"unknown_key": 1}, "unknown_key"),
+    ({"stages": []}, "stages"),
+])
+def test_invalid_recipe_exits_2_naming_field(tmp_path, capsys, patch, field):
+    path = write(tmp_path, {**GOOD, **patch})
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f": {field}:" in err, err
+    assert not runs.exists(), "nothing may be written for an invalid recipe"
+
+
+def test_unknown_component_lists_registered_names(tmp_path, capsys):
+    path = write(tmp_path, {**GOOD, "stages": [{"uses": "pairs"}, {"uses": "distill", "options": {"loss": "nope"}}]})
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "crsd" in err and "kd" in err and "ce" in err
+
+
+def test_validate_ok_and_builtin_names(tmp_path, capsys):
+    assert main(["validate", str(write(tmp_path, GOOD))]) == 0
+    assert main(["validate", "quickstart"]) == 0
+    assert main(["validate", "quickstart", "--profile", "tiny"]) == 0
+    assert main(["validate", "quickstart", "--profile", "huge"]) == 2
+    assert main(["validate", "no-such-recipe"]) == 2
+    out = capsys.readouterr()
+    assert "valid" in out.out and "no built-in recipe" in out.err
+
+
+def test_profile_merges_models_and_stage_options():
+    recipe = load_recipe("quickstart", profile="tiny")
+    assert recipe.models["student"] == "tiny-encoder"
+    distill = next(s for s in recipe.stages if s.uses == "distill")
+    assert distill.options["learning_rate"] == 0.001 and distill.options["loss"] == "crsd"
+
+
+def test_yaml_is_safe_loaded_and_size_limited(tmp_path):
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "name: !!python/object/apply:os.system ['echo hi']\nstages: []"))
+    big = write(tmp_path, "name: x\n" + "#" * 1_100_000, "big.yaml")
+    with pytest.raises(RecipeError, match="larger than"):
+        load_recipe(big)
+    with pytest.raises(RecipeError, match="must be a mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n", "list.yaml"))
+
+
+def test_duplicate_stage_names_rejected():
+    with pytest.raises(RecipeError, match="used twice"):
+        load_recipe({"name": "d", "stages": [{"uses": "pairs"}, {"uses": "pairs"}]})
+
+
+def test_python_and_yaml_recipes_hash_alike(tmp_path, rd_hooks):
+    from reasondistill import Recipe, step
+
+    py = Recipe(name="same", models={"student": "tiny-encoder"},
+                stages=[step("pairs", n=50), step("distill", train_input="pairs", reasoning_column="rationale")])
+    yml = load_recipe(write(tmp_path, GOOD))
+    engine = Engine(rd_hooks, tmp_path)
+    a = [s.options.model_dump() for s in engine.validate(py)]
+    b = [s.options.model_dump() for s in engine.validate(yml)]
+    assert a == b
+
+
+def test_cli_help_everywhere(capsys):
+    for argv in (["--help"], ["run", "--help"], ["validate", "--help"], ["plugins", "--help"],
+                 ["recipes", "--help"], ["show", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+def test_cli_recipes_lists_builtins(capsys):
+    assert main(["recipes"]) == 0
+    assert "quickstart" in capsys.readouterr().out
+
+
+def test_cli_show_missing_run(tmp_path, capsys):
+    assert main(["show", "ghost", "--runs-dir", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
