@@ -102,6 +102,7 @@ class DistillStage(Stage):
             save_steps=options.save_steps, save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed,
             report_to=options.report_to or "none", remove_unused_columns=False, bf16=False, fp16=False,
             dataloader_num_workers=0, disable_tqdm=False, dataloader_drop_last=True,
+            dataloader_pin_memory=_cuda(),
         )
         trainer = DistillTrainer(model=student, args=args, train_dataset=encoded,
                                  data_collator=PairCollator(tokenizer, ("std", "rsn") if needs_r else ("std",)),
@@ -135,3 +136,9 @@ class DistillStage(Stage):
 @hookimpl
 def register_stages(register):
     register(DistillStage())
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,52 @@
+"""Domains: rendering and the tolerant completion parser (fuzzed)."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.product_search import ProductSearch
+
+DOM = LocalServices()
+
+
+def test_roundtrip_each_label():
+    for i in range(3):
+        parsed = DOM.parse_completion(DOM.format_completion("because reasons", i))
+        assert parsed.label == i and parsed.reasoning == "because reasons" and parsed.ok
+
+
+def test_tolerant_parsing():
+    cases = {
+        "Reasoning: x\nlabel:   RELEVANT  ": 2,
+        "reasoning: x\n**Label**: partly-relevant.": 1,
+        "Label: relevant\nthen again...\nLabel: irrelevant": 0,
+        "Label: 1": 1,
+        "Label: kind of": None,
+        "": None,
+        "no label at all": None,
+    }
+    for text, want in cases.items():
+        assert DOM.parse_completion(text).label == want, text
+
+
+def test_render_item_fields_and_messages():
+    row = {"query": "cheap pizza", "item": "Blue Door Place: pizza", "district": "Harbor", "price": "$", "hours": "10:00-21:00"}
+    assert DOM.item_text(row) == "Blue Door Place: pizza; district: Harbor; price: $; hours: 10:00-21:00"
+    msgs = DOM.messages(row)
+    assert msgs[0]["role"] == "system" and "partly relevant" in msgs[0]["content"]
+    assert "cheap pizza" in msgs[1]["content"]
+    assert "correct label is 'relevant'" in DOM.rationalize_prompt(row, 2)[-1]["content"]
+    assert ProductSearch().item_text({"query": "q", "item": "Drill"}) == "Drill"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.binary().map(lambda b: b.decode("latin-1")),
+                 st.builds(lambda a, b: f"{a}\nLabel: {b}", st.text(), st.text())))
+def test_parser_never_raises_and_label_in_schema(text):
+    parsed = DOM.parse_completion(text)
+    assert parsed.label is None or parsed.label in range(len(DOM.labels))
+    assert isinstance(parsed.reasoning, str)
+
+
+def test_parser_non_string():
+    assert DOM.parse_completion(None).label is None

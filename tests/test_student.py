@@ -1,0 +1,160 @@
+"""Student distillation on a tiny encoder: losses, gradients, training, resume, prediction."""
+
+import json
+
+import pytest
+import torch
+
+from reasondistill import Recipe, step
+from reasondistill.plugins.distill_losses import CRSD, CrossEntropy, LogitKD
+from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.student_encoder import EncoderClassifier
+from reasondistill.serving import Predictor
+from reasondistill.training import PairCollator
+
+DOM = LocalServices()
+
+
+def make_batch(tiny_encoder, tiny_pairs, n=8, probs=False):
+    comp = EncoderClassifier()
+    opts = comp.Options(max_length=48, reasoning_tokens=32)
+    tok = comp.tokenizer(str(tiny_encoder))
+    rows = list(tiny_pairs.select(range(n)))
+    enc = comp.encode(tok, [DOM.query_text(r) for r in rows], [DOM.item_text(r) for r in rows],
+                      [r["rationale"] for r in rows], opts)
+    feats = [{k: enc[k][i] for k in enc} | {"labels": rows[i]["label"]} for i in range(n)]
+    if probs:
+        for f in feats:
+            f["label_probs"] = [0.9 if g == f["labels"] else 0.05 for g in range(3)]
+    batch = PairCollator(tok, ("std", "rsn"))(feats)
+    return comp.build(str(tiny_encoder), 3, opts), batch, tok, opts
+
+
+def test_reasoning_view_truncates_reasoning_not_query_or_item(tiny_encoder):
+    comp = EncoderClassifier()
+    tok = comp.tokenizer(str(tiny_encoder))
+    opts = comp.Options(max_length=32, reasoning_tokens=8)
+    enc = comp.encode(tok, ["cheap pizza in harbor"], ["Blue Door Place: pizza"], ["because " * 200], opts)
+    std, rsn = enc["std_input_ids"][0], enc["rsn_input_ids"][0]
+    assert len(rsn) == 40
+    sep = tok.sep_token_id
+    first_sep = std.index(sep)
+    assert rsn[: first_sep + 1] == std[: first_sep + 1]  # the query is intact
+    item_ids = std[first_sep + 1:-1]
+    assert rsn[first_sep + 1: first_sep + 1 + len(item_ids)] == item_ids  # and so is the item
+
+
+@pytest.mark.parametrize("loss, opts", [
+    (CRSD(), {}), (CRSD(), {"symmetric": True, "w_point": 1.0, "projection": 16}),
+    (CRSD(), {"stop_gradient": True}), (CRSD(), {"soft_targets": True}),
+    (CrossEntropy(), {}), (LogitKD(), {}),
+])
+def test_each_loss_trains(tiny_encoder, tiny_pairs, loss, opts):
+    student, batch, _, _ = make_batch(tiny_encoder, tiny_pairs, probs=True)
+    options = loss.options(opts)
+    if hasattr(loss, "extra_modules"):
+        student.extra = torch.nn.ModuleDict(loss.extra_modules(student.hidden_size, options))
+    optim = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    first = None
+    for _ in range(15):
+        out = loss.compute(student, batch, options)
+        optim.zero_grad()
+        out["loss"].backward()
+        optim.step()
+        first = first if first is not None else out["loss"].item()
+    assert out["loss"].item() < first * 0.8
+    assert {k for k in out if k not in ("loss", "logits")}, "each term is reported"
+
+
+def _encoder_grad_norms(student, batch, loss, options):
+    student.zero_grad()
+    loss.compute(student, batch, options)["loss"].backward()
+    emb = student.model.base_model.embeddings.word_embeddings.weight.grad
+    return emb
+
+
+def test_gradients_reach_encoder_from_both_views(tiny_encoder, tiny_pairs):
+    student, batch, _, _ = make_batch(tiny_encoder, tiny_pairs)
+    crsd = CRSD()
+    rsn_only_ids = set(batch["rsn_input_ids"].flatten().tolist()) - set(batch["std_input_ids"].flatten().tolist())
+    assert rsn_only_ids, "the reasoning view has tokens the standard view lacks"
+    # only the reasoning CE: gradient on reasoning-only tokens
+    g = _encoder_grad_norms(student, batch, crsd, crsd.options({"w_std": 0, "w_nce": 0}))
+    assert g[list(rsn_only_ids)].abs().sum() > 0
+    # only InfoNCE: both views' tokens get gradient ...
+    g = _encoder_grad_norms(student, batch, crsd, crsd.options({"w_std": 0, "w_reasoning": 0}))
+    assert g[list(rsn_only_ids)].abs().sum() > 0
+    # ... and with stop-gradient the reasoning-only tokens get none
+    g = _encoder_grad_norms(student, batch, crsd, crsd.options({"w_std": 0, "w_reasoning": 0, "stop_gradient": True}))
+    assert g[list(rsn_only_ids)].abs().sum() == 0
+    std_ids = list(set(batch["std_input_ids"].flatten().tolist()) - {0})
+    assert g[std_ids].abs().sum() > 0
+
+
+def test_ce_ignores_reasoning_view(tiny_encoder, tiny_pairs):
+    student, batch, _, _ = make_batch(tiny_encoder, tiny_pairs)
+    ce = CrossEntropy()
+    batch_no_rsn = {k: v for k, v in batch.items() if not k.startswith("rsn_")}
+    assert torch.allclose(ce.compute(student, batch, ce.options())["loss"], ce.compute(student, batch_no_rsn, ce.options())["loss"])
+
+
+def distill_recipe(**options):
+    base = dict(train_input="pairs", reasoning_column="rationale", batch_size=16, learning_rate=2e-3,
+                logging_steps=2, student_options={"max_length": 48, "reasoning_tokens": 32})
+    return Recipe(name="stu", models={"student": "tiny-encoder"}, seed=1,
+                  stages=[step("pairs", n=240), step("distill", **{**base, **options})])
+
+
+def test_distill_stage_trains_evaluates_and_logs_terms(rd_engine):
+    res = rd_engine.run(distill_recipe(max_steps=30))["distill"]
+    m = res.metrics
+    assert m["steps"] == 30 and 0 <= m["dev_macro_f1"] <= 1
+    for key in ("dev_accuracy", "dev_auc_relevant", "dev_ndcg@5", "dev_f1_relevant", "dev_reasoning_view_macro_f1"):
+        assert key in m
+    folder = rd_engine.runs_dir / "stu" / "distill"
+    history = json.loads((folder / "loss_history.json").read_text())
+    assert {"loss_ce_std", "loss_ce_reasoning", "loss_infonce"} <= set(history[0])
+    meta = json.loads((folder / "student" / "reasondistill.json").read_text())
+    assert meta["labels"] == list(DOM.labels) and meta["domain"] == "local_services"
+
+
+def test_distill_learns_the_rule(rd_engine):
+    m = rd_engine.run(distill_recipe(max_steps=120, loss="ce"))["distill"].metrics
+    assert m["dev_accuracy"] > 0.55, m  # the majority class is ~0.45
+
+
+def test_checkpointed_run_resumes(rd_engine, monkeypatch):
+    from transformers import Trainer
+
+    real_save = Trainer._save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_die(self, *a, **kw):
+        real_save(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    recipe = distill_recipe(max_steps=12, save_steps=6)
+    with pytest.raises(KeyboardInterrupt):
+        rd_engine.run(recipe)
+    assert (rd_engine.runs_dir / "stu" / "distill" / "checkpoints" / "checkpoint-6").exists()
+    m = rd_engine.run(recipe)["distill"].metrics
+    assert m["resumed_from"] == "6" and m["steps"] == 12
+
+
+def test_predictor_matches_model(rd_engine):
+    rd_engine.run(distill_recipe(max_steps=10))
+    folder = rd_engine.runs_dir / "stu" / "distill" / "student"
+    pred = Predictor(folder, batch_size=7)
+    from datasets import load_from_disk
+
+    dev = list(load_from_disk(str(rd_engine.runs_dir / "stu" / "pairs" / "dev")))
+    labels = pred.predict(dev, DOM)
+    with torch.inference_mode():
+        direct = []
+        for r in dev:
+            enc = pred.tokenizer(DOM.query_text(r), DOM.item_text(r), return_tensors="pt", truncation=True, max_length=48)
+            direct.append(int(pred.model(**enc).logits.argmax(-1)))
+    assert labels == direct
