@@ -233,3 +233,12 @@ def reset_hooks() -> None:
     """Forget the process-wide facade, e.g. after installing a plugin distribution."""
     global _DEFAULT
     _DEFAULT = None
+
+
+def hook_signature(name: str) -> str:
+    """``name(param: type, ...) -> return`` exactly as declared in :mod:`hookspecs` (for the docs)."""
+    import inspect
+
+    sig = inspect.signature(getattr(hookspecs, name))
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values())
+    return f"{name}({params}) -> {sig.return_annotation}"

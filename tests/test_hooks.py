@@ -1,0 +1,178 @@
+"""One test per hook, each calling it through the facade (meta-tested in test_docs.py)."""
+
+from pathlib import Path
+
+import pytest
+
+from reasondistill import (
+    Annotator, DistillLoss, Domain, ModelSource, PluginError, Recipe, Stage, StageResult, Student, hookimpl, step,
+)
+from reasondistill.plugins.local_services import LocalServices
+
+
+def _names(hooks, kind):
+    return set(hooks.catalogue.kind(kind))
+
+
+def test_hook_register_stages(rd_hooks):
+    assert {"pairs", "distill"} <= _names(rd_hooks, "stage")
+    assert rd_hooks.catalogue.kind("stage")["pairs"].family == "pipeline"
+
+
+def test_hook_register_teacher_stages(rd_hooks, register_plugin):
+    class Noop(Stage):
+        name = "noop-teacher"
+
+        def run(self, ctx, options):
+            return StageResult()
+
+    class P:
+        @hookimpl
+        def register_teacher_stages(self, register):
+            register(Noop())
+
+    register_plugin(P(), "p")
+    assert rd_hooks.catalogue.kind("stage")["noop-teacher"].family == "teacher"
+
+
+def test_hook_score_reasoning(rd_hooks, register_plugin):
+    class Len:
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            return {"short": 1.0 if len(completion) < 50 else 0.0, "parsed": float(domain.parse_completion(completion).ok)}
+
+    class Abstain:
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            return None
+
+    register_plugin(Len(), "len")
+    register_plugin(Abstain(), "abstain")
+    vec = rd_hooks.score_reasoning({"query": "q", "item": "i"}, "Reasoning: ok\nLabel: relevant", LocalServices())
+    assert vec == {"short": 1.0, "parsed": 1.0}
+
+    class Clash:
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            return {"short": 0.5}
+
+    register_plugin(Clash(), "clash")
+    with pytest.raises(PluginError, match="dimension 'short' is already scored") as exc:
+        rd_hooks.score_reasoning({}, "x", LocalServices())
+    assert {"'len'", "'clash'"} <= {w.strip(":") for w in str(exc.value).split()}
+
+
+def test_hook_aggregate_reward(rd_hooks, register_plugin):
+    assert rd_hooks.aggregate_reward({"a": 1.0, "b": 0.0}, {"a": 3.0}) == pytest.approx(0.75)
+    assert rd_hooks.aggregate_reward({}, {}) == 0.0
+
+    class MinAgg:
+        @hookimpl
+        def aggregate_reward(self, scores, weights):
+            return min(scores.values())
+
+    register_plugin(MinAgg(), "min")
+    assert rd_hooks.aggregate_reward({"a": 1.0, "b": 0.2}, {}) == pytest.approx(0.2)
+
+
+def test_hook_register_annotators(rd_hooks, register_plugin):
+    class Echo(Annotator):
+        name = "echo"
+
+        def annotate(self, ctx, pairs, teacher, options):
+            return pairs
+
+    class P:
+        @hookimpl
+        def register_annotators(self, register):
+            register(Echo())
+
+    register_plugin(P(), "p")
+    assert "echo" in _names(rd_hooks, "annotator")
+
+
+def test_hook_register_students(rd_hooks, register_plugin):
+    assert "encoder-classifier" in _names(rd_hooks, "student")
+
+    class Mine(Student):
+        name = "mine"
+
+        def build(self, model, num_labels, options):
+            return None
+
+    class P:
+        @hookimpl
+        def register_students(self, register):
+            register(Mine())
+
+    register_plugin(P(), "p")
+    assert rd_hooks.catalogue.kind("student")["mine"].plugin == "p"
+
+
+def test_hook_register_distill_losses(rd_hooks, register_plugin):
+    assert {"crsd", "ce", "kd"} <= _names(rd_hooks, "loss")
+
+    class Zero(DistillLoss):
+        name = "zero"
+
+        def compute(self, student, batch, options):
+            return {"loss": 0.0}
+
+    class P:
+        @hookimpl
+        def register_distill_losses(self, register):
+            register(Zero())
+
+    register_plugin(P(), "p")
+    assert "zero" in _names(rd_hooks, "loss")
+
+
+def test_hook_register_domains(rd_hooks, register_plugin):
+    class Recipes(Domain):
+        name = "recipes"
+        labels = ("bad", "good")
+
+    class P:
+        @hookimpl
+        def register_domains(self, register):
+            register(Recipes())
+
+    register_plugin(P(), "p")
+    dom = rd_hooks.catalogue.get("domain", "recipes")
+    assert dom.parse_completion("Label: good").label == 1
+
+
+def test_hook_register_models(rd_hooks, register_plugin, tmp_path):
+    from reasondistill.models import resolve_model
+
+    class Folder(ModelSource):
+        name = "my-folder"
+
+        def materialize(self, cache_dir):
+            (cache_dir / "x").mkdir(exist_ok=True)
+            return cache_dir / "x"
+
+    class P:
+        @hookimpl
+        def register_models(self, register):
+            register(Folder())
+
+    register_plugin(P(), "p")
+    assert Path(resolve_model("my-folder", rd_hooks)).name == "x"
+    assert resolve_model(str(tmp_path), rd_hooks) == str(tmp_path)
+
+
+def test_hook_on_stage_end(rd_engine, register_plugin):
+    seen = []
+
+    class Tracker:
+        @hookimpl
+        def on_stage_end(self, run, stage, result):
+            seen.append((run.name, stage, result.skipped, result.metrics.get("pairs")))
+
+    register_plugin(Tracker(), "tracker")
+    recipe = Recipe(name="lc", stages=[step("pairs", n=40)])
+    rd_engine.run(recipe)
+    rd_engine.run(recipe)
+    assert [s[:3] for s in seen] == [("lc", "pairs", False), ("lc", "pairs", True)]
+    assert seen[0][3] == seen[1][3] > 0
