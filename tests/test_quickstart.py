@@ -1,0 +1,16 @@
+"""The quickstart recipe end to end with the tiny profile, then a rerun that does no work."""
+
+from reasondistill.cli import main
+
+
+def test_quickstart_tiny_profile_end_to_end(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["run", "quickstart", "--profile", "tiny", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "0 up to date" in out
+    assert (runs / "quickstart" / "distill" / "student" / "model.safetensors").exists()
+    assert main(["run", "quickstart", "--profile", "tiny", "--runs-dir", str(runs)]) == 0
+    assert "0 stage(s) ran" in capsys.readouterr().out
+    assert main(["show", "quickstart", "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    assert "distill" in table and "dev_macro_f1=" in table
