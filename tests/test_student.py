@@ -158,3 +158,19 @@ def test_predictor_matches_model(rd_engine):
             enc = pred.tokenizer(DOM.query_text(r), DOM.item_text(r), return_tensors="pt", truncation=True, max_length=48)
             direct.append(int(pred.model(**enc).logits.argmax(-1)))
     assert labels == direct
+
+
+def test_onnx_export_gives_torch_labels(rd_engine):
+    recipe = distill_recipe(max_steps=20)
+    recipe.stages.append(step("export", agreement_rows=100))
+    m = rd_engine.run(recipe)["export"].metrics
+    assert m["agreement_fp32"] == 1.0 and m["agreement_int8"] >= 0.95
+    from reasondistill.onnx_export import OnnxPredictor
+
+    folder = rd_engine.runs_dir / "stu"
+    torch_pred = Predictor(folder / "distill" / "student")
+    onnx_pred = OnnxPredictor(folder / "export" / "onnx", "fp32", batch_size=5)
+    q, i = ["cheap pizza", "gym near harbor open late"] * 4, ["Blue Door: pizza", "Sunny Club: gym; district: Harbor"] * 4
+    import numpy as np
+
+    assert np.allclose(torch_pred.predict_proba(q, i), onnx_pred.predict_proba(q, i), atol=1e-4)
