@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from . import distributed as dist
 from .errors import ArtifactError, RecipeError
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
 from .manager import Hooks, get_hooks
@@ -67,8 +68,10 @@ class Engine:
             log.warning("recipe %s sets trust_remote_code: code shipped with models will run", recipe.name)
         domain = self.hooks.catalogue.get("domain", recipe.domain, "domain")
         run = RunInfo(name or recipe.name, self.runs_dir / (name or recipe.name), recipe)
-        run.dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run.dir / "recipe.json", recipe.model_dump(mode="json"))
+        if dist.is_main():
+            run.dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run.dir / "recipe.json", recipe.model_dump(mode="json"))
+        dist.barrier()
 
         produced: dict[str, dict[str, Path]] = {}
         results: dict[str, StageResult] = {}
@@ -88,7 +91,8 @@ class Engine:
                 result = self._execute(run, stage, stage_dir, digest, external, domain, produced)
             produced[stage.name] = {k: stage_dir / v for k, v in result.outputs.items()}
             results[stage.name] = result
-            self.hooks.on_stage_end(run, stage.name, result)
+            if dist.is_main():
+                self.hooks.on_stage_end(run, stage.name, result)
             previous = digest
         return results
 
@@ -108,23 +112,26 @@ class Engine:
 
     def _execute(self, run: RunInfo, stage: ResolvedStage, stage_dir: Path, digest: str,
                  external: dict[str, str], domain, produced) -> StageResult:
-        state_path = stage_dir / STATE
-        resuming = False
-        if state_path.exists() and (stage_dir / "manifest.json").exists() is False:
-            import json
-
-            try:
-                resuming = json.loads(state_path.read_text()).get("hash") == digest
-            except (ValueError, OSError):
-                resuming = False
-        if not resuming:
-            clear_dir(stage_dir)
-        write_json_atomic(state_path, {"hash": digest, "status": "running"})
+        resuming = self._can_resume(stage_dir, digest)
+        dist.barrier()  # every rank has read the old state before the main process changes it
+        if dist.is_main():
+            if not resuming:
+                clear_dir(stage_dir)
+            write_json_atomic(stage_dir / STATE, {"hash": digest, "status": "running"})
+        dist.barrier()
         ctx = StageContext(stage.name, stage_dir, run, self.hooks, domain, resuming, dict(produced),
                            dict(stage.spec.inputs))
         log.info("stage %s: %s", stage.name, "resuming" if resuming else "running")
         started = time.time()
-        result = stage.component.run(ctx, stage.options)
+        result = None
+        if dist.is_main() or getattr(stage.component, "distributed", False):
+            result = stage.component.run(ctx, stage.options)
+        dist.barrier()
+        if not dist.is_main():  # the main process wrote the manifest; read its outcome
+            dist.barrier()
+            manifest = read_manifest(stage_dir) or {}
+            return StageResult(outputs={k: v["path"] for k, v in manifest.get("outputs", {}).items()},
+                               metrics=manifest.get("metrics", {}), seconds=manifest.get("timings", {}).get("seconds", 0.0))
         seconds = time.time() - started
         result.seconds = seconds
         outputs = {}
@@ -144,6 +151,21 @@ class Engine:
             "metrics": result.metrics,
             "versions": package_versions(),
             "timings": {"started": started, "ended": started + seconds, "seconds": seconds},
+            "processes": dist.world(),
         })
-        state_path.unlink(missing_ok=True)
+        (stage_dir / STATE).unlink(missing_ok=True)
+        dist.barrier()
         return result
+
+    @staticmethod
+    def _can_resume(stage_dir: Path, digest: str) -> bool:
+        """A folder left by an interrupted run of the same stage hash is resumed, not wiped."""
+        import json
+
+        state_path = stage_dir / STATE
+        if not state_path.exists() or (stage_dir / "manifest.json").exists():
+            return False
+        try:
+            return json.loads(state_path.read_text()).get("hash") == digest
+        except (ValueError, OSError):
+            return False
