@@ -43,6 +43,16 @@ def _complete_word(text: str, pattern: re.Pattern) -> bool:
     return text[m.end():][:1] in ("", "\n", ".", " ", "*")
 
 
+def label_stop_strings(domain: Any) -> list[str]:
+    """``Label: <name>`` in the spellings a model writes; transformers matches them per row and token."""
+    out = []
+    for name in domain.labels:
+        for variant in {name, name.capitalize(), name.title(), name.upper()}:
+            for sep in (": ", ":", ": **", "**: "):
+                out.append(f"{domain.label_key}{sep}{variant}")
+    return sorted(set(out))
+
+
 def prompt_texts(tokenizer: Any, messages: Sequence[list[dict[str, str]]]) -> list[str]:
     return [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
 
@@ -80,6 +90,7 @@ class TeacherGenerator:
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.domain, self.batch_size, self.max_new_tokens = domain, batch_size, max_new_tokens
         self.first_tokens = label_first_tokens(self.tokenizer, domain.labels)
+        self.stop_strings = label_stop_strings(domain)
         self.label_key_re = re.compile(rf"(?i){re.escape(domain.label_key)}\s*\**\s*[:：]\s*\**\s*$")
 
     def generate(self, messages: Sequence[list[dict[str, str]]], do_sample: bool = False, temperature: float = 1.0,
@@ -109,7 +120,7 @@ class TeacherGenerator:
         kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": self.max_new_tokens,
                                   "num_return_sequences": n, "pad_token_id": self.tokenizer.pad_token_id,
                                   "return_dict_in_generate": True, "output_scores": True,
-                                  "stopping_criteria": StoppingCriteriaList([LabelWritten(self.tokenizer, prompt_len, self.domain)])}
+                                  "stop_strings": self.stop_strings, "tokenizer": self.tokenizer}
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
