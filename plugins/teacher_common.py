@@ -1,0 +1,134 @@
+"""What the teacher stages share: training options, LoRA, merging, and teacher evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from reasondistill import Options
+
+
+class TeacherTrainOptions(Options):
+    """Options of every teacher training stage (trl config fields, CPU-safe defaults)."""
+
+    lora: bool = Field(True, description="train LoRA adapters (merged afterwards); false = full fine-tuning")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    max_length: int = Field(512, ge=16)
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(50, ge=1)
+    report_to: list[str] = Field(default_factory=list)
+    eval_rows: int = Field(0, ge=0, description="dev pairs to evaluate the teacher on after the stage")
+    eval_max_new_tokens: int = Field(96, ge=4)
+
+
+def teacher_source(ctx) -> str:
+    """The teacher to start from: the latest earlier ``teacher`` output, else ``models.teacher``."""
+    return str(ctx.input("teacher")) if ctx.has_input("teacher") else ctx.model("teacher")
+
+
+def common_args(ctx, o: TeacherTrainOptions) -> dict[str, Any]:
+    """TrainingArguments fields; bf16 and activation checkpointing off (3-4x slower on CPU)."""
+    import torch
+
+    return dict(output_dir=str(ctx.dir / "checkpoints"), num_train_epochs=o.epochs, max_steps=o.max_steps,
+                per_device_train_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum,
+                learning_rate=o.learning_rate, logging_steps=o.logging_steps, save_steps=o.save_steps,
+                save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed, report_to=o.report_to or "none",
+                bf16=False, fp16=False, gradient_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available(),
+                max_length=o.max_length)
+
+
+def peft_config(o: TeacherTrainOptions):
+    if not o.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=o.lora_r, lora_alpha=o.lora_alpha, lora_dropout=o.lora_dropout,
+                      target_modules=o.target_modules, task_type="CAUSAL_LM")
+
+
+def load_causal_lm(path: str, trust: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
+    return model, tok
+
+
+def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint of an interrupted run), merge LoRA, save safetensors."""
+    import shutil
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = ctx.dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt)) if ctx.resuming and ckpt.exists() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
+            "resumed_from": last.rsplit("-", 1)[-1] if last else None}
+
+
+def evaluate_teacher(ctx, teacher: str, rows: list[dict[str, Any]], max_new_tokens: int = 96,
+                     batch_size: int = 16, prefix: str = "teacher_") -> dict[str, float]:
+    """Greedy answers on gold rows: parse rate, accuracy, macro-F1, mean reward per dimension."""
+    from reasondistill.generation import TeacherGenerator
+    from reasondistill.metrics import classification_metrics
+
+    rows = [r for r in rows if r.get("label") is not None and r["label"] >= 0]
+    if not rows:
+        return {}
+    dom = ctx.domain
+    gen = TeacherGenerator(teacher, dom, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           trust_remote_code=ctx.recipe.trust_remote_code)
+    outs = gen.generate([dom.messages(r) for r in rows])
+    texts = [o[0].text for o in outs]
+    parsed = [dom.parse_completion(t) for t in texts]
+    k = len(dom.labels)
+    gold = [r["label"] for r in rows]
+    pred = [p.label if p.ok else (g + 1) % k for p, g in zip(parsed, gold)]  # unparsable counts as wrong
+    m = classification_metrics(gold, pred, dom.labels)
+    out = {f"{prefix}parse_rate": round(sum(p.ok for p in parsed) / len(parsed), 4),
+           f"{prefix}accuracy": round(m["accuracy"], 4), f"{prefix}macro_f1": round(m["macro_f1"], 4)}
+    rewards = reward_table(ctx, rows, texts)
+    out.update({f"{prefix}reward_{k}": v for k, v in rewards.items()})
+    return out
+
+
+def reward_table(ctx, rows: list[dict[str, Any]], texts: list[str]) -> dict[str, float]:
+    """Mean of each reward dimension and of the aggregate over (row, completion) pairs."""
+    sums: dict[str, list[float]] = {}
+    for row, text in zip(rows, texts):
+        vec = ctx.hooks.score_reasoning(row, text, ctx.domain)
+        vec["aggregate"] = ctx.hooks.aggregate_reward(vec, ctx.recipe.reward_weights)
+        for key, value in vec.items():
+            sums.setdefault(key, []).append(value)
+    return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
+
+
+def dev_rows(ctx, n: int) -> list[dict[str, Any]]:
+    if not n or not ctx.has_input("dev"):
+        return []
+    dev = ctx.load_dataset("dev")
+    return list(dev.select(range(min(n, len(dev)))))

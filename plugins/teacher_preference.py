@@ -1,0 +1,114 @@
+"""``preference``: sample K chains per prompt, rank them by the reward vector, train DPO.
+
+Pairs are best vs worst candidate by aggregated reward; pairs under ``min_margin`` (ties
+included) are dropped. The SFT teacher is both the policy's start and the DPO reference
+(with LoRA the reference is the same weights with the adapter disabled).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from reasondistill import Stage, StageResult, hookimpl
+from reasondistill.errors import DataError
+
+from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluate_teacher, load_causal_lm,
+                             peft_config, reward_table, teacher_source, train_and_save)
+
+
+class PreferenceOptions(TeacherTrainOptions):
+    input: str = Field("pairs", description="the earlier output whose pairs become prompts")
+    prompts: int = Field(64, ge=1, description="prompts to sample candidates for")
+    candidates: int = Field(4, ge=2, description="K sampled chains a prompt")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=8)
+    gen_batch_size: int = Field(8, ge=1)
+    min_margin: float = Field(0.05, ge=0, description="drop pairs whose aggregated rewards differ by less")
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    heldout_prompts: int = Field(0, ge=0, description="dev prompts to compare reward before and after DPO")
+
+
+def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], min_margin: float):
+    """Score every candidate; return DPO rows and the count of dropped prompts."""
+    out, dropped = [], 0
+    for row, cands in zip(rows, candidates):
+        scored = []
+        for text in cands:
+            vec = ctx.hooks.score_reasoning(row, text, ctx.domain)
+            scored.append((ctx.hooks.aggregate_reward(vec, ctx.recipe.reward_weights), vec, text))
+        scored.sort(key=lambda s: s[0], reverse=True)
+        best, worst = scored[0], scored[-1]
+        if best[0] - worst[0] < min_margin or best[2] == worst[2]:
+            dropped += 1
+            continue
+        out.append({"prompt": ctx.domain.messages(row),
+                    "chosen": [{"role": "assistant", "content": best[2]}],
+                    "rejected": [{"role": "assistant", "content": worst[2]}],
+                    "chosen_scores": best[1], "rejected_scores": worst[1], "margin": best[0] - worst[0],
+                    "pair_id": row["pair_id"]})
+    return out, dropped
+
+
+class PreferenceStage(Stage):
+    name = "preference"
+    family = "teacher"
+    description = "Sample K chains, rank by the multi-dimensional reward, train trl DPOTrainer (LoRA)."
+    Options = PreferenceOptions
+
+    def run(self, ctx, options: PreferenceOptions) -> StageResult:
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        from reasondistill.generation import TeacherGenerator
+
+        source = teacher_source(ctx)
+        pool = ctx.load_dataset(options.input)
+        rows = [r for r in pool.select(range(min(options.prompts, len(pool))))]
+        gen = TeacherGenerator(source, ctx.domain, options.gen_batch_size, options.max_new_tokens,
+                               trust_remote_code=ctx.recipe.trust_remote_code)
+        outs = gen.generate([ctx.domain.messages(r) for r in rows], do_sample=True, temperature=options.temperature,
+                            top_p=options.top_p, num_return_sequences=options.candidates, seed=ctx.seed,
+                            progress=ctx.progress(total=len(rows), desc="sampling", unit="prompt"))
+        pairs, dropped = build_pairs(ctx, rows, [[g.text for g in o] for o in outs], options.min_margin)
+        if not pairs:
+            raise DataError(f"preference: every one of {len(rows)} prompts had candidates within min_margin "
+                            f"{options.min_margin}; sample more candidates or lower min_margin")
+        prefs = Dataset.from_list(pairs)
+        prefs.save_to_disk(str(ctx.dir / "preferences"))
+        heldout = dev_rows(ctx, options.heldout_prompts)
+        metrics: dict[str, Any] = {"prompts": len(rows), "pairs": len(pairs), "dropped_prompts": dropped,
+                                   "mean_margin": round(sum(p["margin"] for p in pairs) / len(pairs), 4)}
+        if heldout:
+            metrics.update({f"before_{k}": v for k, v in self._heldout_rewards(ctx, gen, heldout, options).items()})
+        del gen
+        model, tok = load_causal_lm(source, ctx.recipe.trust_remote_code)
+        args = DPOConfig(**common_args(ctx, options), beta=options.beta)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=prefs.select_columns(["prompt", "chosen", "rejected"]),
+                             processing_class=tok, peft_config=peft_config(options))
+        metrics.update(train_and_save(ctx, trainer, tok, ctx.dir / "teacher"))
+        if heldout:
+            after = TeacherGenerator(str(ctx.dir / "teacher"), ctx.domain, options.gen_batch_size, options.max_new_tokens)
+            metrics.update({f"after_{k}": v for k, v in self._heldout_rewards(ctx, after, heldout, options).items()})
+        rows_eval = dev_rows(ctx, options.eval_rows)
+        if rows_eval:
+            metrics.update(evaluate_teacher(ctx, str(ctx.dir / "teacher"), rows_eval, options.eval_max_new_tokens))
+        return StageResult(outputs={"teacher": "teacher", "preferences": "preferences",
+                                    "loss_history": "loss_history.json"}, metrics=metrics)
+
+    @staticmethod
+    def _heldout_rewards(ctx, gen, rows, options) -> dict[str, float]:
+        """Mean reward per dimension of sampled answers on held-out prompts (same seed before/after)."""
+        outs = gen.generate([ctx.domain.messages(r) for r in rows], do_sample=True, temperature=options.temperature,
+                            top_p=options.top_p, num_return_sequences=2, seed=ctx.seed + 7)
+        flat_rows = [r for r, o in zip(rows, outs) for _ in o]
+        texts = [g.text for o in outs for g in o]
+        return {f"reward_{k}": v for k, v in reward_table(ctx, flat_rows, texts).items()}
+
+
+@hookimpl
+def register_teacher_stages(register):
+    register(PreferenceStage())
