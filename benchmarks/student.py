@@ -74,7 +74,7 @@ def table_a(args) -> str:
                                 step("pairs", source=str(train), dev_source=str(dev)),
                                 step("distill", train_input="pairs", loss=loss, loss_options=opts, epochs=args.epochs,
                                      batch_size=32, learning_rate=args.lr, logging_steps=20,
-                                     student_options={"max_length": 64, "reasoning_tokens": 64})])
+                                     student_options={"max_length": 48, "reasoning_tokens": 48})])
             m = engine.run(recipe)["distill"].metrics
             scores[label].append(m["dev_macro_f1"])
             rv[label].append(m.get("dev_reasoning_view_macro_f1", float("nan")))
@@ -205,7 +205,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-student")
     p.add_argument("--annotations", type=Path, help="teacher annotations JSONL (query, item, label, reasoning)")
     p.add_argument("--student", help="a trained student folder for table (b)")
-    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--train", type=int, default=2000)
     p.add_argument("--dev", type=int, default=1000)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=5e-5)
