@@ -188,3 +188,25 @@ def test_third_party_distribution_is_discovered_and_runs(third_party, tmp_path):
     finally:
         del os.environ["REASONDISTILL_BLOCK_PLUGINS"]
     assert out.returncode == 2 and "stages[0].uses" in out.stderr and "shout" in out.stderr
+
+
+def test_third_party_scorer_is_a_reward_dimension(third_party, tmp_path):
+    """The 'shouting' scorer from the installed distribution shows up in preference pair scores."""
+    (tmp_path / "p.yaml").write_text(textwrap.dedent("""
+        name: tpref
+        models: {teacher: tiny-causal-lm}
+        stages:
+          - uses: pairs
+            options: {n: 60}
+          - uses: reasoning
+            options: {source: column, limit: 8}
+          - uses: preference
+            options: {prompts: 4, candidates: 3, max_new_tokens: 8, min_margin: 0.0, max_steps: 1, batch_size: 2,
+                      max_length: 256}
+        """))
+    out = _cli(["run", "p.yaml"], third_party, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from datasets import load_from_disk
+
+    prefs = load_from_disk(str(tmp_path / "runs" / "tpref" / "preference" / "preferences"))
+    assert all("shouting" in row["chosen_scores"] and "format" in row["chosen_scores"] for row in prefs)

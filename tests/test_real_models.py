@@ -1,0 +1,42 @@
+"""The real offline weights: SmolLM2-135M-Instruct (teacher) and all-MiniLM-L6-v2 (student)."""
+
+import pytest
+
+from reasondistill import Recipe, step
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_through_dapt_sft_preference_and_reload(rd_engine):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = Recipe(name="smol", models={"teacher": "smollm2-135m-instruct"}, stages=[
+        step("pairs", n=60),
+        step("dapt", max_steps=2, batch_size=2, max_length=64, lora_r=4),
+        step("reasoning", source="column", limit=8),
+        step("sft", max_steps=2, batch_size=2, max_length=256, lora_r=4),
+        step("preference", prompts=2, candidates=2, max_new_tokens=16, min_margin=0.0, max_steps=1, batch_size=2,
+             max_length=256, lora_r=4),
+    ])
+    results = rd_engine.run(recipe)
+    for stage in ("dapt", "sft", "preference"):
+        assert results[stage].metrics["steps"] >= 1, stage
+    folder = rd_engine.runs_dir / "smol" / "preference" / "teacher"
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.model_type == "llama" and model.dtype.is_floating_point
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True)
+    out = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > 3
+
+
+def test_minilm_student_trains_and_exports(rd_engine):
+    recipe = Recipe(name="mini", models={"student": "all-minilm-l6-v2"}, stages=[
+        step("pairs", n=120),
+        step("distill", train_input="pairs", reasoning_column="rationale", max_steps=3, batch_size=8,
+             student_options={"max_length": 48, "reasoning_tokens": 32}),
+        step("export", agreement_rows=40),
+    ])
+    results = rd_engine.run(recipe)
+    assert results["distill"].metrics["steps"] == 3
+    assert results["export"].metrics["agreement_fp32"] == 1.0

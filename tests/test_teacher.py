@@ -1,0 +1,112 @@
+"""Teacher adaptation on tiny models, for real: dapt -> reasoning -> sft -> preference (DPO)."""
+
+import pytest
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM
+
+from reasondistill import Recipe, step
+from reasondistill.plugins.local_services import LocalServices
+
+DOM = LocalServices()
+
+
+def teacher_recipe(**over):
+    stages = [
+        step("pairs", n=160),
+        step("dapt", max_steps=2, batch_size=4, max_length=64, lora=True, lora_r=4, eval_rows=4, eval_max_new_tokens=8),
+        step("reasoning", source="column", limit=48),
+        step("sft", max_steps=3, batch_size=4, max_length=256, eval_rows=4, eval_max_new_tokens=8),
+        step("preference", prompts=6, candidates=3, max_new_tokens=12, min_margin=0.0, max_steps=2, batch_size=2,
+             max_length=256, heldout_prompts=3),
+    ]
+    return Recipe(name="teach", models={"teacher": "tiny-causal-lm"}, seed=2, **over, stages=stages)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    from reasondistill.engine import Engine
+    from reasondistill.manager import Hooks
+
+    engine = Engine(Hooks(), tmp_path_factory.mktemp("teach") / "runs")
+    return engine, engine.run(teacher_recipe())
+
+
+@pytest.mark.parametrize("stage", ["dapt", "sft", "preference"])
+def test_stage_trains_saves_and_reloads(teacher_run, stage):
+    engine, results = teacher_run
+    m = results[stage].metrics
+    assert m["steps"] >= 2 and m["train_loss"] > 0
+    folder = engine.runs_dir / "teach" / stage / "teacher"
+    assert (folder / "model.safetensors").exists() and not list(folder.glob("adapter_*")), "LoRA is merged"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_each_stage_starts_from_the_previous_teacher(teacher_run):
+    import json
+
+    engine, _ = teacher_run
+    sft = json.loads((engine.runs_dir / "teach" / "sft" / "manifest.json").read_text())
+    assert sft["inputs"]["dapt"]["teacher"] == "dapt/teacher"
+
+
+def test_teacher_evaluation_metrics(teacher_run):
+    _, results = teacher_run
+    m = results["sft"].metrics
+    for key in ("teacher_parse_rate", "teacher_macro_f1", "teacher_reward_format", "teacher_reward_aggregate"):
+        assert 0 <= m[key] <= 1, key
+    p = results["preference"].metrics
+    assert "before_reward_aggregate" in p and "after_reward_aggregate" in p
+
+
+def test_preference_pairs_carry_reward_vectors(teacher_run):
+    engine, results = teacher_run
+    prefs = load_from_disk(str(engine.runs_dir / "teach" / "preference" / "preferences"))
+    assert len(prefs) == results["preference"].metrics["pairs"] > 0
+    dims = {"label_agreement", "format", "faithfulness", "self_consistency", "length"}
+    for row in prefs:
+        assert dims <= set(row["chosen_scores"]) and row["margin"] >= 0
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+
+
+def test_sft_data_is_prompt_completion_chat(teacher_run):
+    engine, _ = teacher_run
+    data = load_from_disk(str(engine.runs_dir / "teach" / "reasoning" / "sft_data"))
+    row = data[0]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert DOM.parse_completion(row["completion"][0]["content"]).label == row["label"]
+
+
+def test_star_rationalization_keeps_only_agreeing_chains(rd_engine, tmp_path):
+    """Half the pairs lack a chain; the base teacher is asked to explain their gold label."""
+    import json
+
+    from reasondistill.plugins.local_services import generate_pairs
+
+    rows = generate_pairs(n=40, seed=5)
+    for r in rows[::2]:
+        r["rationale"] = ""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = Recipe(name="star", models={"teacher": "tiny-causal-lm"}, stages=[
+        step("pairs", source=str(path), dev_fraction=0.0),
+        step("reasoning", source="column_then_rationalize", samples=2, max_new_tokens=24)])
+    m = rd_engine.run(recipe)["reasoning"].metrics
+    assert m["examples"] == 20 + m["rationalized"] and m["dropped"] == 20 - m["rationalized"]
+    data = load_from_disk(str(rd_engine.runs_dir / "star" / "reasoning" / "sft_data"))
+    assert len(data) == m["examples"]
+    for row in data:
+        assert DOM.parse_completion(row["completion"][0]["content"]).label == row["label"]
+    with pytest.raises(Exception, match="no 'rationale'|have no"):
+        rd_engine.run(Recipe(name="star2", models={"teacher": "tiny-causal-lm"}, stages=[
+            step("pairs", source=str(path), dev_fraction=0.0), step("reasoning", source="column")]))
+
+
+@pytest.mark.parametrize("completion", ["", "Label:", "Label: maybe", "\x00\x00", "Reasoning: ok", "Label: relevant" * 500,
+                                        "Reasoning: 🙂 非常相关\nLabel: RELEVANT"])
+def test_malformed_outputs_are_scored(rd_hooks, completion):
+    ex = {"query": "pizza", "item": "Blue Door: pizza", "label": 2}
+    vec = rd_hooks.score_reasoning(ex, completion, DOM)
+    assert {"label_agreement", "format", "faithfulness", "self_consistency", "length"} <= set(vec)
+    assert all(0 <= v <= 1 for v in vec.values())
+    assert 0 <= rd_hooks.aggregate_reward(vec, {"label_agreement": 2}) <= 1
