@@ -127,6 +127,13 @@ class DistillStage(Stage):
 
             metrics.update(evaluate_student(out_dir, ctx.load_dataset("dev"), ctx.domain, reasoning_column=options.reasoning_column,
                                             student=student, tokenizer=tokenizer, student_options=s_opts, student_component=student_c))
+        if ctx.has_input("dev_annotations"):
+            from reasondistill.evaluation import retention
+            from reasondistill.serving import Predictor
+
+            predictor = Predictor(out_dir, model=student.model, tokenizer=tokenizer)
+            metrics.update({f"vs_teacher_{k}": v for k, v in
+                            retention(predictor, ctx.load_dataset("dev_annotations"), ctx.domain).items()})
         import shutil
 
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the final model is saved; checkpoints only serve resume

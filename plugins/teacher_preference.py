@@ -30,6 +30,7 @@ class PreferenceOptions(TeacherTrainOptions):
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
     heldout_prompts: int = Field(0, ge=0, description="dev prompts to compare reward before and after DPO")
+    learned_reward: bool = Field(False, description="add the dimensions of an earlier reward_model output")
 
 
 def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], min_margin: float):
@@ -60,6 +61,24 @@ class PreferenceStage(Stage):
     Options = PreferenceOptions
 
     def run(self, ctx, options: PreferenceOptions) -> StageResult:
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        from reasondistill.generation import TeacherGenerator
+
+        if options.learned_reward:
+            if not ctx.has_input("reward_model"):
+                raise DataError("preference: learned_reward needs an earlier reward_model stage")
+            from .reward_model import LearnedRewardScorer
+
+            name = ctx.hooks.register(LearnedRewardScorer(ctx.input("reward_model")), "learned_reward")
+            try:
+                return self._run(ctx, options)
+            finally:
+                ctx.hooks.unregister(name)
+        return self._run(ctx, options)
+
+    def _run(self, ctx, options: PreferenceOptions) -> StageResult:
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 

@@ -46,3 +46,26 @@ def reasoning_view_proba(student, tokenizer, component, options, queries, items,
             logits, _ = student.forward_view(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             out[idx] = torch.softmax(logits, -1).numpy()
     return out
+
+
+def retention(student_predictor, dev_annotations, domain) -> dict[str, float]:
+    """Student vs teacher on the same gold pairs (the teacher's dev annotations).
+
+    ``retention_macro_f1`` = student macro-F1 / teacher macro-F1; an unparsable teacher answer
+    counts as wrong, as in the teacher's own evaluation.
+    """
+    rows = [r for r in dev_annotations if r.get("gold_label") is not None and r["gold_label"] >= 0]
+    if not rows:
+        return {}
+    k = len(domain.labels)
+    gold = [int(r["gold_label"]) for r in rows]
+    teacher = [r["label"] if r["label"] >= 0 else (g + 1) % k for r, g in zip(rows, gold)]
+    queries, items = render_items(rows, domain)
+    student = student_predictor.predict_proba(queries, items).argmax(-1).tolist()
+    t = classification_metrics(gold, teacher, domain.labels)
+    s = classification_metrics(gold, student, domain.labels)
+    out = {"gold_pairs": len(rows), "teacher_macro_f1": round(t["macro_f1"], 5), "student_macro_f1": round(s["macro_f1"], 5),
+           "teacher_accuracy": round(t["accuracy"], 5), "student_accuracy": round(s["accuracy"], 5)}
+    if t["macro_f1"] > 0:
+        out["retention_macro_f1"] = round(s["macro_f1"] / t["macro_f1"], 4)
+    return out

@@ -110,3 +110,36 @@ def test_malformed_outputs_are_scored(rd_hooks, completion):
     assert {"label_agreement", "format", "faithfulness", "self_consistency", "length"} <= set(vec)
     assert all(0 <= v <= 1 for v in vec.values())
     assert 0 <= rd_hooks.aggregate_reward(vec, {"label_agreement": 2}) <= 1
+
+
+def test_learned_multi_head_reward_model(teacher_run):
+    """Trained on the preference pairs, one head per dimension, then scoring as learned_<dim>."""
+    from reasondistill.engine import Engine
+
+    engine, _ = teacher_run
+    recipe = teacher_recipe()
+    recipe.stages.append(step("reward_model", epochs=2, batch_size=4, max_length=128))
+    recipe.stages.append(step("preference", name="preference2", prompts=4, candidates=3, max_new_tokens=12,
+                              min_margin=0.0, max_steps=1, batch_size=2, max_length=256, learned_reward=True))
+    results = Engine(engine.hooks, engine.runs_dir).run(recipe)
+    rm = results["reward_model"].metrics
+    assert rm["dims"] >= 5 and rm["steps"] >= 1
+    from reasondistill.plugins.reward_model import MultiHeadRewardModel
+
+    model, _ = MultiHeadRewardModel.load(engine.runs_dir / "teach" / "reward_model" / "reward_model")
+    assert len(model.dims) == rm["dims"] and model.heads.out_features == rm["dims"]
+    prefs = load_from_disk(str(engine.runs_dir / "teach" / "preference2" / "preferences"))
+    assert all(f"learned_{d}" in row["chosen_scores"] for row in prefs for d in model.dims)
+    assert "learned_reward" not in engine.hooks.implementers()["score_reasoning"], "unregistered after the stage"
+
+
+def test_bradley_terry_loss_orders_by_sign():
+    import torch
+
+    from reasondistill.plugins.reward_model import bradley_terry_loss
+
+    rc, rr = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    good = bradley_terry_loss(rc, rr, torch.tensor([[1.0, -1.0]]))
+    bad = bradley_terry_loss(rc, rr, torch.tensor([[-1.0, 1.0]]))
+    assert good < 0.2 < bad
+    assert float(bradley_terry_loss(rc, rr, torch.zeros(1, 2))) == 0.0

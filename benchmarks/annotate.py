@@ -1,0 +1,107 @@
+"""Annotation throughput: SmolLM2-135M fp32 on the same Home Depot prompts, side by side.
+
+    python benchmarks/annotate.py --prompts 256 --max-new-tokens 64
+
+Rows: a per-pair ``generate`` loop, plain batched ``generate`` (batch 16, left padding, no
+buckets), and our annotator (length buckets, per-row stop at the label, label probabilities)
+at several batch sizes, plus int8 dynamic quantization. Agreement: share of prompts whose
+greedy text equals the per-pair loop's (and whose parsed label is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, matmul_gflops, read_jsonl, table  # noqa: E402
+
+
+def plain_generate(model, tok, texts, batch_size, max_new_tokens):
+    import torch
+
+    tok.padding_side = "left"
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            seq = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 temperature=None, top_p=None, top_k=None)
+            for row in seq[:, enc["input_ids"].shape[1]:]:
+                ids = row.tolist()
+                used = next((j for j, t in enumerate(ids) if t in (tok.eos_token_id, tok.pad_token_id)), len(ids))
+                outs.append((tok.decode(ids[:used], skip_special_tokens=True), used))
+    return outs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--prompts", type=int, default=256)
+    p.add_argument("--loop-prompts", type=int, default=None, help="fewer prompts for the slow per-pair loop")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batches", default="16,32,64")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
+    args = p.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reasondistill.generation import TeacherGenerator, prompt_texts
+    from reasondistill.models import resolve_model
+    from reasondistill.plugins.product_search import ProductSearch
+
+    torch.set_num_threads(2)
+    dom = ProductSearch()
+    path = resolve_model("smollm2-135m-instruct")
+    rows = read_jsonl(args.data / "dev.jsonl", args.prompts, seed=3)
+    messages = [dom.messages(r) for r in rows]
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    texts = prompt_texts(tok, messages)
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n) + model.config.vocab_size * model.config.hidden_size
+    flops_tok = 2 * body
+    peak = matmul_gflops()
+
+    results = {}
+    n_loop = args.loop_prompts or len(texts)
+    t = time.perf_counter()
+    loop = plain_generate(model, tok, texts[:n_loop], 1, args.max_new_tokens)
+    results["per-pair generate loop"] = (loop, time.perf_counter() - t, n_loop)
+    t = time.perf_counter()
+    results["plain generate, batch 16"] = (plain_generate(model, tok, texts, 16, args.max_new_tokens), time.perf_counter() - t, len(texts))
+    for bs in [int(b) for b in args.batches.split(",")]:
+        gen = TeacherGenerator(path, dom, batch_size=bs, max_new_tokens=args.max_new_tokens, model=model, tokenizer=tok)
+        t = time.perf_counter()
+        outs = gen.generate(messages)
+        results[f"ours, batch {bs}"] = ([(o[0].text, o[0].tokens) for o in outs], time.perf_counter() - t, len(texts))
+    if args.int8:
+        gen = TeacherGenerator(path, dom, batch_size=16, max_new_tokens=args.max_new_tokens, int8=True)
+        t = time.perf_counter()
+        outs = gen.generate(messages)
+        results["ours, batch 16, int8 dynamic"] = ([(o[0].text, o[0].tokens) for o in outs], time.perf_counter() - t, len(texts))
+
+    ref = results["per-pair generate loop"][0]
+    base_rate = None
+    out_rows = []
+    for name, (outs, secs, n) in results.items():
+        tokens = sum(k for _, k in outs)
+        rate = tokens / secs
+        if name.startswith("plain generate, batch 16"):
+            base_rate = rate
+        same_text = sum(a[0] == b[0] for a, b in zip(outs, ref)) / len(ref)
+        same_label = sum(dom.parse_completion(a[0]).label == dom.parse_completion(b[0]).label for a, b in zip(outs, ref)) / len(ref)
+        parsed = sum(dom.parse_completion(a[0]).ok for a in outs) / len(outs)
+        out_rows.append([name, n, tokens, rate, n / secs, same_text, same_label, parsed, rate * flops_tok / 1e9 / peak])
+    for row in out_rows:
+        row.insert(4, row[3] / base_rate if base_rate else float("nan"))
+    print(f"SmolLM2-135M-Instruct fp32, {len(texts)} Home Depot dev prompts, max_new_tokens {args.max_new_tokens}, greedy; "
+          f"fp32 matmul peak measured now {peak:.0f} GFLOP/s, {flops_tok / 1e9:.3f} GFLOP a token")
+    print(table(("system", "prompts", "new tokens", "tokens/s", "x batch-16 baseline", "pairs/s", "same text as loop",
+                 "same label as loop", "parse rate", "fraction of fp32 roofline"), out_rows))
+
+
+if __name__ == "__main__":
+    main()
