@@ -126,7 +126,8 @@ class DistillStage(Stage):
             from reasondistill.evaluation import evaluate_student
 
             metrics.update(evaluate_student(out_dir, ctx.load_dataset("dev"), ctx.domain, reasoning_column=options.reasoning_column,
-                                            student=student, tokenizer=tokenizer, student_options=s_opts, student_component=student_c))
+                                            student=student, tokenizer=tokenizer, student_options=s_opts, student_component=student_c,
+                                            predictions_path=ctx.dir / "dev_predictions.json"))
         if ctx.has_input("dev_annotations"):
             from reasondistill.evaluation import retention
             from reasondistill.serving import Predictor
@@ -137,7 +138,10 @@ class DistillStage(Stage):
         import shutil
 
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the final model is saved; checkpoints only serve resume
-        return StageResult(outputs={"student": "student", "loss_history": "loss_history.json"}, metrics=metrics)
+        outputs = {"student": "student", "loss_history": "loss_history.json"}
+        if (ctx.dir / "dev_predictions.json").exists():
+            outputs["dev_predictions"] = "dev_predictions.json"
+        return StageResult(outputs=outputs, metrics=metrics)
 
 
 @hookimpl

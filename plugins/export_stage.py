@@ -30,10 +30,30 @@ class ExportStage(Stage):
             rows = list(dev.select(range(min(options.agreement_rows, len(dev)))))
             queries, items = render_items(rows, ctx.domain)
             ref = Predictor(student).predict_proba(queries, items).argmax(-1)
+            torch_pred = Predictor(student)
+            metrics["latency_ms_student_torch"] = median_ms(torch_pred, queries, items)
             for variant in files:
-                got = OnnxPredictor(ctx.dir / "onnx", variant).predict_proba(queries, items).argmax(-1)
+                pred = OnnxPredictor(ctx.dir / "onnx", variant)
+                got = pred.predict_proba(queries, items).argmax(-1)
                 metrics[f"agreement_{variant}"] = round(float((got == ref).mean()), 4)
+                metrics[f"latency_ms_student_onnx_{variant}"] = median_ms(pred, queries, items)
         return StageResult(outputs={"onnx": "onnx"}, metrics=metrics)
+
+
+def median_ms(predictor, queries, items, n: int = 50) -> float:
+    """Median batch-1 latency in milliseconds over the first ``n`` pairs (after 3 warm-up calls)."""
+    import statistics
+    import time
+
+    n = min(n, len(queries))
+    for i in range(min(3, n)):
+        predictor.predict_proba([queries[i]], [items[i]])
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        predictor.predict_proba([queries[i]], [items[i]])
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 3) if times else float("nan")
 
 
 @hookimpl

@@ -16,7 +16,7 @@ def _gold_rows(dev) -> tuple[list[dict[str, Any]], list[int]]:
 
 
 def evaluate_student(model_dir, dev, domain, reasoning_column: str = "reasoning", student=None, tokenizer=None,
-                     student_options=None, student_component=None, prefix: str = "dev_") -> dict[str, float]:
+                     student_options=None, student_component=None, prefix: str = "dev_", predictions_path=None) -> dict[str, float]:
     """Metrics of the standard view; with a reasoning column, also of the reasoning view."""
     rows, gold = _gold_rows(dev)
     if not rows:
@@ -25,6 +25,10 @@ def evaluate_student(model_dir, dev, domain, reasoning_column: str = "reasoning"
     queries, items = render_items(rows, domain)
     probs = predictor.predict_proba(queries, items)
     out = {prefix + k: round(v, 5) for k, v in classification_metrics(gold, probs.argmax(-1), domain.labels, probs, queries).items()}
+    if predictions_path is not None:
+        import json
+
+        predictions_path.write_text(json.dumps({"gold": gold, "pred": probs.argmax(-1).tolist(), "labels": list(domain.labels)}))
     if student is not None and student_component is not None and reasoning_column in dev.column_names:
         reasonings = [r.get(reasoning_column) or "" for r in rows]
         rprobs = reasoning_view_proba(student, tokenizer, student_component, student_options, queries, items, reasonings)

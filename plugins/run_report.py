@@ -1,0 +1,153 @@
+"""Writes ``runs/<name>/report.md`` and PNG plots after every stage (a lifecycle plugin).
+
+Plots: metrics per stage, loss curves per term, confusion matrices (student on dev, teacher on
+dev annotations), reward dimensions before and after DPO, teacher vs student latency.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reasondistill import hookimpl
+from reasondistill.report import run_stages, run_table
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(gold, pred, labels, title: str, path: Path) -> None:
+    import numpy as np
+
+    plt = _plt()
+    k = len(labels)
+    m = np.zeros((k, k), dtype=int)
+    for g, p in zip(gold, pred):
+        if 0 <= g < k and 0 <= p < k:
+            m[g, p] += 1
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(m, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="black")
+    ax.set_xticks(range(k), labels, rotation=20, fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def loss_png(history: list[dict], title: str, path: Path) -> bool:
+    plt = _plt()
+    keys = sorted({k for h in history for k in h if k == "loss" or k.startswith("loss_")})
+    if not keys:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for key in keys:
+        pts = [(h["step"], h[key]) for h in history if key in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", markersize=3, label=key)
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def bars_png(groups: dict[str, dict[str, float]], title: str, path: Path, log: bool = False) -> bool:
+    import numpy as np
+
+    plt = _plt()
+    keys = sorted({k for g in groups.values() for k in g})
+    if not keys:
+        return False
+    fig, ax = plt.subplots(figsize=(max(4, len(keys) * 0.9), 3))
+    width = 0.8 / max(1, len(groups))
+    for i, (name, values) in enumerate(groups.items()):
+        ax.bar(np.arange(len(keys)) + i * width, [values.get(k, 0) for k in keys], width, label=name)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(groups) - 1) / 2, keys, rotation=25, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    if log:
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dir: Path) -> Path:
+    """Regenerate report.md and the plots from the manifests and stage files."""
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = [f"# Run `{run_dir.name}`", "", "```", run_table(run_dir), "```", ""]
+    stages = run_stages(run_dir)
+    headline: dict[str, float] = {}
+    latency: dict[str, float] = {}
+    for name, manifest in stages:
+        if not manifest:
+            continue
+        m, folder = manifest.get("metrics", {}), run_dir / name
+        for key in ("dev_macro_f1", "teacher_macro_f1", "dev_teacher_macro_f1", "parse_rate", "agreement_int8"):
+            if isinstance(m.get(key), (int, float)):
+                headline[f"{name}:{key}"] = m[key]
+        hist = folder / "loss_history.json"
+        if hist.exists() and loss_png(json.loads(hist.read_text()), f"{name}: loss per term", plots / f"{name}_loss.png"):
+            lines += [f"## {name}: loss", "", f"![{name} loss](plots/{name}_loss.png)", ""]
+        preds = folder / "dev_predictions.json"
+        if preds.exists():
+            p = json.loads(preds.read_text())
+            confusion_png(p["gold"], p["pred"], p["labels"], f"{name}: student on dev", plots / f"{name}_confusion.png")
+            lines += [f"## {name}: student confusion (dev)", "", f"![confusion](plots/{name}_confusion.png)", ""]
+        dev_ann = folder / "dev_annotations"
+        if dev_ann.exists():
+            from datasets import load_from_disk
+
+            ds = load_from_disk(str(dev_ann))
+            labels = json.loads((run_dir / "recipe.json").read_text()).get("domain")
+            names = _labels(run_dir, labels)
+            confusion_png(ds["gold_label"], ds["label"], names, f"{name}: teacher on dev", plots / f"{name}_teacher_confusion.png")
+            lines += [f"## {name}: teacher confusion (dev)", "", f"![teacher confusion](plots/{name}_teacher_confusion.png)", ""]
+        before = {k[len("before_reward_"):]: v for k, v in m.items() if k.startswith("before_reward_")}
+        after = {k[len("after_reward_"):]: v for k, v in m.items() if k.startswith("after_reward_")}
+        if before and bars_png({"before DPO": before, "after DPO": after}, f"{name}: reward on held-out prompts",
+                               plots / f"{name}_rewards.png"):
+            lines += [f"## {name}: reward dimensions before/after DPO", "", f"![rewards](plots/{name}_rewards.png)", ""]
+        latency.update({k[len("latency_ms_"):]: v for k, v in m.items() if k.startswith("latency_ms_")})
+        if isinstance(m.get("pairs_per_s"), (int, float)) and m["pairs_per_s"] > 0:
+            latency[f"teacher ({name})"] = 1000.0 / m["pairs_per_s"]
+    if len(latency) > 1 and bars_png({"ms a pair": latency}, "teacher vs student latency (ms a pair)", plots / "latency.png",
+                                     log=True):
+        lines += ["## Teacher vs student latency", "", "![latency](plots/latency.png)", ""]
+    if headline and bars_png({"value": headline}, "headline metrics per stage", plots / "metrics.png"):
+        lines[6:6] = ["## Metrics per stage", "", "![metrics](plots/metrics.png)", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _labels(run_dir: Path, domain: str | None) -> list[str]:
+    from reasondistill.manager import get_hooks
+
+    try:
+        return list(get_hooks().catalogue.get("domain", domain or "").labels)
+    except Exception:
+        return ["0", "1", "2"]
+
+
+@hookimpl
+def on_stage_end(run, stage, result):
+    from reasondistill import distributed as dist
+
+    if dist.is_main():
+        write_report(run.dir)
