@@ -1,18 +1,19 @@
 """Batched teacher generation: length buckets, left padding, KV cache, stop at the label.
 
 Shared by the annotator (label + reasoning for many pairs) and the preference stage (K sampled
-candidates a prompt). Written on ``model.generate`` with a per-row stopping criterion: each row
-stops as soon as its completion holds a parsable label, not when the longest row ends.
+candidates a prompt). Written on ``model.generate``: the prompt prefix every row shares (the
+system prompt, most of the prompt) is encoded once and its KV cache reused by every batch; rows
+stop at ``Label: <name>`` (transformers ``stop_strings``), and finished rows stop growing.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 
 @dataclass
@@ -22,25 +23,18 @@ class Generation:
     label_probs: list[float] | None
 
 
-class LabelWritten(StoppingCriteria):
-    """Per-row stop once the text after the prompt contains ``Label: <a label name>``."""
-
-    def __init__(self, tokenizer: Any, prompt_len: int, domain: Any):
-        self.tokenizer, self.prompt_len, self.domain = tokenizer, prompt_len, domain
-        names = "|".join(re.escape(n) for n in sorted(domain.labels, key=len, reverse=True))
-        self.pattern = re.compile(rf"(?i){re.escape(domain.label_key)}\s*\**\s*[:：]\s*\**\s*({names})\b")
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        tail = input_ids[:, self.prompt_len:]
-        texts = self.tokenizer.batch_decode(tail[:, -24:], skip_special_tokens=True)
-        done = [bool(self.pattern.search(t)) and _complete_word(t, self.pattern) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def _complete_word(text: str, pattern: re.Pattern) -> bool:
-    """'relevant' must not be the first half of a longer word still being written."""
-    m = list(pattern.finditer(text))[-1]
-    return text[m.end():][:1] in ("", "\n", ".", " ", "*")
+def shared_prefix(sequences: Sequence[Sequence[int]], minimum: int = 8) -> list[int]:
+    """The longest token prefix all prompts share, leaving every prompt at least one own token."""
+    if not sequences:
+        return []
+    first = sequences[0]
+    n = min(len(x) for x in sequences) - 1
+    for j in range(max(0, n)):
+        tok = first[j]
+        if any(x[j] != tok for x in sequences):
+            n = j
+            break
+    return list(first[:n]) if n >= minimum else []
 
 
 def label_stop_strings(domain: Any) -> list[str]:
@@ -76,7 +70,8 @@ class TeacherGenerator:
     """Generates completions for chat prompts in length-bucketed, left-padded batches."""
 
     def __init__(self, model_path: str, domain: Any, batch_size: int = 16, max_new_tokens: int = 96,
-                 trust_remote_code: bool = False, model: Any = None, tokenizer: Any = None, int8: bool = False):
+                 trust_remote_code: bool = False, model: Any = None, tokenizer: Any = None, int8: bool = False,
+                 prefix_cache: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -89,6 +84,7 @@ class TeacherGenerator:
         if int8:
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.domain, self.batch_size, self.max_new_tokens = domain, batch_size, max_new_tokens
+        self.prefix_cache = prefix_cache
         self.first_tokens = label_first_tokens(self.tokenizer, domain.labels)
         self.stop_strings = label_stop_strings(domain)
         self.label_key_re = re.compile(rf"(?i){re.escape(domain.label_key)}\s*\**\s*[:：]\s*\**\s*$")
@@ -99,14 +95,17 @@ class TeacherGenerator:
         """One list of ``num_return_sequences`` generations per prompt, in input order."""
         texts = prompt_texts(self.tokenizer, messages)
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
+        prefix = shared_prefix(enc) if self.prefix_cache else []
+        cache = self._prefix_cache(prefix) if prefix else None
+        suffixes = [ids[len(prefix):] for ids in enc]
+        order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))
         results: list[list[Generation]] = [[] for _ in texts]
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
             if seed is not None:
                 torch.manual_seed(seed + start)
-            gens = self._generate_batch(batch, do_sample, temperature, top_p, num_return_sequences)
+            rows = [suffixes[i] for i in idx for _ in range(num_return_sequences)]
+            gens = self._generate_batch(prefix, rows, cache, do_sample, temperature, top_p)
             for k, i in enumerate(idx):
                 results[i] = gens[k * num_return_sequences:(k + 1) * num_return_sequences]
             if progress is not None:
@@ -114,26 +113,51 @@ class TeacherGenerator:
         return results
 
     @torch.inference_mode()
-    def _generate_batch(self, batch: dict[str, torch.Tensor], do_sample: bool, temperature: float, top_p: float,
-                        n: int) -> list[Generation]:
-        prompt_len = batch["input_ids"].shape[1]
+    def _prefix_cache(self, prefix: list[int]) -> Any:
+        """KV cache of the prompt prefix every row shares (the system prompt), computed once."""
+        try:
+            return self.model(torch.tensor([prefix]), use_cache=True).past_key_values
+        except Exception:  # a model without a reusable cache: plain generation
+            return None
+
+    @torch.inference_mode()
+    def _generate_batch(self, prefix: list[int], suffixes: list[list[int]], cache: Any, do_sample: bool,
+                        temperature: float, top_p: float) -> list[Generation]:
+        """Rows laid out as ``[prefix][left padding][suffix]``: the prefix KV is shared, and
+        positions (from the attention mask) stay contiguous for every row."""
+        pad = self.tokenizer.pad_token_id
+        n, width = len(suffixes), max(len(x) for x in suffixes)
+        if cache is None:
+            prefix, suffixes = [], [list(prefix) + x for x in suffixes]
+            width = max(len(x) for x in suffixes)
+        ids = torch.full((n, len(prefix) + width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        if prefix:
+            ids[:, :len(prefix)] = torch.tensor(prefix)
+            mask[:, :len(prefix)] = 1
+        for i, row in enumerate(suffixes):
+            ids[i, ids.shape[1] - len(row):] = torch.tensor(row)
+            mask[i, ids.shape[1] - len(row):] = 1
         kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": self.max_new_tokens,
-                                  "num_return_sequences": n, "pad_token_id": self.tokenizer.pad_token_id,
-                                  "return_dict_in_generate": True, "output_scores": True,
+                                  "pad_token_id": pad, "return_dict_in_generate": True, "output_scores": True,
                                   "stop_strings": self.stop_strings, "tokenizer": self.tokenizer}
+        if cache is not None:
+            batch_cache = copy.deepcopy(cache)
+            batch_cache.batch_repeat_interleave(n)
+            kwargs["past_key_values"] = batch_cache
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        out = self.model.generate(**batch, **kwargs)
-        seqs = out.sequences[:, prompt_len:]
-        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        seqs = out.sequences[:, ids.shape[1]:]
+        eos = {self.tokenizer.eos_token_id, pad}
         gens = []
         for row in range(seqs.shape[0]):
-            ids = seqs[row].tolist()
-            used = next((j for j, t in enumerate(ids) if t in eos), len(ids))
-            text = self.tokenizer.decode(ids[:used], skip_special_tokens=True)
-            gens.append(Generation(text, used, self._label_probs(ids[:used], out.scores, row)))
+            toks = seqs[row].tolist()
+            used = next((j for j, t in enumerate(toks) if t in eos), len(toks))
+            text = self.tokenizer.decode(toks[:used], skip_special_tokens=True)
+            gens.append(Generation(text, used, self._label_probs(toks[:used], out.scores, row)))
         return gens
 
     def _label_probs(self, ids: list[int], scores: Sequence[torch.Tensor], row: int) -> list[float] | None:
