@@ -156,7 +156,7 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
     folder.mkdir(parents=True, exist_ok=True)
     n_shards = (len(data) + shard_size - 1) // shard_size
     mine = [s for s in range(n_shards) if s % dist.world() == dist.rank()]
-    todo = [s for s in mine if not (folder / f"shard-{s:05d}.jsonl").exists()]
+    todo = [s for s in mine if not shard_ok(folder, s)]
     done_rows = sum(min(shard_size, len(data) - s * shard_size) for s in mine if s not in todo)
     bar = ctx.progress(total=sum(min(shard_size, len(data) - s * shard_size) for s in mine), desc="annotate", unit="pair")
     bar.update(done_rows)
@@ -164,7 +164,7 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
     for s in todo:
         shard = data.select(range(s * shard_size, min(len(data), (s + 1) * shard_size)))
         rows = annotator.annotate(ctx, shard, teacher, options).to_list()
-        write_atomic(folder / f"shard-{s:05d}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_shard(folder, s, rows)
         tokens += sum(r.get("new_tokens", 0) for r in rows)
         pairs += len(rows)
         bar.update(len(rows))
@@ -173,6 +173,30 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
     bar.close()
     dist.barrier()
     return {"seconds_now": time.time() - started, "tokens_now": tokens, "pairs_now": pairs}
+
+
+def write_shard(folder: Path, index: int, rows: list[dict]) -> None:
+    """The shard, then its sha256 sidecar: a shard counts as done only when both agree."""
+    import hashlib
+
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_atomic(folder / f"shard-{index:05d}.jsonl", text)
+    write_atomic(folder / f"shard-{index:05d}.sha256", hashlib.sha256(text.encode()).hexdigest())
+
+
+def shard_ok(folder: Path, index: int) -> bool:
+    """A shard whose content does not match its recorded sha256 (truncated, edited) is redone."""
+    import hashlib
+    import logging
+
+    data, sidecar = folder / f"shard-{index:05d}.jsonl", folder / f"shard-{index:05d}.sha256"
+    if not data.exists() or not sidecar.exists():
+        return False
+    if hashlib.sha256(data.read_bytes()).hexdigest() != sidecar.read_text().strip():
+        logging.getLogger("reasondistill").warning("%s does not match its fingerprint; annotating it again", data)
+        data.unlink()
+        return False
+    return True
 
 
 def merge_shards(folder: Path):
