@@ -130,6 +130,7 @@ class AnnotateStage(Stage):
         annotator = ctx.hooks.catalogue.get("annotator", options.annotator)
         a_opts = annotator.options(options.annotator_options)
         teacher = str(ctx.input("teacher")) if ctx.has_input("teacher") else ctx.model("teacher")
+        teacher_id = identify_teacher(ctx, teacher)
         pairs = ctx.load_dataset(options.input)
         if options.limit:
             pairs = pairs.select(range(min(options.limit, len(pairs))))
@@ -141,7 +142,8 @@ class AnnotateStage(Stage):
             jobs.append(("dev_annotations", dev.select(range(min(options.dev_rows, len(dev))))))
             outputs["dev_annotations"] = "dev_annotations"
         for name, data in jobs:
-            stats = annotate_sharded(ctx, annotator, data, teacher, a_opts, options.shard_size, ctx.dir / f"{name}_shards")
+            stats = annotate_sharded(ctx, annotator, data, teacher, a_opts, options.shard_size, ctx.dir / f"{name}_shards",
+                                     teacher_id)
             if dist.is_main():
                 merged = merge_shards(ctx.dir / f"{name}_shards")
                 merged.save_to_disk(str(ctx.dir / name))
@@ -151,7 +153,24 @@ class AnnotateStage(Stage):
         return StageResult(outputs=outputs, metrics=metrics)
 
 
-def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: int, folder: Path) -> dict[str, float]:
+def identify_teacher(ctx, teacher: str) -> str:
+    """``<model ref or run-relative folder>@<content fingerprint>``: the same teacher reads the same anywhere."""
+    from reasondistill.fingerprint import fingerprint
+
+    path = Path(teacher)
+    if not path.exists():
+        return teacher
+    try:
+        name = path.resolve().relative_to(ctx.run.dir.resolve()).as_posix()
+    except ValueError:
+        name = ctx.recipe.models.get("teacher", path.name)
+    files = [p for p in (path / "config.json", path / "model.safetensors") if p.exists()]
+    digest = "+".join(fingerprint(p)[7:19] for p in files)
+    return f"{name}@{digest}" if digest else name
+
+
+def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: int, folder: Path,
+                     teacher_id: str | None = None) -> dict[str, float]:
     """Annotate every missing shard this rank owns; returns timing of the work done now."""
     folder.mkdir(parents=True, exist_ok=True)
     n_shards = (len(data) + shard_size - 1) // shard_size
@@ -164,6 +183,9 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
     for s in todo:
         shard = data.select(range(s * shard_size, min(len(data), (s + 1) * shard_size)))
         rows = annotator.annotate(ctx, shard, teacher, options).to_list()
+        if teacher_id:
+            for r in rows:
+                r["teacher"] = teacher_id
         write_shard(folder, s, rows)
         tokens += sum(r.get("new_tokens", 0) for r in rows)
         pairs += len(rows)
