@@ -20,6 +20,8 @@ class PairsOptions(Options):
     format: Literal["jsonl", "csv", "parquet", "disk"] | None = None
     columns: dict[str, str] = Field(default_factory=dict, description="contract name -> source column")
     limit: int | None = Field(None, ge=1)
+    offset: int = Field(0, ge=0, description="skip this many rows of source first (disjoint pools)")
+    hide_labels: bool = Field(False, description="move label to gold_label: a pool for the teacher to annotate")
     dev_source: str | None = None
     dev_limit: int | None = Field(None, ge=1)
     dev_fraction: float = Field(0.2, ge=0, lt=1, description="held out by query when no dev_source")
@@ -58,7 +60,10 @@ class PairsStage(Stage):
             pairs = rows_to_pairs(rows, f"{ctx.domain.name} generator", num_labels=num_labels)
             repairs: list[str] = []
         else:
-            pairs, report = load_pairs(options.source, options.format, options.columns, options.limit, num_labels)
+            limit = options.offset + options.limit if options.limit else None
+            pairs, report = load_pairs(options.source, options.format, options.columns, limit, num_labels)
+            if options.offset:
+                pairs = pairs.select(range(min(options.offset, len(pairs)), len(pairs)))
             repairs = report.repairs
         if options.dev_source:
             dev, dev_report = load_pairs(options.dev_source, options.format, options.columns, options.dev_limit, num_labels)
@@ -69,6 +74,8 @@ class PairsStage(Stage):
             pairs = pairs.select([i for i, d in enumerate(is_dev) if not d])
             if options.dev_limit:
                 dev = dev.select(range(min(options.dev_limit, len(dev))))
+        if options.hide_labels and "label" in pairs.column_names:
+            pairs = pairs.rename_column("label", "gold_label")
         pairs.save_to_disk(str(ctx.dir / "pairs"))
         dev.save_to_disk(str(ctx.dir / "dev"))
         metrics: dict[str, Any] = {"pairs": len(pairs), "dev": len(dev)}

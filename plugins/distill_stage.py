@@ -19,6 +19,7 @@ class DistillOptions(Options):
     loss_options: dict[str, Any] = Field(default_factory=dict)
     train_input: str = Field("annotations", description="the earlier output to train on")
     reasoning_column: str = "reasoning"
+    domain_rationale: bool = Field(False, description="reasoning from the domain's rule-written rationale(row, label)")
     label_column: str = "label"
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
@@ -31,8 +32,15 @@ class DistillOptions(Options):
     report_to: list[str] = Field(default_factory=list, description="trackers, as in TrainingArguments")
 
 
-def _rows(ds, options: DistillOptions, source: str, needs_reasoning: bool):
+def _rows(ds, options: DistillOptions, source: str, needs_reasoning: bool, domain=None):
     cols = ds.column_names
+    if options.domain_rationale:
+        if not hasattr(domain, "rationale"):
+            raise DataError(f"domain {domain.name!r} writes no rationale; unset domain_rationale")
+        if options.label_column in cols:
+            ds = ds.map(lambda r: {options.reasoning_column: domain.rationale(r, r[options.label_column])
+                                   if r[options.label_column] is not None and r[options.label_column] >= 0 else ""})
+            cols = ds.column_names
     if options.label_column not in cols:
         raise DataError(f"{source}: no column {options.label_column!r} to train on (columns: {', '.join(cols)})")
     if needs_reasoning and options.reasoning_column not in cols:
@@ -71,7 +79,8 @@ class DistillStage(Stage):
         trust = ctx.recipe.trust_remote_code
         labels = ctx.domain.labels
 
-        train = _rows(ctx.load_dataset(options.train_input), options, options.train_input, loss_c.needs_reasoning)
+        train = _rows(ctx.load_dataset(options.train_input), options, options.train_input, loss_c.needs_reasoning,
+                      ctx.domain)
         if len(train) < options.batch_size:
             raise DataError(f"{options.train_input}: {len(train)} usable rows, fewer than batch_size {options.batch_size}")
         tokenizer = student_c.tokenizer(model_path, trust)

@@ -17,7 +17,7 @@ from .teacher_common import teacher_source
 
 
 class ReasoningDataOptions(Options):
-    source: Literal["column", "rationalize", "column_then_rationalize"] = "column_then_rationalize"
+    source: Literal["column", "domain", "rationalize", "column_then_rationalize"] = "column_then_rationalize"
     input: str = Field("pairs", description="the earlier output with gold labels")
     reasoning_column: str = Field("rationale", description="where given chains live (source 'column')")
     limit: int | None = Field(None, ge=1)
@@ -51,8 +51,13 @@ class ReasoningDataStage(Stage):
             rows = rows[: options.limit]
         dom, examples, missing = ctx.domain, [], []
         has_col = options.reasoning_column in ds.column_names
+        domain_rationale = getattr(dom, "rationale", None)
+        if options.source == "domain" and domain_rationale is None:
+            raise DataError(f"reasoning: domain {dom.name!r} writes no rule-based rationale; use column or rationalize")
         for r in rows:
             given = r.get(options.reasoning_column) if has_col else None
+            if options.source == "domain":
+                given = domain_rationale(r, int(r["label"]))
             if options.source != "rationalize" and given:
                 examples.append(sft_example(dom, r, given))
             else:

@@ -118,7 +118,15 @@ class StageContext:
             return False
 
     def input(self, name: str) -> Path:
-        """The path of an earlier output: the stage ``inputs`` names, else the latest of that name."""
+        """The path of an earlier output: the stage ``inputs`` names, else the latest of that name.
+
+        ``stage.output`` names one stage's output directly.
+        """
+        stage, dot, out = name.partition(".")
+        if dot and stage in self.produced:
+            if out not in self.produced[stage]:
+                raise ArtifactError(f"stage {self.name!r}: stage {stage!r} has no output {out!r}")
+            return self.produced[stage][out]
         if name in self.input_map:
             stage, _, out = self.input_map[name].partition(".")
             out = out or name

@@ -38,3 +38,48 @@ def test_hookspec_has_param_docstring(hook):
     for param in inspect.signature(fn).parameters:
         assert f":param {param}:" in doc, f"{hook} does not document {param}"
     assert ":return:" in doc
+
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def _blocks(lang: str):
+    import re
+
+    for doc in DOCS:
+        for i, block in enumerate(re.findall(rf"```{lang}\n(.*?)```", doc.read_text(), flags=re.S)):
+            yield pytest.param(block, id=f"{doc.stem}-{i}")
+
+
+@pytest.mark.parametrize("code", list(_blocks("python")))
+def test_docs_python_blocks_run(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from reasondistill.manager import reset_hooks
+
+    reset_hooks()
+    try:
+        exec(compile(code, "<docs>", "exec"), {"__name__": "__docs__"})
+    finally:
+        reset_hooks()
+
+
+@pytest.mark.parametrize("text", list(_blocks("yaml")))
+def test_docs_yaml_recipes_validate(text):
+    import yaml
+
+    from reasondistill import load_recipe
+    from reasondistill.engine import Engine
+
+    data = yaml.safe_load(text)
+    if "stages" in data:
+        Engine().validate(load_recipe(data))
+
+
+def test_mkdocs_build_strict(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "site" / "index.html").exists()

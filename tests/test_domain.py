@@ -50,3 +50,35 @@ def test_parser_never_raises_and_label_in_schema(text):
 
 def test_parser_non_string():
     assert DOM.parse_completion(None).label is None
+
+
+def test_chinese_web_search_domain():
+    from reasondistill.plugins.web_search_zh import WebSearchZh
+
+    dom = WebSearchZh()
+    text = dom.format_completion("标题回答了查询", 1)
+    assert text == "理由：标题回答了查询\n标签：部分相关"
+    assert dom.parse_completion(text).label == 1
+    assert dom.parse_completion("理由：无关\n标签: 不相关").label == 0
+    assert dom.parse_completion("标签：相关").label == 2
+    assert "部分相关" in dom.system_prompt() and "查询：" in dom.user_prompt({"query": "手机", "item": "国产手机排行榜"})
+    assert "手机" in dom.rationale({"query": "国产手机", "item": "国产手机排行榜"}, 2)
+
+
+def test_qbqtc_loads_and_tokenizes_with_minilm(tmp_path):
+    from pathlib import Path
+
+    import pytest
+
+    from reasondistill.data import load_pairs
+    from reasondistill.models import resolve_model
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "qbqtc" / "dev.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data/qbqtc is not beside this checkout")
+    ds, _ = load_pairs(path, limit=50, num_labels=3)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
+    ids = tok(ds["query"][0], ds["item"][0])["input_ids"]
+    assert tok.unk_token_id not in ids[:5] and len(ids) > 5
