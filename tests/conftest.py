@@ -23,3 +23,13 @@ def homedepot() -> Path:
     if not folder.exists():
         pytest.skip("../shared/data/homedepot is not beside this checkout")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_quickstart(tmp_path_factory) -> Path:
+    """One run of the quickstart's tiny profile, shared by the tests that only read it."""
+    from reasondistill.cli import main
+
+    runs = tmp_path_factory.mktemp("quickstart") / "runs"
+    assert main(["run", "quickstart", "--profile", "tiny", "--runs-dir", str(runs)]) == 0
+    return runs

@@ -3,11 +3,8 @@
 from reasondistill.cli import main
 
 
-def test_quickstart_tiny_profile_end_to_end(tmp_path, capsys):
-    runs = tmp_path / "runs"
-    assert main(["run", "quickstart", "--profile", "tiny", "--runs-dir", str(runs)]) == 0
-    out = capsys.readouterr().out
-    assert "0 up to date" in out
+def test_quickstart_tiny_profile_end_to_end(tiny_quickstart, capsys):
+    runs = tiny_quickstart
     run = runs / "quickstart"
     assert (run / "distill" / "student" / "model.safetensors").exists()
     assert (run / "export" / "onnx" / "model.int8.onnx").exists()

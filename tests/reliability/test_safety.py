@@ -25,10 +25,8 @@ def test_source_never_calls_unsafe_loaders():
         assert "trust_remote_code=True" not in text, path
 
 
-def test_no_pickle_in_run_artifacts(tmp_path):
-    from reasondistill.cli import main
-
-    assert main(["run", "quickstart", "--profile", "tiny", "--runs-dir", str(tmp_path)]) == 0
+def test_no_pickle_in_run_artifacts(tiny_quickstart):
+    tmp_path = tiny_quickstart
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert f.suffix not in (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt"), f

@@ -1,0 +1,32 @@
+"""``teacher_eval``: measure the current teacher on gold dev pairs (zero-shot or after any stage)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from reasondistill import Options, Stage, StageResult, hookimpl
+
+from .teacher_common import dev_rows, evaluate_teacher, teacher_source
+
+
+class TeacherEvalOptions(Options):
+    rows: int = Field(300, ge=1, description="dev pairs to answer")
+    max_new_tokens: int = Field(96, ge=4)
+    batch_size: int = Field(32, ge=1)
+
+
+class TeacherEvalStage(Stage):
+    name = "teacher_eval"
+    family = "teacher"
+    description = "Parse rate, accuracy, macro-F1 and mean reward per dimension of the current teacher."
+    Options = TeacherEvalOptions
+
+    def run(self, ctx, options: TeacherEvalOptions) -> StageResult:
+        rows = dev_rows(ctx, options.rows)
+        metrics = evaluate_teacher(ctx, teacher_source(ctx), rows, options.max_new_tokens, options.batch_size)
+        return StageResult(metrics={"rows": len(rows), **metrics})
+
+
+@hookimpl
+def register_teacher_stages(register):
+    register(TeacherEvalStage())
