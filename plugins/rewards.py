@@ -23,7 +23,11 @@ def _content_words(text: str) -> list[str]:
 
 
 class LabelAgreement:
-    """``label_agreement``: 1 for the gold label, less the further the grade is off, 0 if none parsed."""
+    """``label_agreement``: 1 for the gold label, else 0.
+
+    No partial credit for a neighbouring grade: with it, always answering the middle grade earns
+    at least half the reward, and DPO learned exactly that (measured on the quickstart).
+    """
 
     @hookimpl
     def score_reasoning(self, example, completion, domain):
@@ -31,9 +35,7 @@ class LabelAgreement:
         if gold is None or gold < 0:
             return None
         parsed = domain.parse_completion(completion)
-        if not parsed.ok:
-            return {"label_agreement": 0.0}
-        return {"label_agreement": 1.0 - abs(parsed.label - gold) / max(1, len(domain.labels) - 1)}
+        return {"label_agreement": float(parsed.ok and parsed.label == gold)}
 
 
 class FormatScore:
