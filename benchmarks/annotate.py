@@ -99,7 +99,7 @@ def main() -> None:
         # rows the loop did not run are compared on the label only, against the fp32 batch-16 run
         plain = results["plain generate, batch 16"][0]
         same_label_all = sum(dom.parse_completion(a[0]).label == dom.parse_completion(b[0]).label
-                             for a, b in zip(outs, plain)) / len(plain)
+                             for a, b in zip(outs, plain)) / min(len(plain), len(outs))
         parsed = sum(dom.parse_completion(a[0]).ok for a in outs) / len(outs)
         out_rows.append([name, n, tokens, rate, n / secs, same_text, same_label, same_label_all, parsed,
                          rate * flops_tok / 1e9 / peak])
