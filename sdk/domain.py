@@ -94,7 +94,7 @@ class Domain(Component):
         by_name = {_norm(n): i for i, n in enumerate(self.labels)}
         if norm in by_name:
             return by_name[norm]
-        if norm.isdigit() and int(norm) < len(self.labels):
+        if norm.isascii() and norm.isdigit() and int(norm) < len(self.labels):
             return int(norm)
         return None
 
