@@ -65,20 +65,18 @@ def test_chinese_web_search_domain():
     assert "手机" in dom.rationale({"query": "国产手机", "item": "国产手机排行榜"}, 2)
 
 
-def test_qbqtc_loads_and_tokenizes_with_minilm(tmp_path):
+def test_qbqtc_loads_and_renders(tmp_path):
     from pathlib import Path
 
     import pytest
 
     from reasondistill.data import load_pairs
-    from reasondistill.models import resolve_model
+    from reasondistill.plugins.web_search_zh import WebSearchZh
 
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "qbqtc" / "dev.jsonl"
     if not path.exists():
         pytest.skip("../shared/data/qbqtc is not beside this checkout")
     ds, _ = load_pairs(path, limit=50, num_labels=3)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
-    ids = tok(ds["query"][0], ds["item"][0])["input_ids"]
-    assert tok.unk_token_id not in ids[:5] and len(ids) > 5
+    dom = WebSearchZh()
+    row = ds[0]
+    assert row["query"] in dom.user_prompt(row) and dom.rationale(row, row["label"]).endswith("。")
