@@ -13,7 +13,7 @@ def test_entry_points_load_both_components(rd_hooks):
 def test_query_coverage_is_a_reward_dimension(rd_hooks):
     dom = rd_hooks.catalogue.get("domain", "job_search")
     row = {"query": "nurse jobs Lyon", "item": "Nurse wanted", "city": "Lyon", "label": 1}
-    vec = rd_hooks.score_reasoning(row, "Reasoning: a nurse job in Lyon.\nLabel: relevant", dom)
+    vec = rd_hooks.score_reasoning(row, "Reasoning: nurse jobs in Lyon.\nLabel: relevant", dom)
     assert vec["query_coverage"] == 1.0 and vec["label_agreement"] == 1.0
 
 
