@@ -132,3 +132,18 @@ def dev_rows(ctx, n: int) -> list[dict[str, Any]]:
         return []
     dev = ctx.load_dataset("dev")
     return list(dev.select(range(min(n, len(dev)))))
+
+
+def sft_stage_result(ctx, options: TeacherTrainOptions, data, config, tokenizer, model, metrics: dict[str, Any]):
+    """Train an SFTTrainer, save the merged teacher, evaluate it on dev; the shared tail of dapt and sft."""
+    from trl import SFTTrainer
+
+    from reasondistill import StageResult
+
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                         peft_config=peft_config(options))
+    metrics = {**metrics, **train_and_save(ctx, trainer, tokenizer, ctx.dir / "teacher")}
+    rows = dev_rows(ctx, options.eval_rows)
+    if rows:
+        metrics.update(evaluate_teacher(ctx, str(ctx.dir / "teacher"), rows, options.eval_max_new_tokens))
+    return StageResult(outputs={"teacher": "teacher", "loss_history": "loss_history.json"}, metrics=metrics)

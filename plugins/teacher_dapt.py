@@ -7,8 +7,7 @@ from pydantic import Field
 from reasondistill import Stage, StageResult, hookimpl
 from reasondistill.errors import DataError
 
-from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluate_teacher, load_causal_lm,
-                             peft_config, teacher_source, train_and_save)
+from .teacher_common import TeacherTrainOptions, common_args, load_causal_lm, sft_stage_result, teacher_source
 
 
 class DaptOptions(TeacherTrainOptions):
@@ -55,7 +54,7 @@ class DaptStage(Stage):
 
     def run(self, ctx, options: DaptOptions) -> StageResult:
         from datasets import Dataset
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
 
         texts = domain_texts(ctx, options)
         if not texts:
@@ -65,13 +64,7 @@ class DaptStage(Stage):
         data = Dataset.from_dict({"text": [t + eos for t in texts]})
         args = SFTConfig(**common_args(ctx, options), packing=options.packing, dataset_text_field="text",
                          completion_only_loss=False)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                             peft_config=peft_config(options))
-        metrics = {"documents": len(texts), **train_and_save(ctx, trainer, tok, ctx.dir / "teacher")}
-        rows = dev_rows(ctx, options.eval_rows)
-        if rows:
-            metrics.update(evaluate_teacher(ctx, str(ctx.dir / "teacher"), rows, options.eval_max_new_tokens))
-        return StageResult(outputs={"teacher": "teacher", "loss_history": "loss_history.json"}, metrics=metrics)
+        return sft_stage_result(ctx, options, data, args, tok, model, {"documents": len(texts)})
 
 
 @hookimpl
