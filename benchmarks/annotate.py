@@ -3,8 +3,9 @@
     python benchmarks/annotate.py --prompts 256 --max-new-tokens 64
 
 Rows: a per-pair ``generate`` loop, plain batched ``generate`` (batch 16, left padding, no
-buckets), and our annotator (length buckets, per-row stop at the label, label probabilities)
-at several batch sizes, plus int8 dynamic quantization. Agreement: share of prompts whose
+buckets), our annotator on transformers ``generate`` (length buckets, shared-prefix KV, stop at
+the label), and our annotator's default engine, continuous slot batching (finished rows refilled
+at once), at several batch sizes, plus int8 dynamic quantization. Agreement: share of prompts whose
 greedy text equals the per-pair loop's (and whose parsed label is the same).
 """
 
@@ -42,7 +43,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--loop-prompts", type=int, default=None, help="fewer prompts for the slow per-pair loop")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batches", default="16,32,64")
+    p.add_argument("--batches", default="32,64,128", help="slot counts for the continuous-batching engine")
+    p.add_argument("--generate-batch", type=int, default=64, help="batch of the generate-engine row (0: skip)")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--teacher", default="smollm2-135m-instruct",
                    help="registered model or folder, e.g. an SFT teacher that writes labels")
@@ -74,17 +76,20 @@ def main() -> None:
     results["per-pair generate loop"] = (loop, time.perf_counter() - t, n_loop)
     t = time.perf_counter()
     results["plain generate, batch 16"] = (plain_generate(model, tok, texts, 16, args.max_new_tokens), time.perf_counter() - t, len(texts))
-    for bs in [int(b) for b in args.batches.split(",")]:
-        gen = TeacherGenerator(path, dom, batch_size=bs, max_new_tokens=args.max_new_tokens, model=model, tokenizer=tok)
+    def ours(name: str, **kw) -> None:
+        gen = TeacherGenerator(path, dom, max_new_tokens=args.max_new_tokens, **kw)
         t = time.perf_counter()
         outs = gen.generate(messages)
-        results[f"ours, batch {bs}"] = ([(o[0].text, o[0].tokens) for o in outs], time.perf_counter() - t, len(texts))
+        results[name] = ([(o[0].text, o[0].tokens) for o in outs], time.perf_counter() - t, len(texts))
+
+    if args.generate_batch:
+        ours(f"ours, generate engine, batch {args.generate_batch}", batch_size=args.generate_batch, engine="generate",
+             model=model, tokenizer=tok)
+    batches = [int(b) for b in args.batches.split(",")]
+    for bs in batches:
+        ours(f"ours, slots, batch {bs}", batch_size=bs, engine="slots", model=model, tokenizer=tok)
     if args.int8:
-        bs = max(int(b) for b in args.batches.split(","))
-        gen = TeacherGenerator(path, dom, batch_size=bs, max_new_tokens=args.max_new_tokens, int8=True)
-        t = time.perf_counter()
-        outs = gen.generate(messages)
-        results[f"ours, batch {bs}, int8 dynamic"] = ([(o[0].text, o[0].tokens) for o in outs], time.perf_counter() - t, len(texts))
+        ours(f"ours, slots, batch {max(batches)}, int8 dynamic", batch_size=max(batches), engine="slots", int8=True)
 
     ref = results["per-pair generate loop"][0]
     base_rate = None

@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,7 +25,7 @@ from reasondistill.fingerprint import write_atomic
 
 
 class TransformersAnnotatorOptions(Options):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="rows decoded together (slots refilled as rows finish)")
     max_new_tokens: int = Field(96, ge=4)
     do_sample: bool = False
     temperature: float = Field(0.7, gt=0)
@@ -33,6 +33,9 @@ class TransformersAnnotatorOptions(Options):
     self_consistency: int = Field(1, ge=1, description="N sampled chains; majority label, agreement as confidence")
     retries: int = Field(1, ge=0, description="re-generate unparseable outputs (sampled) this many times")
     int8: bool = Field(False, description="torch dynamic int8 quantization of the teacher's linear layers")
+    engine: Literal["auto", "slots", "generate"] = Field(
+        "auto", description="'slots': continuous batching (refill finished rows); 'generate': transformers "
+                            "generate on length buckets; 'auto': slots where the model supports them")
 
 
 class TransformersAnnotator(Annotator):
@@ -48,10 +51,11 @@ class TransformersAnnotator(Annotator):
     def generator(self, teacher: str, domain: Any, options: TransformersAnnotatorOptions, trust: bool = False):
         from reasondistill.generation import TeacherGenerator
 
-        key = (teacher, domain.name, options.batch_size, options.max_new_tokens, options.int8)
+        key = (teacher, domain.name, options.batch_size, options.max_new_tokens, options.int8, options.engine)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, TeacherGenerator(teacher, domain, options.batch_size, options.max_new_tokens,
-                                                 trust_remote_code=trust, int8=options.int8))
+                                                 trust_remote_code=trust, int8=options.int8,
+                                                 engine=options.engine))
         return self._cache[1]
 
     def annotate(self, ctx, pairs, teacher: str, options: TransformersAnnotatorOptions):

@@ -19,6 +19,14 @@ def _view(student, batch: dict[str, Any], prefix: str):
                                 batch.get(f"{prefix}_token_type_ids"))
 
 
+def _both_views(student, batch: dict[str, Any]):
+    """(standard, reasoning) views: one shared pass when the student encoded one, else two."""
+    if "shr_input_ids" in batch:
+        return student.forward_shared(batch["shr_input_ids"], batch["shr_attention_mask"], batch["shr_split"],
+                                      batch.get("shr_token_type_ids"))
+    return _view(student, batch, "std"), _view(student, batch, "rsn")
+
+
 def _targets_ce(logits: torch.Tensor, batch: dict[str, Any], soft: bool) -> torch.Tensor:
     if soft and "label_probs" in batch:
         return -(batch["label_probs"] * F.log_softmax(logits, -1)).sum(-1).mean()
@@ -95,8 +103,7 @@ class CRSD(DistillLoss):
             torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, options.projection))}
 
     def compute(self, student, batch, options: CRSDOptions):
-        logits, cls = _view(student, batch, "std")
-        r_logits, r_cls = _view(student, batch, "rsn")
+        (logits, cls), (r_logits, r_cls) = _both_views(student, batch)
         ce_std = _targets_ce(logits, batch, options.soft_targets)
         ce_rsn = _targets_ce(r_logits, batch, options.soft_targets)
         if options.stop_gradient:

@@ -114,7 +114,7 @@ class DistillStage(Stage):
             dataloader_pin_memory=_cuda(),
         )
         trainer = DistillTrainer(model=student, args=args, train_dataset=encoded,
-                                 data_collator=PairCollator(tokenizer, ("std", "rsn") if needs_r else ("std",)),
+                                 data_collator=PairCollator(tokenizer),
                                  loss=loss_c, loss_options=l_opts)
         last = get_last_checkpoint(str(ckpt_dir)) if ctx.resuming and ckpt_dir.exists() else None
         train_out = trainer.train(resume_from_checkpoint=last)

@@ -3,11 +3,18 @@
 One encoder and one classifier head serve both CRSD views. ``forward_view`` returns the logits
 from the model's own head and the [CLS] vector (last hidden state at position 0) that the
 contrastive term aligns.
+
+``reasoning_layout="shared"`` runs both views in one pass over
+``[CLS] query [SEP] item [SEP] reasoning [SEP] [CLS_r]``: the (query, item) tokens attend only to
+each other, so the first [CLS] is exactly the standard view's; the reasoning tokens and the
+second [CLS] (position 0, like the first) attend to everything and give the reasoning view. The
+query and item tokens are then encoded once instead of twice; the price is that they are not
+re-read in the light of the reasoning (only the reasoning tokens and [CLS_r] are).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -19,6 +26,9 @@ class EncoderOptions(Options):
     max_length: int = Field(128, ge=8, description="token budget of the standard view (query, item)")
     reasoning_tokens: int = Field(128, ge=0, description="extra budget of the reasoning view; reasoning is cut first")
     dropout: float | None = Field(None, ge=0, le=0.9, description="override the encoder's dropout")
+    reasoning_layout: Literal["separate", "shared"] = Field(
+        "separate", description="'separate': two passes, (query, item) and (query, item, reasoning); 'shared': "
+                                "one pass in which the (query, item) tokens are encoded once for both views")
 
 
 class EncoderStudent(torch.nn.Module):
@@ -39,6 +49,45 @@ class EncoderStudent(torch.nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         out = self.model(**kwargs, output_hidden_states=True, return_dict=True)
         return out.logits, out.hidden_states[-1][:, 0]
+
+    def forward_shared(self, input_ids, attention_mask, split, token_type_ids=None):
+        """Both views from one pass (see the module docstring): ``((logits, cls), (r_logits, r_cls))``.
+
+        ``split[b]`` is the length of row b's standard part; [CLS_r] is the row's last real token.
+        """
+        n, length = input_ids.shape
+        cols = torch.arange(length, device=input_ids.device)
+        real = attention_mask.bool()
+        last = real.sum(-1) - 1
+        in_std = cols[None, :] < split[:, None]
+        # a standard query sees standard keys only; a reasoning query sees every real key
+        allowed = real[:, None, :] & (in_std[:, None, :] | ~in_std[:, :, None])
+        allowed |= torch.eye(length, dtype=torch.bool, device=input_ids.device)[None]
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        positions = cols.expand(n, length).clone()
+        rows = torch.arange(n, device=input_ids.device)
+        positions[rows, last] = 0
+        kwargs = {"input_ids": input_ids, "attention_mask": mask[:, None], "position_ids": positions}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.model(**kwargs, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states[-1]
+        r_cls = hidden[rows, last]
+        return (out.logits, hidden[:, 0]), (self.head(r_cls), r_cls)
+
+    def head(self, cls: torch.Tensor) -> torch.Tensor:
+        """The model's own classification head applied to [CLS]-position vectors ``[n, hidden]``."""
+        model, base = self.model, self.model.base_model
+        seq = cls[:, None]
+        pooler = getattr(base, "pooler", None)
+        if pooler is not None and hasattr(model, "classifier"):  # BERT-style: pooler, dropout, linear
+            pooled = pooler(seq)
+            return model.classifier(model.dropout(pooled) if hasattr(model, "dropout") else pooled)
+        if hasattr(model, "classifier"):  # RoBERTa-style heads read features[:, 0] themselves
+            return model.classifier(seq)
+        raise TypeError(f"reasoning_layout='shared' does not know the head of {type(model).__name__}; "
+                        "use reasoning_layout='separate'")
 
 
 class EncoderClassifier(Student):
@@ -73,13 +122,35 @@ class EncoderClassifier(Student):
         """
         std = tokenizer(queries, items, truncation="longest_first", max_length=options.max_length)
         out = {f"std_{k}": v for k, v in std.items()}
-        if reasonings is not None:
+        if reasonings is not None and options.reasoning_layout == "shared":
+            out.update(_shared_view(tokenizer, std, reasonings, options.reasoning_tokens))
+        elif reasonings is not None:
             sep = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
             seconds = [i + sep + (r or "") for i, r in zip(items, reasonings)]
             rsn = tokenizer(queries, seconds, truncation="longest_first",
                             max_length=options.max_length + options.reasoning_tokens)
             out.update({f"rsn_{k}": v for k, v in rsn.items()})
         return out
+
+
+def _shared_view(tokenizer, std, reasonings: list[str], budget: int) -> dict[str, list]:
+    """``std + reasoning + [SEP] + [CLS_r]`` per row, and where the standard part ends."""
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise ValueError("student_options.reasoning_layout='shared' needs a tokenizer with [CLS] and [SEP] tokens")
+    cut = max(1, budget - 2)
+    rsn = tokenizer([r or "" for r in reasonings], add_special_tokens=False, truncation=True, max_length=cut)["input_ids"]
+    out: dict[str, list] = {"shr_input_ids": [], "shr_attention_mask": [], "shr_split": []}
+    types = "token_type_ids" in std
+    if types:
+        out["shr_token_type_ids"] = []
+    for i, ids in enumerate(std["input_ids"]):
+        tail = rsn[i][:cut] + [tokenizer.sep_token_id]
+        out["shr_input_ids"].append(list(ids) + tail + [tokenizer.cls_token_id])
+        out["shr_attention_mask"].append([1] * (len(ids) + len(tail) + 1))
+        out["shr_split"].append(len(ids))
+        if types:
+            out["shr_token_type_ids"].append(list(std["token_type_ids"][i]) + [1] * len(tail) + [0])
+    return out
 
 
 def _has_safetensors(model: str) -> bool | None:

@@ -40,14 +40,22 @@ def evaluate_student(model_dir, dev, domain, reasoning_column: str = "reasoning"
 def reasoning_view_proba(student, tokenizer, component, options, queries, items, reasonings, batch_size: int = 64) -> np.ndarray:
     import torch
 
+    from reasondistill.training import PairCollator
+
     enc = component.encode(tokenizer, queries, items, reasonings, options)
-    keys = [k for k in enc if k.startswith("rsn_")]
+    view = "shr" if "shr_input_ids" in enc else "rsn"
+    keys = [k for k in enc if k.startswith(view + "_")]
+    collate = PairCollator(tokenizer, (view,))
     out = np.zeros((len(queries), student.model.config.num_labels), dtype=np.float32)
     student.eval()
     with torch.inference_mode():
-        for idx in length_buckets([len(x) for x in enc["rsn_input_ids"]], batch_size):
-            batch = tokenizer.pad({k[4:]: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
-            logits, _ = student.forward_view(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        for idx in length_buckets([len(x) for x in enc[f"{view}_input_ids"]], batch_size):
+            b = collate([{k: enc[k][i] for k in keys} for i in idx])
+            if view == "shr":
+                _, (logits, _) = student.forward_shared(b["shr_input_ids"], b["shr_attention_mask"], b["shr_split"],
+                                                        b.get("shr_token_type_ids"))
+            else:
+                logits, _ = student.forward_view(b["rsn_input_ids"], b["rsn_attention_mask"], b.get("rsn_token_type_ids"))
             out[idx] = torch.softmax(logits, -1).numpy()
     return out
 

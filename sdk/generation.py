@@ -1,9 +1,12 @@
 """Batched teacher generation: length buckets, left padding, KV cache, stop at the label.
 
 Shared by the annotator (label + reasoning for many pairs) and the preference stage (K sampled
-candidates a prompt). Written on ``model.generate``: the prompt prefix every row shares (the
-system prompt, most of the prompt) is encoded once and its KV cache reused by every batch; rows
-stop at ``Label: <name>`` (transformers ``stop_strings``), and finished rows stop growing.
+candidates a prompt). The default engine is continuous slot batching
+(:mod:`reasondistill.slot_decoding`): the prompt prefix every row shares (the system prompt,
+most of the prompt) is encoded once, rows stop at ``Label: <name>``, and a finished row's slot
+takes the next prompt at once. ``engine="generate"`` (and any model the slot loop cannot drive)
+uses ``model.generate`` on length buckets with the same shared-prefix KV reuse and
+``stop_strings``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+
+from reasondistill.slot_decoding import SlotDecoder, supports_slots
 
 
 @dataclass
@@ -71,7 +76,7 @@ class TeacherGenerator:
 
     def __init__(self, model_path: str, domain: Any, batch_size: int = 16, max_new_tokens: int = 96,
                  trust_remote_code: bool = False, model: Any = None, tokenizer: Any = None, int8: bool = False,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, engine: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -88,6 +93,12 @@ class TeacherGenerator:
         self.first_tokens = label_first_tokens(self.tokenizer, domain.labels)
         self.stop_strings = label_stop_strings(domain)
         self.label_key_re = re.compile(rf"(?i){re.escape(domain.label_key)}\s*\**\s*[:：]\s*\**\s*$")
+        if engine not in ("auto", "slots", "generate"):
+            raise ValueError(f"engine must be 'auto', 'slots' or 'generate', not {engine!r}")
+        self.engine = engine
+        if engine == "auto":
+            probe = self.tokenizer("Query: a probe for the slot decoder", add_special_tokens=False)["input_ids"]
+            self.engine = "slots" if supports_slots(self.model, probe) else "generate"
 
     def generate(self, messages: Sequence[list[dict[str, str]]], do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, num_return_sequences: int = 1, seed: int | None = None,
@@ -96,6 +107,9 @@ class TeacherGenerator:
         texts = prompt_texts(self.tokenizer, messages)
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         prefix = shared_prefix(enc) if self.prefix_cache else []
+        if self.engine == "slots":
+            return self._generate_slots(prefix, [ids[len(prefix):] for ids in enc], do_sample, temperature, top_p,
+                                        num_return_sequences, seed, progress)
         cache = self._prefix_cache(prefix) if prefix else None
         suffixes = [ids[len(prefix):] for ids in enc]
         order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))
@@ -112,11 +126,42 @@ class TeacherGenerator:
                 progress.update(len(idx))
         return results
 
+    def _generate_slots(self, prefix: list[int], suffixes: list[list[int]], do_sample: bool, temperature: float,
+                        top_p: float, k: int, seed: int | None, progress: Any) -> list[list[Generation]]:
+        order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
+        rows = [i for i in order for _ in range(k)]  # a prompt's k samples side by side
+        left = [k] * len(suffixes)
+
+        def on_done(r: int) -> None:
+            left[rows[r]] -= 1
+            if progress is not None and left[rows[r]] == 0:
+                progress.update(1)
+
+        stops = tuple(self.stop_strings)
+        decoder = SlotDecoder(self.model, {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id},
+                              self.tokenizer.pad_token_id, self.batch_size, self.max_new_tokens,
+                              step_text=lambda toks: self.tokenizer.decode(toks[-12:], skip_special_tokens=True),
+                              is_stop=lambda text: text.endswith(stops),
+                              at_label=lambda text: bool(self.label_key_re.search(text)),
+                              label_probs=self._probs_from_logits)
+        done = decoder.run(prefix, [suffixes[i] for i in rows], do_sample, temperature, top_p, seed, on_done)
+        results: list[list[Generation]] = [[] for _ in suffixes]
+        for r, row in enumerate(done):
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            results[rows[r]].append(Generation(text, len(row.tokens), row.label_probs))
+        return results
+
+    def _probs_from_logits(self, logits: torch.Tensor) -> list[float] | None:
+        probs = torch.softmax(logits.float(), -1)
+        mass = [float(probs[list(toks)].sum()) if toks else 0.0 for toks in self.first_tokens]
+        total = sum(mass)
+        return [m / total for m in mass] if total > 0 else None
+
     @torch.inference_mode()
     def _prefix_cache(self, prefix: list[int]) -> Any:
         """KV cache of the prompt prefix every row shares (the system prompt), computed once."""
         try:
-            return self.model(torch.tensor([prefix]), use_cache=True).past_key_values
+            return self.model(torch.tensor([prefix]), use_cache=True).cache
         except Exception:  # a model without a reusable cache: plain generation
             return None
 
@@ -144,7 +189,7 @@ class TeacherGenerator:
         if cache is not None:
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(n)
-            kwargs["past_key_values"] = batch_cache
+            kwargs["cache"] = batch_cache
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
@@ -165,8 +210,5 @@ class TeacherGenerator:
         for step in range(1, len(ids)):
             prefix = self.tokenizer.decode(ids[:step], skip_special_tokens=True)
             if self.label_key_re.search(prefix):
-                probs = torch.softmax(scores[step][row].float(), -1)
-                mass = [float(probs[list(toks)].sum()) if toks else 0.0 for toks in self.first_tokens]
-                total = sum(mass)
-                return [m / total for m in mass] if total > 0 else None
+                return self._probs_from_logits(scores[step][row])
         return None

@@ -13,16 +13,27 @@ import torch
 from transformers import Trainer
 
 
-class PairCollator:
-    """Pads each view dynamically (to the longest row of the batch), keeps labels and soft targets."""
+VIEWS = ("std", "rsn", "shr")  # standard, reasoning, and both in one shared sequence
 
-    def __init__(self, tokenizer: Any, views: tuple[str, ...] = ("std",)):
+
+class PairCollator:
+    """Pads each view dynamically (to the longest row of the batch), keeps labels and soft targets.
+
+    ``views`` defaults to every view prefix found in the rows; per-row integers of a view (the
+    shared view's ``split``) become a 1-D tensor.
+    """
+
+    def __init__(self, tokenizer: Any, views: tuple[str, ...] | None = None):
         self.tokenizer, self.views = tokenizer, views
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
-        for view in self.views:
+        views = self.views or tuple(v for v in VIEWS if any(k.startswith(v + "_") for k in rows[0]))
+        for view in views:
             feats = [{k[len(view) + 1:]: r[k] for k in r if k.startswith(view + "_")} for r in rows]
+            scalars = [k for k in feats[0] if not isinstance(feats[0][k], (list, tuple))]
+            for key in scalars:
+                batch[f"{view}_{key}"] = torch.tensor([f.pop(key) for f in feats])
             padded = self.tokenizer.pad(feats, return_tensors="pt")
             batch.update({f"{view}_{k}": v for k, v in padded.items()})
         if "labels" in rows[0]:

@@ -174,3 +174,58 @@ def test_onnx_export_gives_torch_labels(rd_engine):
     import numpy as np
 
     assert np.allclose(torch_pred.predict_proba(q, i), onnx_pred.predict_proba(q, i), atol=1e-4)
+
+
+def _shared_batch(tiny_encoder, tiny_pairs, n=8):
+    comp = EncoderClassifier()
+    opts = comp.Options(max_length=48, reasoning_tokens=32, reasoning_layout="shared")
+    tok = comp.tokenizer(str(tiny_encoder))
+    rows = list(tiny_pairs.select(range(n)))
+    enc = comp.encode(tok, [DOM.query_text(r) for r in rows], [DOM.item_text(r) for r in rows],
+                      [r["rationale"] for r in rows], opts)
+    feats = [{k: enc[k][i] for k in enc} | {"labels": rows[i]["label"]} for i in range(n)]
+    return comp.build(str(tiny_encoder), 3, opts), PairCollator(tok)(feats), tok
+
+
+def test_shared_layout_standard_view_is_exact(tiny_encoder, tiny_pairs):
+    student, batch, tok = _shared_batch(tiny_encoder, tiny_pairs)
+    assert set(k.split("_")[0] for k in batch if k != "labels") == {"std", "shr"}
+    student.eval()
+    with torch.no_grad():
+        (logits, cls), (r_logits, r_cls) = student.forward_shared(
+            batch["shr_input_ids"], batch["shr_attention_mask"], batch["shr_split"], batch["shr_token_type_ids"])
+        ref_logits, ref_cls = student.forward_view(batch["std_input_ids"], batch["std_attention_mask"],
+                                                   batch["std_token_type_ids"])
+        # the head applied to a [CLS] vector is the model's own head
+        assert torch.allclose(student.head(ref_cls), ref_logits, atol=1e-5)
+    assert torch.allclose(cls, ref_cls, atol=1e-4) and torch.allclose(logits, ref_logits, atol=1e-4)
+    assert not torch.allclose(r_cls, cls, atol=1e-3), "the reasoning [CLS] sees the reasoning"
+    # each row: standard tokens, then reasoning, [SEP], and the second [CLS] last
+    ids, split = batch["shr_input_ids"][0].tolist(), int(batch["shr_split"][0])
+    real = int(batch["shr_attention_mask"][0].sum())
+    assert ids[:split] == [t for t in batch["std_input_ids"][0].tolist() if t != tok.pad_token_id]
+    assert ids[real - 1] == tok.cls_token_id and ids[real - 2] == tok.sep_token_id
+
+
+def test_shared_layout_trains_both_views(tiny_encoder, tiny_pairs):
+    student, batch, _ = _shared_batch(tiny_encoder, tiny_pairs)
+    crsd = CRSD()
+    rsn_only = set(batch["shr_input_ids"].flatten().tolist()) - set(batch["std_input_ids"].flatten().tolist())
+    g = _encoder_grad_norms(student, batch, crsd, crsd.options({"w_std": 0, "w_nce": 0}))
+    assert g[list(rsn_only)].abs().sum() > 0
+    options = crsd.options()
+    optim = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        out = crsd.compute(student, batch, options)
+        optim.zero_grad()
+        out["loss"].backward()
+        optim.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0] * 0.8
+
+
+def test_distill_stage_with_shared_layout(rd_engine):
+    res = rd_engine.run(distill_recipe(max_steps=10, student_options={"max_length": 48, "reasoning_tokens": 32,
+                                                                      "reasoning_layout": "shared"}))["distill"]
+    assert 0 <= res.metrics["dev_reasoning_view_macro_f1"] <= 1
