@@ -30,6 +30,7 @@ CONFIGS = {
     "crsd -InfoNCE": ("crsd", {"w_nce": 0.0}),
     "crsd -reasoning CE": ("crsd", {"w_reasoning": 0.0}),
     "crsd stop-grad": ("crsd", {"stop_gradient": True}),
+    "crsd shared layout": ("crsd", {}, {"reasoning_layout": "shared"}),
 }
 CENTERS = (1.55, 2.2, 2.75)  # mid-points of the Home Depot buckets (<1.9, <2.5, else)
 
@@ -68,13 +69,14 @@ def table_a(args) -> str:
     engine = Engine(runs_dir=args.runs)
     for seed in range(args.seeds):
         for label in chosen:
-            loss, opts = CONFIGS[label]
+            loss, opts, *student_extra = CONFIGS[label]
             recipe = Recipe(name=f"hd-{label.replace(' ', '_')}-s{seed}", domain="product_search", seed=seed,
                             models={"student": "all-minilm-l6-v2"}, stages=[
                                 step("pairs", source=str(train), dev_source=str(dev)),
                                 step("distill", train_input="pairs", loss=loss, loss_options=opts, epochs=args.epochs,
                                      batch_size=32, learning_rate=args.lr, logging_steps=20,
-                                     student_options={"max_length": 48, "reasoning_tokens": 48})])
+                                     student_options={"max_length": 48, "reasoning_tokens": 48,
+                                                      **(student_extra[0] if student_extra else {})})])
             m = engine.run(recipe)["distill"].metrics
             scores[label].append(m["dev_macro_f1"])
             rv[label].append(m.get("dev_reasoning_view_macro_f1", float("nan")))
@@ -171,31 +173,36 @@ def table_c(args) -> str:
     opts = comp.Options(max_length=64, reasoning_tokens=64)
     tok = comp.tokenizer(path)
     rows = read_jsonl(args.data / "train.jsonl", 32 * 6, seed=2)
-    enc = comp.encode(tok, [r["query"] for r in rows], [r["item"] for r in rows],
-                      [dom.rationale(r, r["label"]) for r in rows], opts)
-    feats = [{k: enc[k][i] for k in enc} | {"labels": rows[i]["label"]} for i in range(len(rows))]
-    batches = [PairCollator(tok, ("std", "rsn"))(feats[i:i + 32]) for i in range(0, len(feats), 32)]
-    times = {}
-    for loss in (CrossEntropy(), CRSD()):
+    queries, items = [r["query"] for r in rows], [r["item"] for r in rows]
+    reasonings = [dom.rationale(r, r["label"]) for r in rows]
+    times, padded = {}, {}
+    for name, loss, layout in (("ce", CrossEntropy(), "separate"), ("crsd (separate views)", CRSD(), "separate"),
+                               ("crsd (shared layout)", CRSD(), "shared")):
+        o_student = opts.model_copy(update={"reasoning_layout": layout})
+        enc = comp.encode(tok, queries, items, reasonings if loss.needs_reasoning else None, o_student)
+        feats = [{k: enc[k][i] for k in enc} | {"labels": rows[i]["label"]} for i in range(len(rows))]
+        batches = [PairCollator(tok)(feats[i:i + 32]) for i in range(0, len(feats), 32)]
+        padded[name] = " + ".join(str(batches[0][f"{v}_input_ids"].shape[1]) for v in ("std", "rsn", "shr")
+                                  if f"{v}_input_ids" in batches[0])
         torch.manual_seed(0)
-        student = comp.build(path, 3, opts)
+        student = comp.build(path, 3, o_student)
         optim = torch.optim.AdamW(student.parameters(), lr=5e-5)
         o = loss.options()
         spent = []
-        for i, batch in enumerate(batches):
-            t = time.perf_counter()
-            out = loss.compute(student, batch, o)
-            optim.zero_grad()
-            out["loss"].backward()
-            optim.step()
-            if i:  # first batch is warm-up
-                spent.append(time.perf_counter() - t)
-        times[loss.name] = statistics.mean(spent)
-    rsn_tokens = float(batches[0]["rsn_input_ids"].shape[1])
-    std_tokens = float(batches[0]["std_input_ids"].shape[1])
-    return (f"(c) training step, all-MiniLM-L6-v2, batch 32 (padded: standard {std_tokens:.0f}, reasoning "
-            f"{rsn_tokens:.0f} tokens)\n" + table(("loss", "s/step", "ratio to ce"),
-                                                 [(k, v, v / times["ce"]) for k, v in times.items()]))
+        for _ in range(args.step_rounds):
+            for i, batch in enumerate(batches):
+                t = time.perf_counter()
+                out = loss.compute(student, batch, o)
+                optim.zero_grad()
+                out["loss"].backward()
+                optim.step()
+                if i or _:  # the very first batch is warm-up
+                    spent.append(time.perf_counter() - t)
+        times[name] = statistics.median(spent)
+    return ("(c) training step, all-MiniLM-L6-v2, batch 32, budget 64 + 64 tokens, median of "
+            f"{args.step_rounds * len(batches) - 1} steps\n" +
+            table(("loss", "padded tokens a row (first batch)", "s/step", "ratio to ce"),
+                  [(k, padded[k], v, v / times["ce"]) for k, v in times.items()]))
 
 
 def main() -> None:
@@ -211,6 +218,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of the table (a) rows")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--step-rounds", type=int, default=2, help="passes over the 6 timing batches for table (c)")
     p.add_argument("--serving-pairs", type=int, default=640)
     p.add_argument("--latency-calls", type=int, default=200)
     args = p.parse_args()

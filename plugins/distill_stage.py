@@ -85,6 +85,11 @@ class DistillStage(Stage):
             raise DataError(f"{options.train_input}: {len(train)} usable rows, fewer than batch_size {options.batch_size}")
         tokenizer = student_c.tokenizer(model_path, trust)
         needs_r = loss_c.needs_reasoning
+        added: list[str] = []
+        if hasattr(student_c, "adapt_tokenizer"):
+            texts = [t for r in train for t in (ctx.domain.query_text(r), ctx.domain.item_text(r),
+                                                 r.get(options.reasoning_column) or "" if needs_r else "")]
+            added = student_c.adapt_tokenizer(tokenizer, texts, s_opts)
 
         def encode(batch):
             rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
@@ -98,7 +103,7 @@ class DistillStage(Stage):
         keep_probs = "label_probs" in train.column_names
         encoded = train.map(encode, batched=True, remove_columns=[c for c in train.column_names if not (keep_probs and c == "label_probs")],
                             desc="tokenizing")
-        student = student_c.build(model_path, len(labels), s_opts, trust)
+        student = student_c.build(model_path, len(labels), s_opts, trust, **({"vocab_size": len(tokenizer)} if added else {}))
         if hasattr(loss_c, "extra_modules"):
             import torch
 
@@ -130,7 +135,8 @@ class DistillStage(Stage):
         metrics: dict[str, Any] = {"train_rows": len(train), "steps": trainer.state.global_step,
                                    "train_loss": round(float(train_out.training_loss), 5),
                                    "step_seconds": round(train_out.metrics["train_runtime"] / max(1, trainer.state.global_step), 4),
-                                   "resumed_from": last.rsplit("-", 1)[-1] if last else None}
+                                   "resumed_from": last.rsplit("-", 1)[-1] if last else None,
+                                   "added_tokens": len(added)}
         if ctx.has_input("dev"):
             from reasondistill.evaluation import evaluate_student
 

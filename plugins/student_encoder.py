@@ -14,6 +14,7 @@ re-read in the light of the reasoning (only the reasoning tokens and [CLS_r] are
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Literal
 
 import torch
@@ -26,6 +27,10 @@ class EncoderOptions(Options):
     max_length: int = Field(128, ge=8, description="token budget of the standard view (query, item)")
     reasoning_tokens: int = Field(128, ge=0, description="extra budget of the reasoning view; reasoning is cut first")
     dropout: float | None = Field(None, ge=0, le=0.9, description="override the encoder's dropout")
+    add_unknown_characters: int = Field(
+        0, ge=0, description="add up to this many characters the tokenizer maps to [UNK] in the training text as "
+                             "new tokens (most frequent first; embeddings resized): a script the vocabulary lacks, "
+                             "such as Chinese in an English MiniLM")
     reasoning_layout: Literal["separate", "shared"] = Field(
         "separate", description="'separate': two passes, (query, item) and (query, item, reasoning); 'shared': "
                                 "one pass in which the (query, item) tokens are encoded once for both views")
@@ -95,7 +100,8 @@ class EncoderClassifier(Student):
     description = "Any AutoModelForSequenceClassification encoder (BERT, MiniLM, RoBERTa, Chinese BERT)."
     Options = EncoderOptions
 
-    def build(self, model: str, num_labels: int, options: EncoderOptions, trust_remote_code: bool = False) -> EncoderStudent:
+    def build(self, model: str, num_labels: int, options: EncoderOptions, trust_remote_code: bool = False,
+              vocab_size: int | None = None) -> EncoderStudent:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         config = AutoConfig.from_pretrained(model, num_labels=num_labels, trust_remote_code=trust_remote_code)
@@ -106,7 +112,24 @@ class EncoderClassifier(Student):
         net = AutoModelForSequenceClassification.from_pretrained(
             model, config=config, dtype=torch.float32, ignore_mismatched_sizes=True,
             trust_remote_code=trust_remote_code, use_safetensors=_has_safetensors(model))
+        if vocab_size is not None and vocab_size > net.get_input_embeddings().num_embeddings:
+            net.resize_token_embeddings(vocab_size)  # tokens added by adapt_tokenizer
         return EncoderStudent(net)
+
+    def adapt_tokenizer(self, tokenizer, texts: list[str], options: EncoderOptions) -> list[str]:
+        """Add the most frequent [UNK] characters of ``texts`` as tokens; returns what was added.
+
+        Deterministic (frequency, then the character), so a resumed run adds the same tokens.
+        """
+        if not options.add_unknown_characters or tokenizer.unk_token is None:
+            return []
+        counts = Counter(ch for text in texts for ch in text if not ch.isspace())
+        unk = tokenizer.unk_token_id
+        unknown = [ch for ch in counts if tokenizer(ch, add_special_tokens=False)["input_ids"] == [unk]]
+        unknown.sort(key=lambda ch: (-counts[ch], ch))
+        added = unknown[:options.add_unknown_characters]
+        tokenizer.add_tokens(added)
+        return added
 
     def tokenizer(self, model: str, trust_remote_code: bool = False):
         from transformers import AutoTokenizer

@@ -3,10 +3,17 @@
 Pairs are best vs worst candidate by aggregated reward; pairs under ``min_margin`` (ties
 included) are dropped. The SFT teacher is both the policy's start and the DPO reference
 (with LoRA the reference is the same weights with the adapter disabled).
+
+Where gold labels exist, two defaults keep DPO from trading macro-F1 for reward: prompts are
+drawn evenly across gold labels (with prompts drawn as they come, most pairs teach the majority
+grade, and on Home Depot DPO then moved answers toward it: accuracy up, macro-F1 down), and a
+pair's chosen answer is the best one that carries the gold label whenever a candidate does (a
+best-by-reward answer with the wrong label would teach that label).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from pydantic import Field
@@ -25,15 +32,39 @@ class PreferenceOptions(TeacherTrainOptions):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=8)
-    gen_batch_size: int = Field(8, ge=1)
+    gen_batch_size: int = Field(32, ge=1)
     min_margin: float = Field(0.05, ge=0, description="drop pairs whose aggregated rewards differ by less")
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
     heldout_prompts: int = Field(0, ge=0, description="dev prompts to compare reward before and after DPO")
     learned_reward: bool = Field(False, description="add the dimensions of an earlier reward_model output")
+    balance_labels: bool = Field(True, description="draw prompts evenly across gold labels (where there are any)")
+    prefer_gold_chosen: bool = Field(True, description="chosen = the best candidate with the gold label, when one has it")
 
 
-def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], min_margin: float):
+def _gold(row: dict[str, Any]) -> int | None:
+    label = row.get("label")
+    return int(label) if isinstance(label, int) and label >= 0 else None
+
+
+def pick_prompts(pool: list[dict[str, Any]], n: int, balance: bool) -> list[dict[str, Any]]:
+    """The first ``n`` rows, or ``n`` rows taken round-robin over gold labels (pool order kept within a label)."""
+    if not balance or all(_gold(r) is None for r in pool):
+        return pool[:n]
+    by_label: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
+    for row in pool:
+        by_label[_gold(row)].append(row)
+    queues = [by_label[k] for k in sorted(by_label, key=lambda k: (k is None, k))]
+    out: list[dict[str, Any]] = []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], min_margin: float,
+                match_gold: bool = False):
     """Score every candidate; return DPO rows and the count of dropped prompts."""
     out, dropped = [], 0
     for row, cands in zip(rows, candidates):
@@ -42,7 +73,10 @@ def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], mi
             vec = ctx.hooks.score_reasoning(row, text, ctx.domain)
             scored.append((ctx.hooks.aggregate_reward(vec, ctx.recipe.reward_weights), vec, text))
         scored.sort(key=lambda s: s[0], reverse=True)
+        gold = _gold(row)
         best, worst = scored[0], scored[-1]
+        if match_gold and gold is not None:  # the best answer that carries the gold label, if any does
+            best = next((s for s in scored if _label(ctx, s[2]) == gold), best)
         if best[0] - worst[0] < min_margin or best[2] == worst[2]:
             dropped += 1
             continue
@@ -52,6 +86,11 @@ def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], mi
                     "chosen_scores": best[1], "rejected_scores": worst[1], "margin": best[0] - worst[0],
                     "pair_id": row["pair_id"]})
     return out, dropped
+
+
+def _label(ctx, text: str) -> int | None:
+    parsed = ctx.domain.parse_completion(text)
+    return parsed.label if parsed.ok else None
 
 
 class PreferenceStage(Stage):
@@ -86,13 +125,14 @@ class PreferenceStage(Stage):
 
         source = teacher_source(ctx)
         pool = ctx.load_dataset(options.input)
-        rows = [r for r in pool.select(range(min(options.prompts, len(pool))))]
+        rows = pick_prompts(list(pool), options.prompts, options.balance_labels)
         gen = TeacherGenerator(source, ctx.domain, options.gen_batch_size, options.max_new_tokens,
                                trust_remote_code=ctx.recipe.trust_remote_code)
         outs = gen.generate([ctx.domain.messages(r) for r in rows], do_sample=True, temperature=options.temperature,
                             top_p=options.top_p, num_return_sequences=options.candidates, seed=ctx.seed,
                             progress=ctx.progress(total=len(rows), desc="sampling", unit="prompt"))
-        pairs, dropped = build_pairs(ctx, rows, [[g.text for g in o] for o in outs], options.min_margin)
+        pairs, dropped = build_pairs(ctx, rows, [[g.text for g in o] for o in outs], options.min_margin,
+                                     options.prefer_gold_chosen)
         if not pairs:
             raise DataError(f"preference: every one of {len(rows)} prompts had candidates within min_margin "
                             f"{options.min_margin}; sample more candidates or lower min_margin")
@@ -101,6 +141,9 @@ class PreferenceStage(Stage):
         heldout = dev_rows(ctx, options.heldout_prompts)
         metrics: dict[str, Any] = {"prompts": len(rows), "pairs": len(pairs), "dropped_prompts": dropped,
                                    "mean_margin": round(sum(p["margin"] for p in pairs) / len(pairs), 4)}
+        gold_of = {r["pair_id"]: _gold(r) for r in rows}
+        for label_id, name in enumerate(ctx.domain.labels):
+            metrics[f"pairs_gold_{name.replace(' ', '_')}"] = sum(gold_of.get(p["pair_id"]) == label_id for p in pairs)
         if heldout:
             metrics.update({f"before_{k}": v for k, v in self._heldout_rewards(ctx, gen, heldout, options).items()})
         del gen

@@ -229,3 +229,44 @@ def test_distill_stage_with_shared_layout(rd_engine):
     res = rd_engine.run(distill_recipe(max_steps=10, student_options={"max_length": 48, "reasoning_tokens": 32,
                                                                       "reasoning_layout": "shared"}))["distill"]
     assert 0 <= res.metrics["dev_reasoning_view_macro_f1"] <= 1
+
+
+def test_unknown_characters_become_tokens(tiny_encoder):
+    comp = EncoderClassifier()
+    tok = comp.tokenizer(str(tiny_encoder))
+    texts = ["小孩咳嗽感冒", "小孩感冒过后久咳嗽该吃什么药", "pizza 小"]
+    unk = tok.unk_token_id
+    before = tok(texts[0], add_special_tokens=False)["input_ids"]
+    assert unk in before, "the tiny English vocabulary lacks these characters"
+    assert comp.adapt_tokenizer(tok, texts, comp.Options()) == []  # off by default
+    added = comp.adapt_tokenizer(tok, texts, comp.Options(add_unknown_characters=5))
+    assert added[:3] == ["小", "冒", "咳"] or set(added[:2]) == {"小", "冒"}  # most frequent first
+    assert len(added) == 5
+    again = comp.tokenizer(str(tiny_encoder))
+    assert comp.adapt_tokenizer(again, texts, comp.Options(add_unknown_characters=5)) == added  # deterministic
+    student = comp.build(str(tiny_encoder), 3, comp.Options(), vocab_size=len(tok))
+    assert student.model.get_input_embeddings().num_embeddings == len(tok)
+    ids = tok("小孩", add_special_tokens=False)["input_ids"]
+    assert unk not in ids and len(ids) == 2 and ids[0] >= student.model.config.vocab_size - len(added)
+    enc = tok([texts[0]], return_tensors="pt")
+    assert student.model(**enc).logits.shape == (1, 3)
+
+
+def test_distill_adds_characters_and_serves_them(rd_engine, tmp_path):
+    import json as _json
+
+    rows = [{"query": q, "item": i, "label": k % 3} for k, (q, i) in enumerate(
+        [("小孩咳嗽感冒", "小孩感冒过后久咳嗽该吃什么药"), ("英雄大作战", "英雄大作战无敌版小游戏"),
+         ("复制文件", "怎么把文件复制到另一个文件")] * 12)]
+    data = tmp_path / "zh.jsonl"
+    data.write_text("".join(_json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    recipe = Recipe(name="zh", domain="web_search_zh", models={"student": "tiny-encoder"}, stages=[
+        step("pairs", source=str(data), dev_source=str(data), dev_limit=9),
+        step("distill", train_input="pairs", loss="ce", max_steps=4, batch_size=8, learning_rate=1e-3,
+             student_options={"max_length": 48, "add_unknown_characters": 400})])
+    m = rd_engine.run(recipe)["distill"].metrics
+    assert m["added_tokens"] > 20
+    folder = rd_engine.runs_dir / "zh" / "distill" / "student"
+    pred = Predictor(folder)
+    assert pred.tokenizer.unk_token_id not in pred.tokenizer("咳嗽", add_special_tokens=False)["input_ids"]
+    assert pred.predict_proba(["小孩咳嗽"], ["小孩感冒"]).shape == (1, 3)

@@ -143,3 +143,33 @@ def test_bradley_terry_loss_orders_by_sign():
     bad = bradley_terry_loss(rc, rr, torch.tensor([[-1.0, 1.0]]))
     assert good < 0.2 < bad
     assert float(bradley_terry_loss(rc, rr, torch.zeros(1, 2))) == 0.0
+
+
+def test_prompts_are_drawn_evenly_across_gold_labels():
+    from reasondistill.plugins.teacher_preference import pick_prompts
+
+    pool = [{"pair_id": str(i), "label": 2} for i in range(10)] + [{"pair_id": "a", "label": 0}, {"pair_id": "b", "label": 1}]
+    picked = pick_prompts(pool, 6, balance=True)
+    assert [r["label"] for r in picked] == [0, 1, 2, 2, 2, 2]  # minority labels first, then what is left
+    assert pick_prompts(pool, 6, balance=False) == pool[:6]
+    assert pick_prompts([{"label": -1}] * 3, 2, balance=True) == [{"label": -1}] * 2
+
+
+def test_chosen_prefers_the_gold_label(rd_hooks):
+    from types import SimpleNamespace
+
+    from reasondistill import Recipe
+    from reasondistill.plugins.local_services import LocalServices
+    from reasondistill.plugins.teacher_preference import build_pairs
+
+    dom = LocalServices()
+    ctx = SimpleNamespace(hooks=rd_hooks, domain=dom, recipe=Recipe(name="r", stages=[{"uses": "pairs"}],
+                                                                   reward_weights={"format": 5.0, "label_agreement": 1.0}))
+    row = {"pair_id": "p", "query": "pizza", "item": "Blue Door: pizza", "label": 0}
+    wrong_but_tidy = f"Reasoning: pizza is served.\nLabel: {dom.labels[2]}"
+    right_but_messy = f"Label: {dom.labels[0]}\nand some text after the label"
+    garbage = "???"
+    plain, _ = build_pairs(ctx, [row], [[wrong_but_tidy, right_but_messy, garbage]], 0.0, match_gold=False)
+    gold, _ = build_pairs(ctx, [row], [[wrong_but_tidy, right_but_messy, garbage]], 0.0, match_gold=True)
+    assert plain[0]["chosen"][0]["content"] == wrong_but_tidy
+    assert gold[0]["chosen"][0]["content"] == right_but_messy and gold[0]["rejected"][0]["content"] == garbage
