@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=48)
     p.add_argument("--dpo-steps", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--dpo-sft-weight", type=float, default=0.0, help="NLL on the chosen answers next to DPO (RPO)")
     args = p.parse_args()
 
     from reasondistill import Engine, Recipe, step
@@ -45,7 +46,7 @@ def main() -> None:
             step("teacher_eval", name="after_sft", **ev),
             step("preference", input="pairs", prompts=args.prompts, candidates=4, max_new_tokens=args.max_new_tokens,
                  gen_batch_size=32, max_steps=args.dpo_steps, batch_size=4, max_length=512, learning_rate=5e-5,
-                 heldout_prompts=args.heldout),
+                 heldout_prompts=args.heldout, sft_weight=args.dpo_sft_weight),
             step("teacher_eval", name="after_dpo", **ev),
         ])
     res = Engine(runs_dir=args.runs).run(recipe)

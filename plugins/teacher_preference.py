@@ -35,6 +35,8 @@ class PreferenceOptions(TeacherTrainOptions):
     gen_batch_size: int = Field(32, ge=1)
     min_margin: float = Field(0.05, ge=0, description="drop pairs whose aggregated rewards differ by less")
     beta: float = Field(0.1, gt=0)
+    sft_weight: float = Field(0.0, ge=0, description="weight of an NLL term on the chosen answers next to the DPO "
+                                                      "loss (RPO; trl loss_type ['sigmoid', 'sft'])")
     learning_rate: float = Field(5e-5, gt=0)
     heldout_prompts: int = Field(0, ge=0, description="dev prompts to compare reward before and after DPO")
     learned_reward: bool = Field(False, description="add the dimensions of an earlier reward_model output")
@@ -148,7 +150,8 @@ class PreferenceStage(Stage):
             metrics.update({f"before_{k}": v for k, v in self._heldout_rewards(ctx, gen, heldout, options).items()})
         del gen
         model, tok = load_causal_lm(source, ctx.recipe.trust_remote_code)
-        args = DPOConfig(**common_args(ctx, options), beta=options.beta)
+        losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, options.sft_weight]} if options.sft_weight else {}
+        args = DPOConfig(**common_args(ctx, options), beta=options.beta, **losses)
         trainer = DPOTrainer(model=model, args=args, train_dataset=prefs.select_columns(["prompt", "chosen", "rejected"]),
                              processing_class=tok, peft_config=peft_config(options))
         metrics.update(train_and_save(ctx, trainer, tok, ctx.dir / "teacher"))

@@ -120,7 +120,8 @@ def test_learned_multi_head_reward_model(teacher_run):
     recipe = teacher_recipe()
     recipe.stages.append(step("reward_model", epochs=2, batch_size=4, max_length=128))
     recipe.stages.append(step("preference", name="preference2", prompts=4, candidates=3, max_new_tokens=12,
-                              min_margin=0.0, max_steps=1, batch_size=2, max_length=256, learned_reward=True))
+                              min_margin=0.0, max_steps=1, batch_size=2, max_length=256, learned_reward=True,
+                              sft_weight=0.5))
     results = Engine(engine.hooks, engine.runs_dir).run(recipe)
     rm = results["reward_model"].metrics
     assert rm["dims"] >= 5 and rm["steps"] >= 1
@@ -131,6 +132,7 @@ def test_learned_multi_head_reward_model(teacher_run):
     prefs = load_from_disk(str(engine.runs_dir / "teach" / "preference2" / "preferences"))
     assert all(f"learned_{d}" in row["chosen_scores"] for row in prefs for d in model.dims)
     assert "learned_reward" not in engine.hooks.implementers()["score_reasoning"], "unregistered after the stage"
+    assert results["preference2"].metrics["train_loss"] > 0  # DPO + NLL on the chosen answers (sft_weight)
 
 
 def test_bradley_terry_loss_orders_by_sign():
