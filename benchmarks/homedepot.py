@@ -42,7 +42,7 @@ def main() -> None:
                      m.get("vs_teacher_student_accuracy"), m.get("dev_macro_f1"), m.get("dev_accuracy"),
                      m.get("vs_teacher_retention_macro_f1")))
     print(f"Home Depot study ({recipe.name}, profile {args.profile or 'none'}): "
-          f"{res['gold'].metrics.get('rows', '?')} gold pairs, pool of {ann.get('pairs')} annotated pairs "
+          f"{res['gold'].metrics.get('pairs', '?')} gold pairs, pool of {ann.get('pairs')} annotated pairs "
           f"(parse rate {ann.get('parse_rate')}, {ann.get('pairs_per_s')} pairs/s)")
     print(table(("system", "teacher-annotated dev pairs", "macro-F1 there", "accuracy there",
                  "macro-F1, whole dev", "accuracy, whole dev", "retention (student / teacher macro-F1)"), rows))
