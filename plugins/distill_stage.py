@@ -87,8 +87,8 @@ class DistillStage(Stage):
         needs_r = loss_c.needs_reasoning
         added: list[str] = []
         if hasattr(student_c, "adapt_tokenizer"):
-            texts = [t for r in train for t in (ctx.domain.query_text(r), ctx.domain.item_text(r),
-                                                 r.get(options.reasoning_column) or "" if needs_r else "")]
+            texts = (t for r in train for t in (ctx.domain.query_text(r), ctx.domain.item_text(r),
+                                                 r.get(options.reasoning_column) or "" if needs_r else ""))
             added = student_c.adapt_tokenizer(tokenizer, texts, s_opts)
 
         def encode(batch):

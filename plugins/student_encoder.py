@@ -15,7 +15,7 @@ re-read in the light of the reasoning (only the reasoning tokens and [CLS_r] are
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 from pydantic import Field
@@ -116,10 +116,11 @@ class EncoderClassifier(Student):
             net.resize_token_embeddings(vocab_size)  # tokens added by adapt_tokenizer
         return EncoderStudent(net)
 
-    def adapt_tokenizer(self, tokenizer, texts: list[str], options: EncoderOptions) -> list[str]:
+    def adapt_tokenizer(self, tokenizer, texts: Iterable[str], options: EncoderOptions) -> list[str]:
         """Add the most frequent [UNK] characters of ``texts`` as tokens; returns what was added.
 
         Deterministic (frequency, then the character), so a resumed run adds the same tokens.
+        ``texts`` is only read when the option is on.
         """
         if not options.add_unknown_characters or tokenizer.unk_token is None:
             return []

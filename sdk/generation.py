@@ -107,11 +107,11 @@ class TeacherGenerator:
         texts = prompt_texts(self.tokenizer, messages)
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         prefix = shared_prefix(enc) if self.prefix_cache else []
-        if self.engine == "slots":
-            return self._generate_slots(prefix, [ids[len(prefix):] for ids in enc], do_sample, temperature, top_p,
-                                        num_return_sequences, seed, progress)
-        cache = self._prefix_cache(prefix) if prefix else None
         suffixes = [ids[len(prefix):] for ids in enc]
+        if self.engine == "slots":
+            return self._generate_slots(prefix, suffixes, do_sample, temperature, top_p, num_return_sequences, seed,
+                                        progress)
+        cache = self._prefix_cache(prefix) if prefix else None
         order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))
         results: list[list[Generation]] = [[] for _ in texts]
         for start in range(0, len(order), self.batch_size):

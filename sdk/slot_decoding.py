@@ -4,8 +4,8 @@ Why our own loop rather than ``generate``: ``generate`` keeps a batch until its 
 and grows a DynamicCache with ``torch.cat`` every step (79% of a decode step at batch 64 on the
 development CPU); transformers' own continuous batching (``generate_batch`` with a paged cache)
 ran at 38-48 tokens/s there against 205 for bucketed ``generate``. This loop preallocates one KV
-buffer per layer, lays every slot out as ``[shared prefix][left padding][suffix][generated]``,
-writes each new key/value in place, and refills a finished slot with the next prompt at once.
+buffer per layer, lays every slot out as ``[left padding][suffix][generated]`` (the shared
+prefix lives once beside the slots), writes each new key/value in place, and refills a finished slot with the next prompt at once.
 
 The shared prefix (system prompt and instructions) is stored once, not once per slot: the
 attention reads it with one matmul for all rows and merges it with each row's own keys in one
@@ -103,6 +103,7 @@ class SlotCache:
         self.k = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
         self.v = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
         self.rows: torch.Tensor | None = None
+        self._all = torch.arange(slots)
         self.cols = torch.zeros(0, 0, dtype=torch.long)
         self.width = 0
         self.shared: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [kv_heads, prefix, d]
@@ -112,7 +113,7 @@ class SlotCache:
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         k, v = self.k[layer_idx], self.v[layer_idx]
-        rows = torch.arange(k.shape[0]) if self.rows is None else self.rows
+        rows = self._all if self.rows is None else self.rows
         k[rows[:, None], :, self.cols] = key_states.transpose(1, 2).to(k.dtype)
         v[rows[:, None], :, self.cols] = value_states.transpose(1, 2).to(v.dtype)
         if self.rows is None:
@@ -123,6 +124,7 @@ class SlotCache:
         """Drop every slot but ``rows`` (once, when the queue is empty and most slots are idle)."""
         self.k = [x.index_select(0, rows) for x in self.k]
         self.v = [x.index_select(0, rows) for x in self.v]
+        self._all = torch.arange(len(rows))
 
 
 def _kv_shape(model: Any) -> tuple[int, int, int]:
@@ -141,16 +143,15 @@ def _forward(model: Any, cache: SlotCache, ids: torch.Tensor, positions: torch.T
 
 
 def _prefill(model: Any, cache: SlotCache, rows: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor,
-             start: int, first_pos: torch.Tensor) -> torch.Tensor:
-    """Encode ``ids`` (left-padded ``[n, w]``) into buffer columns ``start .. start+w`` of ``rows``."""
+             first_pos: torch.Tensor) -> torch.Tensor:
+    """Encode ``ids`` (left-padded ``[n, w]``) into buffer columns ``0 .. w`` of ``rows``."""
     n, w = ids.shape
-    width = start + w
-    cols = torch.arange(start, width)
-    cache.rows, cache.cols, cache.width = rows, cols.expand(n, w), width
-    keys = torch.arange(width)[None, :]
+    cols = torch.arange(w)
+    cache.rows, cache.cols, cache.width = rows, cols.expand(n, w), w
+    keys = cols[None, :]
     causal = keys <= cols[:, None]
     # every query sees at least its own column, so a padding row never softmaxes over nothing
-    mask = (valid[rows, :width][:, None, :] & causal[None]) | (keys == cols[:, None])[None]
+    mask = (valid[rows, :w][:, None, :] & causal[None]) | (keys == cols[:, None])[None]
     positions = (first_pos[:, None] + torch.arange(w)[None, :]).clamp(min=0)
     return _forward(model, cache, ids, positions, mask)
 
@@ -160,7 +161,7 @@ def _encode_prefix(model: Any, prefix: list[int], dtype: torch.dtype) -> list[tu
     layers, kv_heads, head_dim = _kv_shape(model)
     cache = SlotCache(layers, 1, kv_heads, head_dim, len(prefix), dtype)
     valid = torch.ones(1, len(prefix), dtype=torch.bool)
-    _prefill(model, cache, torch.tensor([0]), torch.tensor([prefix]), valid, 0, torch.tensor([0]))
+    _prefill(model, cache, torch.tensor([0]), torch.tensor([prefix]), valid, torch.tensor([0]))
     return [(k[0], v[0]) for k, v in zip(cache.k, cache.v)]
 
 
@@ -188,7 +189,7 @@ def _probe(model: Any, ids: list[int], ref: torch.Tensor, layers: int, kv_heads:
     cache = SlotCache(layers, 1, kv_heads, head_dim, len(ids) - p, dtype)
     cache.shared = _encode_prefix(model, ids[:p], dtype)
     valid = torch.ones(1, len(ids) - p, dtype=torch.bool)
-    _prefill(model, cache, torch.tensor([0]), torch.tensor([ids[p:-1]]), valid, 0, torch.tensor([p]))
+    _prefill(model, cache, torch.tensor([0]), torch.tensor([ids[p:-1]]), valid, torch.tensor([p]))
     cache.rows, cache.cols, cache.width = None, torch.tensor([[len(ids) - p - 1]]), len(ids) - p
     got = _forward(model, cache, torch.tensor([[ids[-1]]]), torch.tensor([[len(ids) - 1]]), valid[:, None, :])[0]
     return bool(torch.allclose(got, ref, atol=1e-3, rtol=1e-3))
@@ -265,7 +266,7 @@ class SlotDecoder:
                 valid[rows[j], w - len(s):w] = True
                 owner[int(rows[j])] = i
             lens = torch.tensor([len(suffixes[i]) for i in take])
-            logits = _prefill(self.model, cache, rows, ids, valid, 0, p - (w - lens))
+            logits = _prefill(self.model, cache, rows, ids, valid, p - (w - lens))
             pos[rows], col[rows] = p + lens, w
             choose(rows, logits)
 
