@@ -40,11 +40,30 @@ def soft_label(raw: float) -> list[float]:
     return [x / sum(w) for x in w]
 
 
+def read_annotations(path: Path, limit: int) -> list[dict]:
+    """Teacher-labelled rows from an annotation JSONL or an annotate stage's dataset folder.
+
+    Rows the teacher left unparsed are dropped, as the distill stage drops them; the rest are
+    shuffled (seed 0) before the first ``limit`` are taken, so a subset spans the whole pool.
+    """
+    keep = ("query", "item", "item_id", "label", "reasoning", "label_probs")
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(path))
+        if "parse_ok" in ds.column_names:
+            ds = ds.filter(lambda ok: bool(ok), input_columns="parse_ok")
+        rows = ds.shuffle(seed=0).select(range(min(limit, len(ds)))).to_list()
+    else:
+        rows = [r for r in read_jsonl(path, seed=0) if r.get("parse_ok", True)][:limit]
+    return [{k: r[k] for k in keep if r.get(k) is not None} for r in rows]
+
+
 def prepare(data: Path, out: Path, n_train: int, n_dev: int, annotations: Path | None) -> tuple[Path, Path]:
     from reasondistill.plugins.product_search import ProductSearch
 
     dom = ProductSearch()
-    train = read_jsonl(annotations, n_train) if annotations else read_jsonl(data / "train.jsonl", n_train, seed=0)
+    train = read_annotations(annotations, n_train) if annotations else read_jsonl(data / "train.jsonl", n_train, seed=0)
     for i, r in enumerate(train):
         r.setdefault("pair_id", f"hd-train-{i}")
         if "reasoning" not in r:
@@ -210,7 +229,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--tables", default="a,b,c")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-student")
-    p.add_argument("--annotations", type=Path, help="teacher annotations JSONL (query, item, label, reasoning)")
+    p.add_argument("--annotations", type=Path, help="teacher annotations: a JSONL (query, item, label, reasoning) or an annotate stage's dataset folder")
     p.add_argument("--student", help="a trained student folder for table (b)")
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--dev", type=int, default=1000)

@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=48)
     p.add_argument("--dpo-steps", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's KL strength against the SFT reference")
     p.add_argument("--dpo-sft-weight", type=float, default=0.0, help="NLL on the chosen answers next to DPO (RPO)")
     args = p.parse_args()
 
@@ -46,7 +47,7 @@ def main() -> None:
             step("teacher_eval", name="after_sft", **ev),
             step("preference", input="pairs", prompts=args.prompts, candidates=4, max_new_tokens=args.max_new_tokens,
                  gen_batch_size=32, max_steps=args.dpo_steps, batch_size=4, max_length=512, learning_rate=5e-5,
-                 heldout_prompts=args.heldout, sft_weight=args.dpo_sft_weight),
+                 heldout_prompts=args.heldout, sft_weight=args.dpo_sft_weight, beta=args.dpo_beta),
             step("teacher_eval", name="after_dpo", **ev),
         ])
     res = Engine(runs_dir=args.runs).run(recipe)
@@ -56,7 +57,8 @@ def main() -> None:
         rows.append((name, m["teacher_parse_rate"], m["teacher_accuracy"], m["teacher_macro_f1"],
                      m["teacher_reward_aggregate"]))
     print(f"SmolLM2-135M-Instruct on {args.dev} Home Depot dev pairs (greedy, {args.max_new_tokens} new tokens); "
-          f"SFT on {args.gold} gold pairs, {args.sft_steps} steps; DPO on {res['preference'].metrics['pairs']} pairs")
+          f"SFT on {args.gold} gold pairs, {args.sft_steps} steps; DPO on {res['preference'].metrics['pairs']} pairs, "
+          f"{args.dpo_steps} steps, beta {args.dpo_beta}, sft_weight {args.dpo_sft_weight}")
     print(table(("teacher", "parse rate", "accuracy", "macro-F1", "mean aggregated reward"), rows))
     pm = res["preference"].metrics
     dims = sorted(k[len("before_reward_"):] for k in pm if k.startswith("before_reward_"))

@@ -113,3 +113,21 @@ def test_cli_recipes_lists_builtins(capsys):
 def test_cli_show_missing_run(tmp_path, capsys):
     assert main(["show", "ghost", "--runs-dir", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def _builtin_recipe_profiles():
+    from reasondistill.recipe import builtin_recipes
+
+    out = []
+    for name, path in builtin_recipes().items():
+        profiles = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("profiles") or {}
+        out += [(name, None)] + [(name, p) for p in profiles]
+    return out
+
+
+@pytest.mark.parametrize("name, profile", _builtin_recipe_profiles())
+def test_every_builtin_recipe_and_profile_validates(name, profile):
+    """A shipped recipe that names a stage, option or component that does not exist fails here."""
+    recipe = load_recipe(name, profile)
+    stages = Engine().validate(recipe, source=name)
+    assert [s.spec.stage_name for s in stages] == [s.stage_name for s in recipe.stages]

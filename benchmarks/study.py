@@ -1,12 +1,14 @@
-"""The Home Depot study: teacher vs students on the gold dev split, and the wall time of each stage.
+"""A domain study: teacher vs students on the gold dev split, and the wall time of each stage.
 
-    python benchmarks/homedepot.py --profile cpu     # about an hour on 2 CPU cores
-    python benchmarks/homedepot.py                   # the recipe as written (a GPU box)
+    python benchmarks/study.py --profile cpu                              # Home Depot, ~80 min on 2 cores
+    python benchmarks/study.py --recipe recipes/qbqtc.yaml --profile cpu  # QBQTC (Chinese), ~45 min
+    python benchmarks/study.py                                            # as written (a GPU box)
 
-Runs ``recipes/homedepot.yaml`` (stages already done are reused, so a second call only prints)
-and compares, on the dev split: the teacher (its dev annotations); the student by CRSD on the
+Runs a study recipe (``recipes/homedepot.yaml`` by default; stages already done are reused, so a
+second call only prints) and compares, on the dev split: the teacher (its dev annotations); the student by CRSD on the
 teacher's annotations of the label-hidden pool; the student by ``ce`` on the same annotations;
-the student by ``ce`` on the gold pairs only. Students are scored on the whole dev split and, for
+the student by ``ce`` on the gold pairs only (and, where the recipe has one, with the student's
+vocabulary as shipped: ``student_gold_ce_english_vocab``). Students are scored on the whole dev split and, for
 the retention column, on the pairs the teacher annotated.
 """
 
@@ -36,12 +38,15 @@ def main() -> None:
              ann.get("dev_teacher_accuracy"), "", "", "")]
     for name, label in (("student_crsd", "student, crsd on teacher annotations"),
                         ("student_ce", "student, ce on teacher annotations"),
-                        ("student_gold_ce", "student, ce on gold pairs only")):
+                        ("student_gold_ce", "student, ce on gold pairs only"),
+                        ("student_gold_ce_english_vocab", "student, ce on gold pairs only, vocabulary as shipped")):
+        if name not in res:
+            continue
         m = res[name].metrics
         rows.append((label, m.get("vs_teacher_gold_pairs"), m.get("vs_teacher_student_macro_f1"),
                      m.get("vs_teacher_student_accuracy"), m.get("dev_macro_f1"), m.get("dev_accuracy"),
                      m.get("vs_teacher_retention_macro_f1")))
-    print(f"Home Depot study ({recipe.name}, profile {args.profile or 'none'}): "
+    print(f"Study {recipe.name} (domain {recipe.domain}, profile {args.profile or 'none'}): "
           f"{res['gold'].metrics.get('pairs', '?')} gold pairs, pool of {ann.get('pairs')} annotated pairs "
           f"(parse rate {ann.get('parse_rate')}, {ann.get('pairs_per_s')} pairs/s)")
     print(table(("system", "teacher-annotated dev pairs", "macro-F1 there", "accuracy there",
