@@ -60,6 +60,12 @@ def main() -> None:
           f"SFT on {args.gold} gold pairs, {args.sft_steps} steps; DPO on {res['preference'].metrics['pairs']} pairs, "
           f"{args.dpo_steps} steps, beta {args.dpo_beta}, sft_weight {args.dpo_sft_weight}")
     print(table(("teacher", "parse rate", "accuracy", "macro-F1", "mean aggregated reward"), rows))
+    sft, dpo = res["after_sft"].metrics, res["after_dpo"].metrics
+    dims = sorted(k[len("teacher_reward_"):] for k in sft if k.startswith("teacher_reward_"))
+    print(f"\nreward on the {args.dev} dev pairs (held out from SFT and DPO; greedy) after SFT and after DPO")
+    print(table(("dimension", "after SFT", "after DPO", "change"),
+                [(d, sft[f"teacher_reward_{d}"], dpo[f"teacher_reward_{d}"],
+                  dpo[f"teacher_reward_{d}"] - sft[f"teacher_reward_{d}"]) for d in dims]))
     pm = res["preference"].metrics
     dims = sorted(k[len("before_reward_"):] for k in pm if k.startswith("before_reward_"))
     print(f"\nreward on {args.heldout} held-out dev prompts (2 samples each, same seed) before and after DPO")
