@@ -4,12 +4,13 @@
     python benchmarks/study.py --recipe recipes/qbqtc.yaml --profile cpu  # QBQTC (Chinese), ~45 min
     python benchmarks/study.py                                            # as written (a GPU box)
 
-Runs a study recipe (``recipes/homedepot.yaml`` by default; stages already done are reused, so a
-second call only prints) and compares, on the dev split: the teacher (its dev annotations); the student by CRSD on the
-teacher's annotations of the label-hidden pool; the student by ``ce`` on the same annotations;
-the student by ``ce`` on the gold pairs only (and, where the recipe has one, with the student's
-vocabulary as shipped: ``student_gold_ce_english_vocab``). Students are scored on the whole dev split and, for
-the retention column, on the pairs the teacher annotated.
+Runs a study recipe (``recipes/homedepot.yaml`` by default; stages already done are reused, so
+a second call only prints) and compares, on the dev split: the teacher (its dev annotations);
+the student by CRSD on the teacher's annotations of the label-hidden pool; the student by
+``ce`` on the same annotations; the student by ``ce`` on the gold pairs only (and, where the
+recipe has one, with the student's vocabulary as shipped: ``student_gold_ce_english_vocab``).
+Students are scored on the whole dev split and, for the retention column, on the pairs the
+teacher annotated.
 """
 
 from __future__ import annotations

@@ -60,19 +60,19 @@ def main() -> None:
           f"SFT on {args.gold} gold pairs, {args.sft_steps} steps; DPO on {res['preference'].metrics['pairs']} pairs, "
           f"{args.dpo_steps} steps, beta {args.dpo_beta}, sft_weight {args.dpo_sft_weight}")
     print(table(("teacher", "parse rate", "accuracy", "macro-F1", "mean aggregated reward"), rows))
-    sft, dpo = res["after_sft"].metrics, res["after_dpo"].metrics
-    dims = sorted(k[len("teacher_reward_"):] for k in sft if k.startswith("teacher_reward_"))
+    sft, dpo, pm = res["after_sft"].metrics, res["after_dpo"].metrics, res["preference"].metrics
     print(f"\nreward on the {args.dev} dev pairs (held out from SFT and DPO; greedy) after SFT and after DPO")
-    print(table(("dimension", "after SFT", "after DPO", "change"),
-                [(d, sft[f"teacher_reward_{d}"], dpo[f"teacher_reward_{d}"],
-                  dpo[f"teacher_reward_{d}"] - sft[f"teacher_reward_{d}"]) for d in dims]))
-    pm = res["preference"].metrics
-    dims = sorted(k[len("before_reward_"):] for k in pm if k.startswith("before_reward_"))
+    print(reward_change(sft, "teacher_reward_", dpo, "teacher_reward_", ("after SFT", "after DPO")))
     print(f"\nreward on {args.heldout} held-out dev prompts (2 samples each, same seed) before and after DPO")
-    print(table(("dimension", "before DPO", "after DPO", "change"),
-                [(d, pm[f"before_reward_{d}"], pm[f"after_reward_{d}"], pm[f"after_reward_{d}"] - pm[f"before_reward_{d}"])
-                 for d in dims]))
+    print(reward_change(pm, "before_reward_", pm, "after_reward_", ("before DPO", "after DPO")))
 
+
+def reward_change(before: dict, before_key: str, after: dict, after_key: str, heads: tuple[str, str]) -> str:
+    """One row per reward dimension: ``before[before_key + dim]``, ``after[after_key + dim]``, change."""
+    dims = sorted(k[len(before_key):] for k in before if k.startswith(before_key))
+    rows = [(d, before[before_key + d], after[after_key + d], after[after_key + d] - before[before_key + d])
+            for d in dims]
+    return table(("dimension", *heads, "change"), rows)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,8 @@ and grows a DynamicCache with ``torch.cat`` every step (79% of a decode step at 
 development CPU); transformers' own continuous batching (``generate_batch`` with a paged cache)
 ran at 38-48 tokens/s there against 205 for bucketed ``generate``. This loop preallocates one KV
 buffer per layer, lays every slot out as ``[left padding][suffix][generated]`` (the shared
-prefix lives once beside the slots), writes each new key/value in place, and refills a finished slot with the next prompt at once.
+prefix lives once beside the slots), writes each new key/value in place, and refills a
+finished slot with the next prompt at once.
 
 The shared prefix (system prompt and instructions) is stored once, not once per slot: the
 attention reads it with one matmul for all rows and merges it with each row's own keys in one
