@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA, ROOT, latencies, matmul_gflops, read_jsonl, table, throughput  # noqa: E402
 
+# row -> (loss, loss_options, student_options, distill options)
 CONFIGS = {
     "ce": ("ce", {}),
     "kd": ("kd", {}),
@@ -31,6 +32,8 @@ CONFIGS = {
     "crsd -reasoning CE": ("crsd", {"w_reasoning": 0.0}),
     "crsd stop-grad": ("crsd", {"stop_gradient": True}),
     "crsd shared layout": ("crsd", {}, {"reasoning_layout": "shared"}),
+    "crsd hidden verdict": ("crsd", {}, {}, {"hide_verdict": True}),
+    "crsd hidden verdict -InfoNCE": ("crsd", {"w_nce": 0.0}, {}, {"hide_verdict": True}),
 }
 CENTERS = (1.55, 2.2, 2.75)  # mid-points of the Home Depot buckets (<1.9, <2.5, else)
 
@@ -88,14 +91,14 @@ def table_a(args) -> str:
     engine = Engine(runs_dir=args.runs)
     for seed in range(args.seeds):
         for label in chosen:
-            loss, opts, *student_extra = CONFIGS[label]
+            loss, opts, student_extra, distill_extra = (*CONFIGS[label], {}, {})[:4]
             recipe = Recipe(name=f"hd-{label.replace(' ', '_')}-s{seed}", domain="product_search", seed=seed,
                             models={"student": "all-minilm-l6-v2"}, stages=[
                                 step("pairs", source=str(train), dev_source=str(dev)),
                                 step("distill", train_input="pairs", loss=loss, loss_options=opts, epochs=args.epochs,
                                      batch_size=32, learning_rate=args.lr, logging_steps=20,
-                                     student_options={"max_length": 48, "reasoning_tokens": 48,
-                                                      **(student_extra[0] if student_extra else {})})])
+                                     student_options={"max_length": 48, "reasoning_tokens": 48, **student_extra},
+                                     **distill_extra)])
             m = engine.run(recipe)["distill"].metrics
             scores[label].append(m["dev_macro_f1"])
             rv[label].append(m.get("dev_reasoning_view_macro_f1", float("nan")))

@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's KL strength against the SFT reference")
     p.add_argument("--dpo-sft-weight", type=float, default=0.0, help="NLL on the chosen answers next to DPO (RPO)")
+    p.add_argument("--label-flips", action="store_true", help="add pairs that differ only in the label")
     args = p.parse_args()
 
     from reasondistill import Engine, Recipe, step
@@ -47,7 +48,8 @@ def main() -> None:
             step("teacher_eval", name="after_sft", **ev),
             step("preference", input="pairs", prompts=args.prompts, candidates=4, max_new_tokens=args.max_new_tokens,
                  gen_batch_size=32, max_steps=args.dpo_steps, batch_size=4, max_length=512, learning_rate=5e-5,
-                 heldout_prompts=args.heldout, sft_weight=args.dpo_sft_weight, beta=args.dpo_beta),
+                 heldout_prompts=args.heldout, sft_weight=args.dpo_sft_weight, beta=args.dpo_beta,
+                 label_flips=args.label_flips),
             step("teacher_eval", name="after_dpo", **ev),
         ])
     res = Engine(runs_dir=args.runs).run(recipe)
@@ -58,8 +60,14 @@ def main() -> None:
                      m["teacher_reward_aggregate"]))
     print(f"SmolLM2-135M-Instruct on {args.dev} Home Depot dev pairs (greedy, {args.max_new_tokens} new tokens); "
           f"SFT on {args.gold} gold pairs, {args.sft_steps} steps; DPO on {res['preference'].metrics['pairs']} pairs, "
-          f"{args.dpo_steps} steps, beta {args.dpo_beta}, sft_weight {args.dpo_sft_weight}")
+          f"{args.dpo_steps} steps, beta {args.dpo_beta}, sft_weight {args.dpo_sft_weight}, "
+          f"{res['preference'].metrics.get('label_flip_pairs', 0)} of them label flips")
     print(table(("teacher", "parse rate", "accuracy", "macro-F1", "mean aggregated reward"), rows))
+    print(f"\nper label on the {args.dev} dev pairs: F1 and the share of answers giving it")
+    names = [k[len("teacher_f1_"):] for k in res["after_dpo"].metrics if k.startswith("teacher_f1_")]
+    print(table(("teacher", *(f"F1 {n}" for n in names), *(f"share {n}" for n in names)),
+                [(name, *(res[name].metrics.get(f"teacher_{kind}_{n}", "n/a") for kind in ("f1", "answer_share")
+                          for n in names)) for name in ("after_sft", "after_dpo")]))
     sft, dpo, pm = res["after_sft"].metrics, res["after_dpo"].metrics, res["preference"].metrics
     print(f"\nreward on the {args.dev} dev pairs (held out from SFT and DPO; greedy) after SFT and after DPO")
     print(reward_change(sft, "teacher_reward_", dpo, "teacher_reward_", ("after SFT", "after DPO")))

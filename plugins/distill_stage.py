@@ -20,6 +20,8 @@ class DistillOptions(Options):
     train_input: str = Field("annotations", description="the earlier output to train on")
     reasoning_column: str = "reasoning"
     domain_rationale: bool = Field(False, description="reasoning from the domain's rule-written rationale(row, label)")
+    hide_verdict: bool = Field(False, description="drop the reasoning's sentences that name a label "
+                                                  "(Domain.strip_verdict), so the reasoning view cannot copy it")
     label_column: str = "label"
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
@@ -46,11 +48,21 @@ def _rows(ds, options: DistillOptions, source: str, needs_reasoning: bool, domai
     if needs_reasoning and options.reasoning_column not in cols:
         raise DataError(f"{source}: loss needs reasoning, but there is no column {options.reasoning_column!r} "
                         f"(columns: {', '.join(cols)}); set reasoning_column")
+    if needs_reasoning:
+        ds = _hide_verdict(ds, options, domain)
     keep = [i for i, lab in enumerate(ds[options.label_column]) if lab is not None and lab >= 0]
     if "parse_ok" in cols:
         ok = ds["parse_ok"]
         keep = [i for i in keep if ok[i]]
     return ds.select(keep)
+
+
+def _hide_verdict(ds, options: DistillOptions, domain):
+    """With ``hide_verdict``, the reasoning column without the sentences that name a label."""
+    col = options.reasoning_column
+    if not options.hide_verdict or col not in ds.column_names:
+        return ds
+    return ds.map(lambda r: {col: domain.strip_verdict(r[col] or "")})
 
 
 class DistillStage(Stage):
@@ -140,7 +152,8 @@ class DistillStage(Stage):
         if ctx.has_input("dev"):
             from reasondistill.evaluation import evaluate_student
 
-            metrics.update(evaluate_student(out_dir, ctx.load_dataset("dev"), ctx.domain, reasoning_column=options.reasoning_column,
+            dev = _hide_verdict(ctx.load_dataset("dev"), options, ctx.domain)
+            metrics.update(evaluate_student(out_dir, dev, ctx.domain, reasoning_column=options.reasoning_column,
                                             student=student, tokenizer=tokenizer, student_options=s_opts, student_component=student_c,
                                             predictions_path=ctx.dir / "dev_predictions.json"))
         if ctx.has_input("dev_annotations"):

@@ -92,7 +92,8 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
 
 def evaluate_teacher(ctx, teacher: str, rows: list[dict[str, Any]], max_new_tokens: int = 96,
                      batch_size: int = 16, prefix: str = "teacher_") -> dict[str, float]:
-    """Greedy answers on gold rows: parse rate, accuracy, macro-F1, mean reward per dimension."""
+    """Greedy answers on gold rows: parse rate, accuracy, macro-F1, per-class F1 and answer share,
+    mean reward per dimension."""
     from reasondistill.generation import TeacherGenerator
     from reasondistill.metrics import classification_metrics
 
@@ -111,6 +112,10 @@ def evaluate_teacher(ctx, teacher: str, rows: list[dict[str, Any]], max_new_toke
     m = classification_metrics(gold, pred, dom.labels)
     out = {f"{prefix}parse_rate": round(sum(p.ok for p in parsed) / len(parsed), 4),
            f"{prefix}accuracy": round(m["accuracy"], 4), f"{prefix}macro_f1": round(m["macro_f1"], 4)}
+    for i, name in enumerate(dom.labels):  # per class: where macro-F1 moves when accuracy does not
+        key = name.replace(" ", "_")
+        out[f"{prefix}f1_{key}"] = round(m[f"f1_{key}"], 4)
+        out[f"{prefix}answer_share_{key}"] = round(sum(p.ok and p.label == i for p in parsed) / len(parsed), 4)
     rewards = reward_table(ctx, rows, texts)
     out.update({f"{prefix}reward_{k}": v for k, v in rewards.items()})
     return out

@@ -42,6 +42,8 @@ class PreferenceOptions(TeacherTrainOptions):
     learned_reward: bool = Field(False, description="add the dimensions of an earlier reward_model output")
     balance_labels: bool = Field(True, description="draw prompts evenly across gold labels (where there are any)")
     prefer_gold_chosen: bool = Field(True, description="chosen = the best candidate with the gold label, when one has it")
+    label_flips: bool = Field(False, description="also pair each gold-labelled chosen answer against itself with each "
+                                                 "wrong label (Domain.relabel): pairs that differ only in the verdict")
 
 
 def _gold(row: dict[str, Any]) -> int | None:
@@ -66,14 +68,17 @@ def pick_prompts(pool: list[dict[str, Any]], n: int, balance: bool) -> list[dict
 
 
 def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], min_margin: float,
-                match_gold: bool = False):
-    """Score every candidate; return DPO rows and the count of dropped prompts."""
+                match_gold: bool = False, label_flips: bool = False):
+    """Score every candidate; return DPO rows and the count of dropped prompts.
+
+    ``label_flips`` adds, for each chosen answer that carries the gold label, one pair per wrong
+    label whose rejected answer is the same text with that label. Two sampled chains differ in
+    every token, so a best-vs-worst pair spends DPO's sequence-level margin on wording and moves
+    the label only by accident; a flip pair puts the whole margin on the verdict tokens.
+    """
     out, dropped = [], 0
     for row, cands in zip(rows, candidates):
-        scored = []
-        for text in cands:
-            vec = ctx.hooks.score_reasoning(row, text, ctx.domain)
-            scored.append((ctx.hooks.aggregate_reward(vec, ctx.recipe.reward_weights), vec, text))
+        scored = [_scored(ctx, row, text) for text in cands]
         scored.sort(key=lambda s: s[0], reverse=True)
         gold = _gold(row)
         best, worst = scored[0], scored[-1]
@@ -81,13 +86,28 @@ def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], mi
             best = next((s for s in scored if _label(ctx, s[2]) == gold), best)
         if best[0] - worst[0] < min_margin or best[2] == worst[2]:
             dropped += 1
-            continue
-        out.append({"prompt": ctx.domain.messages(row),
-                    "chosen": [{"role": "assistant", "content": best[2]}],
-                    "rejected": [{"role": "assistant", "content": worst[2]}],
-                    "chosen_scores": best[1], "rejected_scores": worst[1], "margin": best[0] - worst[0],
-                    "pair_id": row["pair_id"]})
+        else:
+            out.append(_pair(ctx, row, best, worst))
+        if label_flips and gold is not None and _label(ctx, best[2]) == gold:
+            chosen = _scored(ctx, row, ctx.domain.relabel(best[2], gold))
+            for wrong in range(len(ctx.domain.labels)):
+                if wrong != gold:
+                    out.append({**_pair(ctx, row, chosen, _scored(ctx, row, ctx.domain.relabel(best[2], wrong))),
+                                "label_flip": True})
     return out, dropped
+
+
+def _scored(ctx, row: dict[str, Any], text: str) -> tuple[float, dict[str, float], str]:
+    vec = ctx.hooks.score_reasoning(row, text, ctx.domain)
+    return ctx.hooks.aggregate_reward(vec, ctx.recipe.reward_weights), vec, text
+
+
+def _pair(ctx, row: dict[str, Any], chosen, rejected) -> dict[str, Any]:
+    return {"prompt": ctx.domain.messages(row),
+            "chosen": [{"role": "assistant", "content": chosen[2]}],
+            "rejected": [{"role": "assistant", "content": rejected[2]}],
+            "chosen_scores": chosen[1], "rejected_scores": rejected[1], "margin": chosen[0] - rejected[0],
+            "pair_id": row["pair_id"], "label_flip": False}
 
 
 def _label(ctx, text: str) -> int | None:
@@ -134,7 +154,7 @@ class PreferenceStage(Stage):
                             top_p=options.top_p, num_return_sequences=options.candidates, seed=ctx.seed,
                             progress=ctx.progress(total=len(rows), desc="sampling", unit="prompt"))
         pairs, dropped = build_pairs(ctx, rows, [[g.text for g in o] for o in outs], options.min_margin,
-                                     options.prefer_gold_chosen)
+                                     options.prefer_gold_chosen, options.label_flips)
         if not pairs:
             raise DataError(f"preference: every one of {len(rows)} prompts had candidates within min_margin "
                             f"{options.min_margin}; sample more candidates or lower min_margin")
@@ -142,6 +162,7 @@ class PreferenceStage(Stage):
         prefs.save_to_disk(str(ctx.dir / "preferences"))
         heldout = dev_rows(ctx, options.heldout_prompts)
         metrics: dict[str, Any] = {"prompts": len(rows), "pairs": len(pairs), "dropped_prompts": dropped,
+                                   "label_flip_pairs": sum(p["label_flip"] for p in pairs),
                                    "mean_margin": round(sum(p["margin"] for p in pairs) / len(pairs), 4)}
         gold_of = {r["pair_id"]: _gold(r) for r in rows}
         for label_id, name in enumerate(ctx.domain.labels):

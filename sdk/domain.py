@@ -117,6 +117,34 @@ class Domain(Component):
         reasoning = re.sub(rf"(?i)^\s*{re.escape(self.reasoning_key)}\s*[:：]\s*", "", reasoning.strip())
         return Parsed(reasoning.strip(), label)
 
+    def relabel(self, completion: str, label: int) -> str | None:
+        """``completion`` re-rendered with the conclusion ``label``: the label line and each mention
+        of the old label in the reasoning change, nothing else. None when it states no label.
+
+        Used for label-contrast preference pairs, whose two answers differ only in the verdict.
+        """
+        parsed = self.parse_completion(completion)
+        if not parsed.ok:
+            return None
+        old, new = self.labels[parsed.label].lower(), self.labels[label]
+        names = re.compile("|".join(re.escape(n) for n in sorted(self.labels, key=len, reverse=True)), re.I)
+        reasoning = names.sub(lambda m: new if m.group(0).lower() == old else m.group(0), parsed.reasoning)
+        return self.format_completion(reasoning, label)
+
+    def strip_verdict(self, reasoning: str) -> str:
+        """The reasoning without its sentences that name a label (the chain's conclusion).
+
+        A reasoning view that states the answer teaches the student to copy it; without the verdict
+        the view has to be read for its analysis. Override where a domain marks its conclusion
+        differently.
+        """
+        names = [n.lower() for n in self.labels]
+        pieces = _SENTENCE.findall(reasoning or "")
+        return "".join(p for p in pieces if not any(n in p.lower() for n in names)).strip()
+
+
+_SENTENCE = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？\n]+|$)\s*")
+
 
 def _norm(text: str) -> str:
     return re.sub(r"[\W_]+", " ", str(text)).strip().lower()

@@ -80,3 +80,31 @@ def test_qbqtc_loads_and_renders(tmp_path):
     dom = WebSearchZh()
     row = ds[0]
     assert row["query"] in dom.user_prompt(row) and dom.rationale(row, row["label"]).endswith("。")
+
+
+def test_strip_verdict_drops_only_sentences_that_name_a_label():
+    from reasondistill.plugins.web_search_zh import WebSearchZh
+
+    dom = ProductSearch()
+    chain = dom.rationale({"query": "80,000 btu heater", "item": "ProCom 80,000 BTU Kerosene Heater"}, 2)
+    assert chain.endswith("So the product is relevant to the query.")
+    hidden = dom.strip_verdict(chain)
+    assert hidden == chain[: chain.index(" So the product")] and "80,000" in hidden
+    assert dom.strip_verdict("Sizes match.\nIt is PARTLY RELEVANT!") == "Sizes match."
+    assert dom.strip_verdict("No label named here. None at all") == "No label named here. None at all"
+    assert dom.strip_verdict("") == ""
+    zh = WebSearchZh()
+    assert zh.strip_verdict(zh.rationale({"query": "北京天气", "item": "北京天气预报"}, 0)) == "查询与标题共有的词：京天、北京、天气。"
+
+
+def test_relabel_changes_only_the_verdict():
+    from reasondistill.plugins.web_search_zh import WebSearchZh
+
+    dom = ProductSearch()
+    text = "Reasoning: Not irrelevant: the size fits. So the product is relevant to the query.\nLabel: relevant"
+    assert dom.relabel(text, 1) == ("Reasoning: Not irrelevant: the size fits. So the product is partly relevant "
+                                    "to the query.\nLabel: partly relevant")
+    assert dom.parse_completion(dom.relabel(text, 0)).label == 0
+    assert dom.relabel("no label here", 1) is None
+    zh = WebSearchZh()
+    assert zh.relabel(zh.format_completion("因此网页与查询相关。", 2), 0) == "理由：因此网页与查询不相关。\n标签：不相关"

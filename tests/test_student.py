@@ -118,6 +118,40 @@ def test_distill_stage_trains_evaluates_and_logs_terms(rd_engine):
     assert meta["labels"] == list(DOM.labels) and meta["domain"] == "local_services"
 
 
+def test_hide_verdict_strips_label_sentences_from_train_and_dev_reasoning(rd_engine):
+    from datasets import Dataset
+
+    from reasondistill.plugins.distill_stage import DistillOptions, _rows
+
+    rows = [{"query": "q", "item": "i", "label": k, "rationale": f"Open late. So it is {DOM.labels[k]}."} for k in range(3)]
+    hidden = _rows(Dataset.from_list(rows), DistillOptions(reasoning_column="rationale", hide_verdict=True), "t", True, DOM)
+    assert hidden["rationale"] == ["Open late."] * 3
+    kept = _rows(Dataset.from_list(rows), DistillOptions(reasoning_column="rationale"), "t", True, DOM)
+    assert kept["rationale"] == [r["rationale"] for r in rows]
+    m = rd_engine.run(distill_recipe(max_steps=4, hide_verdict=True))["distill"].metrics
+    assert 0 <= m["dev_reasoning_view_macro_f1"] <= 1
+
+
+def test_same_seed_same_student_whatever_ran_before(rd_hooks, tiny_encoder, tmp_path):
+    """A base encoder gets a new classifier head before the Trainer seeds; the engine seeds every stage."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from reasondistill.engine import Engine
+
+    base = tmp_path / "base-encoder"  # no classifier weights, like a sentence-transformers checkpoint
+    BertModel(BertConfig.from_pretrained(tiny_encoder)).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(base)
+    results = []
+    for name, draws in (("a", 0), ("b", 1000)):
+        torch.rand(draws)  # what ran earlier in the process moves the global RNG
+        recipe = distill_recipe(max_steps=6, loss="ce").model_copy(update={"models": {"student": str(base)}})
+        res = Engine(rd_hooks, runs_dir=tmp_path / name).run(recipe)["distill"]
+        history = json.loads((tmp_path / name / "stu" / "distill" / "loss_history.json").read_text())
+        results.append(([h["loss"] for h in history], res.metrics["dev_macro_f1"]))
+    assert results[0] == results[1]
+
+
 def test_distill_learns_the_rule(rd_engine):
     m = rd_engine.run(distill_recipe(max_steps=120, loss="ce"))["distill"].metrics
     assert m["dev_accuracy"] > 0.55, m  # the majority class is ~0.45

@@ -175,3 +175,13 @@ def test_chosen_prefers_the_gold_label(rd_hooks):
     gold, _ = build_pairs(ctx, [row], [[wrong_but_tidy, right_but_messy, garbage]], 0.0, match_gold=True)
     assert plain[0]["chosen"][0]["content"] == wrong_but_tidy
     assert gold[0]["chosen"][0]["content"] == right_but_messy and gold[0]["rejected"][0]["content"] == garbage
+    right = f"Reasoning: no pizza, so {dom.labels[0]}.\nLabel: {dom.labels[0]}"
+    flips, _ = build_pairs(ctx, [row], [[right, wrong_but_tidy]], 0.0, match_gold=True, label_flips=True)
+    assert [p["label_flip"] for p in flips] == [False, True, True]
+    assert flips[0]["rejected"][0]["content"] == wrong_but_tidy
+    for pair, wrong in zip(flips[1:], (1, 2)):
+        assert pair["chosen"][0]["content"] == right
+        assert pair["rejected"][0]["content"] == f"Reasoning: no pizza, so {dom.labels[wrong]}.\nLabel: {dom.labels[wrong]}"
+        assert pair["margin"] > 0 and pair["rejected_scores"]["label_agreement"] == 0
+    no_gold, _ = build_pairs(ctx, [row], [[wrong_but_tidy, garbage]], 0.0, match_gold=True, label_flips=True)
+    assert len(no_gold) == 1  # no candidate carries the gold label: nothing to flip
