@@ -33,7 +33,6 @@ CONFIGS = {
     "crsd stop-grad": ("crsd", {"stop_gradient": True}),
     "crsd shared layout": ("crsd", {}, {"reasoning_layout": "shared"}),
     "crsd hidden verdict": ("crsd", {}, {}, {"hide_verdict": True}),
-    "crsd hidden verdict -InfoNCE": ("crsd", {"w_nce": 0.0}, {}, {"hide_verdict": True}),
 }
 CENTERS = (1.55, 2.2, 2.75)  # mid-points of the Home Depot buckets (<1.9, <2.5, else)
 

@@ -74,7 +74,9 @@ def build_pairs(ctx, rows: list[dict[str, Any]], candidates: list[list[str]], mi
     ``label_flips`` adds, for each chosen answer that carries the gold label, one pair per wrong
     label whose rejected answer is the same text with that label. Two sampled chains differ in
     every token, so a best-vs-worst pair spends DPO's sequence-level margin on wording and moves
-    the label only by accident; a flip pair puts the whole margin on the verdict tokens.
+    the label only by accident; a flip pair puts the whole margin on the verdict tokens. On Home
+    Depot (135M teacher, 44 flip pairs) that slid the answers toward one label and lowered macro-F1
+    (docs/benchmarks.md), hence off by default.
     """
     out, dropped = [], 0
     for row, cands in zip(rows, candidates):
