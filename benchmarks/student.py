@@ -19,20 +19,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA, ROOT, latencies, matmul_gflops, read_jsonl, table, throughput  # noqa: E402
 
-# row -> (loss, loss_options, student_options, distill options)
+class Row(NamedTuple):
+    """One table (a) row: a loss and the options that differ from the table's defaults."""
+
+    loss: str
+    loss_options: dict = {}
+    student_options: dict = {}
+    distill_options: dict = {}
+
+
 CONFIGS = {
-    "ce": ("ce", {}),
-    "kd": ("kd", {}),
-    "crsd": ("crsd", {}),
-    "crsd -InfoNCE": ("crsd", {"w_nce": 0.0}),
-    "crsd -reasoning CE": ("crsd", {"w_reasoning": 0.0}),
-    "crsd stop-grad": ("crsd", {"stop_gradient": True}),
-    "crsd shared layout": ("crsd", {}, {"reasoning_layout": "shared"}),
-    "crsd hidden verdict": ("crsd", {}, {}, {"hide_verdict": True}),
+    "ce": Row("ce"),
+    "kd": Row("kd"),
+    "crsd": Row("crsd"),
+    "crsd -InfoNCE": Row("crsd", {"w_nce": 0.0}),
+    "crsd -reasoning CE": Row("crsd", {"w_reasoning": 0.0}),
+    "crsd stop-grad": Row("crsd", {"stop_gradient": True}),
+    "crsd shared layout": Row("crsd", student_options={"reasoning_layout": "shared"}),
+    "crsd hidden verdict": Row("crsd", distill_options={"hide_verdict": True}),
 }
 CENTERS = (1.55, 2.2, 2.75)  # mid-points of the Home Depot buckets (<1.9, <2.5, else)
 
@@ -90,14 +99,14 @@ def table_a(args) -> str:
     engine = Engine(runs_dir=args.runs)
     for seed in range(args.seeds):
         for label in chosen:
-            loss, opts, student_extra, distill_extra = (*CONFIGS[label], {}, {})[:4]
+            row = CONFIGS[label]
             recipe = Recipe(name=f"hd-{label.replace(' ', '_')}-s{seed}", domain="product_search", seed=seed,
                             models={"student": "all-minilm-l6-v2"}, stages=[
                                 step("pairs", source=str(train), dev_source=str(dev)),
-                                step("distill", train_input="pairs", loss=loss, loss_options=opts, epochs=args.epochs,
-                                     batch_size=32, learning_rate=args.lr, logging_steps=20,
-                                     student_options={"max_length": 48, "reasoning_tokens": 48, **student_extra},
-                                     **distill_extra)])
+                                step("distill", train_input="pairs", loss=row.loss, loss_options=row.loss_options,
+                                     epochs=args.epochs, batch_size=32, learning_rate=args.lr, logging_steps=20,
+                                     student_options={"max_length": 48, "reasoning_tokens": 48, **row.student_options},
+                                     **row.distill_options)])
             m = engine.run(recipe)["distill"].metrics
             scores[label].append(m["dev_macro_f1"])
             rv[label].append(m.get("dev_reasoning_view_macro_f1", float("nan")))

@@ -82,5 +82,6 @@ def reward_change(before: dict, before_key: str, after: dict, after_key: str, he
             for d in dims]
     return table(("dimension", *heads, "change"), rows)
 
+
 if __name__ == "__main__":
     main()
