@@ -18,9 +18,10 @@ def lexical_rationale(query: str, item: str, label: int | None = None, labels: t
 
     With ``label`` it ends in that conclusion, as a rationalized teacher chain does (STaR style).
     """
-    q, t = _terms(query), set(_terms(item))
-    found = [w for w in q if w in t]
-    missing = [w for w in q if w not in t]
+    t = set(_terms(item))
+    words = _WORD.findall(query.lower())  # named as the shopper wrote them, matched by their stem
+    found = [w for w in words if _terms(w)[0] in t]
+    missing = [w for w in words if _terms(w)[0] not in t]
     parts = [f"Query terms in the title: {', '.join(found) or 'none'}."]
     if missing:
         parts.append(f"Not in the title: {', '.join(missing)}.")
@@ -28,6 +29,41 @@ def lexical_rationale(query: str, item: str, label: int | None = None, labels: t
     if label is not None and labels:
         parts.append(f"So the product is {labels[label]} to the query.")
     return " ".join(parts)
+
+
+_CLAIM = {  # a list runs to its sentence's end (terms hold dots only inside, as in "2.5")
+    "in": re.compile(r"Query terms in the title:(.*?)(?:\.(?:\s|$)|\n|$)"),
+    "out": re.compile(r"Not in the title:(.*?)(?:\.(?:\s|$)|\n|$)"),
+}
+
+
+def _claimed(reasoning: str, which: str) -> set[str] | None:
+    """The terms a chain's ``which`` list names (``none`` is empty); None when it has no such list."""
+    found = _CLAIM[which].findall(reasoning)
+    if not found:
+        return None
+    return {t for part in found for t in _terms(part) if t != "none"}
+
+
+def overlap_claims_accuracy(query: str, item: str, reasoning: str) -> float | None:
+    """How truly a chain in :func:`lexical_rationale`'s format sorts the query's terms.
+
+    Each query term counts once and is right when it sits in the list that matches the title
+    (found terms in "Query terms in the title", the rest in "Not in the title"; an omitted list
+    claims nothing). Terms named that are not in the query count against the chain. A chain with
+    neither list scores 0: dropping the overlap is no escape from checking it. None for a query
+    without terms.
+    """
+    terms = list(dict.fromkeys(_terms(query)))
+    if not terms:
+        return None
+    title = set(_terms(item))
+    found, missing = _claimed(reasoning, "in"), _claimed(reasoning, "out")
+    if found is None and missing is None:
+        return 0.0
+    found, missing = found or set(), missing or set()
+    right = sum((t in title) == (t in found) != (t in missing) for t in terms)
+    return right / (len(terms) + len((found | missing) - set(terms)))
 
 
 class ProductSearch(Domain):
@@ -45,6 +81,9 @@ class ProductSearch(Domain):
 
     def rationale(self, row, label: int | None = None) -> str:
         return lexical_rationale(str(row["query"]), str(row["item"]), label, self.labels)
+
+    def check_claims(self, row, reasoning: str) -> float | None:
+        return overlap_claims_accuracy(self.query_text(row), str(row["item"]), reasoning)
 
 
 @hookimpl

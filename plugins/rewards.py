@@ -67,6 +67,20 @@ class Faithfulness:
         return {"faithfulness": sum(w in source for w in claims) / len(claims)}
 
 
+class ClaimCheck:
+    """``claims``: the share of the reasoning's checkable claims about the pair that hold.
+
+    The domain checks them (:meth:`Domain.check_claims`); abstains where it cannot. Faithfulness
+    alone let DPO on Home Depot learn to drop the chain's "Not in the title" list (every word
+    of a wrong list is still in the pair's text), and answers slid to ``relevant`` with it.
+    """
+
+    @hookimpl
+    def score_reasoning(self, example, completion, domain):
+        score = domain.check_claims(example, domain.parse_completion(completion or "").reasoning)
+        return None if score is None else {"claims": float(score)}
+
+
 class SelfConsistency:
     """``self_consistency``: a label named inside the reasoning agrees with the final label."""
 
@@ -104,5 +118,6 @@ class LengthScore:
 label_agreement = LabelAgreement()
 format_score = FormatScore()
 faithfulness = Faithfulness()
+claims = ClaimCheck()
 self_consistency = SelfConsistency()
 length = LengthScore()

@@ -91,9 +91,10 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
 
 
 def evaluate_teacher(ctx, teacher: str, rows: list[dict[str, Any]], max_new_tokens: int = 96,
-                     batch_size: int = 16, prefix: str = "teacher_") -> dict[str, float]:
+                     batch_size: int = 16, prefix: str = "teacher_", answers_to: Path | None = None) -> dict[str, float]:
     """Greedy answers on gold rows: parse rate, accuracy, macro-F1, per-class F1 and answer share,
-    mean reward per dimension."""
+    mean reward per dimension. ``answers_to``: also save each answer with its parsed label and reward
+    vector (a dataset), to read what a metric's move is made of."""
     from reasondistill.generation import TeacherGenerator
     from reasondistill.metrics import classification_metrics
 
@@ -116,20 +117,38 @@ def evaluate_teacher(ctx, teacher: str, rows: list[dict[str, Any]], max_new_toke
         key = name.replace(" ", "_")
         out[f"{prefix}f1_{key}"] = round(m[f"f1_{key}"], 4)
         out[f"{prefix}answer_share_{key}"] = round(sum(p.ok and p.label == i for p in parsed) / len(parsed), 4)
-    rewards = reward_table(ctx, rows, texts)
-    out.update({f"{prefix}reward_{k}": v for k, v in rewards.items()})
+    vectors = reward_vectors(ctx, rows, texts)
+    out.update({f"{prefix}reward_{k}": v for k, v in mean_by_dimension(vectors).items()})
+    if answers_to is not None:
+        from datasets import Dataset
+
+        Dataset.from_list([{"pair_id": r.get("pair_id"), "gold": r["label"], "completion": t,
+                            "label": p.label if p.ok else -1, "scores": json.dumps(v)}
+                           for r, t, p, v in zip(rows, texts, parsed, vectors)]).save_to_disk(str(answers_to))
     return out
+
+
+def reward_vectors(ctx, rows: list[dict[str, Any]], texts: list[str]) -> list[dict[str, float]]:
+    """The reward vector of each (row, completion), with its ``aggregate``."""
+    vectors = []
+    for row, text in zip(rows, texts):
+        vec = ctx.hooks.score_reasoning(row, text, ctx.domain)
+        vec["aggregate"] = ctx.hooks.aggregate_reward(vec, ctx.recipe.reward_weights)
+        vectors.append(vec)
+    return vectors
+
+
+def mean_by_dimension(vectors: list[dict[str, float]]) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for vec in vectors:
+        for key, value in vec.items():
+            sums.setdefault(key, []).append(value)
+    return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
 
 
 def reward_table(ctx, rows: list[dict[str, Any]], texts: list[str]) -> dict[str, float]:
     """Mean of each reward dimension and of the aggregate over (row, completion) pairs."""
-    sums: dict[str, list[float]] = {}
-    for row, text in zip(rows, texts):
-        vec = ctx.hooks.score_reasoning(row, text, ctx.domain)
-        vec["aggregate"] = ctx.hooks.aggregate_reward(vec, ctx.recipe.reward_weights)
-        for key, value in vec.items():
-            sums.setdefault(key, []).append(value)
-    return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
+    return mean_by_dimension(reward_vectors(ctx, rows, texts))
 
 
 def dev_rows(ctx, n: int) -> list[dict[str, Any]]:

@@ -23,8 +23,10 @@ class TeacherEvalStage(Stage):
 
     def run(self, ctx, options: TeacherEvalOptions) -> StageResult:
         rows = dev_rows(ctx, options.rows)
-        metrics = evaluate_teacher(ctx, teacher_source(ctx), rows, options.max_new_tokens, options.batch_size)
-        return StageResult(metrics={"rows": len(rows), **metrics})
+        metrics = evaluate_teacher(ctx, teacher_source(ctx), rows, options.max_new_tokens, options.batch_size,
+                                   answers_to=ctx.dir / "answers")
+        outputs = {"answers": "answers"} if metrics else {}
+        return StageResult(outputs=outputs, metrics={"rows": len(rows), **metrics})
 
 
 @hookimpl

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from reasondistill import Domain, hookimpl
+
+_SHARED = re.compile(r"查询与标题共有的词[：:]([^。\n]*)")
 
 
 def _bigrams(text: str) -> set[str]:
@@ -41,6 +45,19 @@ class WebSearchZh(Domain):
         if label is not None:
             text += f"因此网页与查询{self.labels[label]}。"
         return text
+
+
+    def check_claims(self, row, reasoning: str) -> float | None:
+        """The share of the words the chain says query and title share that both contain
+        ("无" is right only where they share no two-character word); 0 without that sentence."""
+        lists = _SHARED.findall(reasoning)
+        if not lists:
+            return 0.0
+        q, t = _bigrams(str(row["query"])), _bigrams(str(row["item"]))
+        named = [w.strip() for part in lists for w in re.split(r"[、，,]", part) if w.strip()]
+        if named in ([], ["无"]):
+            return float(not any(len(x) == 2 for x in q & t))
+        return sum(w in q and w in t for w in named) / len(named)
 
 
 @hookimpl

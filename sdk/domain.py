@@ -131,6 +131,16 @@ class Domain(Component):
         reasoning = names.sub(lambda m: new if m.group(0).lower() == old else m.group(0), parsed.reasoning)
         return self.format_completion(reasoning, label)
 
+    def check_claims(self, row: Mapping[str, Any], reasoning: str) -> float | None:
+        """The share of the reasoning's checkable claims about the pair that hold, in [0, 1].
+
+        Scored as the ``claims`` reward dimension. Word-level faithfulness cannot catch a chain that
+        names query words as missing from the item when they are there (every word is still in the
+        pair's text); a domain that knows its chains' structure can. ``None`` (the default) where
+        this domain cannot check its reasoning, e.g. free-form chains; the dimension then abstains.
+        """
+        return None
+
     def strip_verdict(self, reasoning: str) -> str:
         """The reasoning without its sentences that name a label (the chain's conclusion).
 

@@ -108,3 +108,31 @@ def test_relabel_changes_only_the_verdict():
     assert dom.relabel("no label here", 1) is None
     zh = WebSearchZh()
     assert zh.relabel(zh.format_completion("因此网页与查询相关。", 2), 0) == "理由：因此网页与查询不相关。\n标签：不相关"
+
+
+def test_product_search_checks_the_overlap_a_chain_claims():
+    dom = ProductSearch()
+    row = {"query": "chalk paint brush", "item": "Whisper Chalky Finish Paint Brush"}
+    assert dom.check_claims(row, dom.rationale(row, 2)) == 1.0  # the rule-written chain is true
+    wrong = "Query terms in the title: chalk, paint, brush. The product is: Whisper."  # chalk is not there
+    assert dom.check_claims(row, wrong) == 2 / 3
+    swapped = "Query terms in the title: chalk. Not in the title: paint, brush."
+    assert dom.check_claims(row, swapped) == 0.0
+    both = "Query terms in the title: paint, brush. Not in the title: chalk, paint."  # paint named twice
+    assert dom.check_claims(row, both) == 2 / 3
+    invented = "Query terms in the title: paint, brush, roller. Not in the title: chalk."
+    assert dom.check_claims(row, invented) == 3 / 4
+    assert dom.check_claims(row, "A fine brush for chalk paint.") == 0.0, "no overlap stated: nothing to credit"
+    assert dom.check_claims({"query": "??", "item": "Drill"}, "anything") is None
+    assert DOM.check_claims({"query": "pizza", "item": "Blue Door: pizza"}, "pizza") is None, "default: can't check"
+
+
+def test_web_search_zh_checks_the_shared_words_a_chain_claims():
+    from reasondistill.plugins.web_search_zh import WebSearchZh
+
+    zh, row = WebSearchZh(), {"query": "北京天气预报", "item": "北京天气_中国天气网"}
+    assert zh.check_claims(row, zh.rationale(row, 2)) == 1.0
+    assert zh.check_claims(row, "查询与标题共有的词：上海、天气。") == 0.5
+    assert zh.check_claims(row, "查询与标题共有的词：无。") == 0.0
+    assert zh.check_claims({"query": "苹果", "item": "香蕉"}, "查询与标题共有的词：无。") == 1.0
+    assert zh.check_claims(row, "相关") == 0.0

@@ -18,6 +18,7 @@ def teacher_recipe(**over):
         step("sft", max_steps=3, batch_size=4, max_length=256, eval_rows=4, eval_max_new_tokens=8),
         step("preference", prompts=6, candidates=3, max_new_tokens=12, min_margin=0.0, max_steps=2, batch_size=2,
              max_length=256, heldout_prompts=3),
+        step("teacher_eval", name="after_dpo", rows=4, max_new_tokens=8),
     ]
     return Recipe(name="teach", models={"teacher": "tiny-causal-lm"}, seed=2, **over, stages=stages)
 
@@ -57,6 +58,34 @@ def test_teacher_evaluation_metrics(teacher_run):
         assert 0 <= m[key] <= 1, key
     p = results["preference"].metrics
     assert "before_reward_aggregate" in p and "after_reward_aggregate" in p
+
+
+def test_teacher_eval_saves_each_answer_with_its_reward_vector(teacher_run):
+    import json
+
+    engine, results = teacher_run
+    answers = load_from_disk(str(engine.runs_dir / "teach" / "after_dpo" / "answers"))
+    m = results["after_dpo"].metrics
+    assert len(answers) == m["rows"] == 4
+    assert sum(a["label"] == a["gold"] for a in answers) / 4 == m["teacher_accuracy"]
+    aggregate = sum(json.loads(a["scores"])["aggregate"] for a in answers) / 4
+    assert round(aggregate, 4) == m["teacher_reward_aggregate"]
+    for a in answers:
+        assert DOM.parse_completion(a["completion"]).label in (a["label"], None)
+
+
+def test_claims_dimension_comes_from_the_domain(rd_hooks):
+    from reasondistill.plugins.product_search import ProductSearch
+
+    shop, row = ProductSearch(), {"query": "cordless pump", "item": "Ryobi Cordless Drill Kit", "label": 1}
+    true = shop.format_completion(shop.rationale(row, 1), 1)
+    false = true.replace("title: cordless", "title: @").replace("title: pump", "title: cordless").replace("@", "pump")
+    assert "in the title: cordless. Not in the title: pump." in true and "title: pump. Not in the title: cordless" in false
+    assert rd_hooks.score_reasoning(row, true, shop)["claims"] == 1.0
+    assert rd_hooks.score_reasoning(row, false, shop)["claims"] == 0.0
+    faithful = [rd_hooks.score_reasoning(row, text, shop)["faithfulness"] for text in (true, false)]
+    assert faithful[0] == faithful[1], "word-level faithfulness can't tell them apart"
+    assert "claims" not in rd_hooks.score_reasoning(row, true, DOM), "abstains where the domain can't check"
 
 
 def test_preference_pairs_carry_reward_vectors(teacher_run):
