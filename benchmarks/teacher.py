@@ -31,13 +31,14 @@ def main() -> None:
     p.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's KL strength against the SFT reference")
     p.add_argument("--dpo-sft-weight", type=float, default=0.0, help="NLL on the chosen answers next to DPO (RPO)")
     p.add_argument("--label-flips", action="store_true", help="add pairs that differ only in the label")
+    p.add_argument("--seed", type=int, default=0, help="the recipe's seed (every stage reruns under another)")
     args = p.parse_args()
 
     from reasondistill import Engine, Recipe, step
 
     ev = {"rows": args.dev, "max_new_tokens": args.max_new_tokens, "batch_size": 32}
     recipe = Recipe(
-        name="teacher-bench", domain="product_search", models={"teacher": "smollm2-135m-instruct"}, seed=0,
+        name="teacher-bench", domain="product_search", models={"teacher": "smollm2-135m-instruct"}, seed=args.seed,
         reward_weights={"label_agreement": 2.0, "format": 1.0, "faithfulness": 1.0, "self_consistency": 0.5, "length": 0.5},
         stages=[
             step("pairs", source=str(args.data / "train.jsonl"), limit=args.gold,
@@ -61,7 +62,7 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct on {args.dev} Home Depot dev pairs (greedy, {args.max_new_tokens} new tokens); "
           f"SFT on {args.gold} gold pairs, {args.sft_steps} steps; DPO on {res['preference'].metrics['pairs']} pairs, "
           f"{args.dpo_steps} steps, beta {args.dpo_beta}, sft_weight {args.dpo_sft_weight}, "
-          f"{res['preference'].metrics.get('label_flip_pairs', 0)} of them label flips")
+          f"{res['preference'].metrics.get('label_flip_pairs', 0)} of them label flips; seed {args.seed}")
     print(table(("teacher", "parse rate", "accuracy", "macro-F1", "mean aggregated reward"), rows))
     print(f"\nper label on the {args.dev} dev pairs: F1 and the share of answers giving it")
     names = [k[len("teacher_f1_"):] for k in res["after_dpo"].metrics if k.startswith("teacher_f1_")]
