@@ -72,7 +72,7 @@ class ClaimCheck:
 
     The domain checks them (:meth:`Domain.check_claims`); abstains where it cannot. Faithfulness
     alone let DPO on Home Depot learn to drop the chain's "Not in the title" list (every word
-    of a wrong list is still in the pair's text), and answers slid to ``relevant`` with it.
+    of a wrong list is still in the pair's text), and the answers collapsed onto one label.
     """
 
     @hookimpl

@@ -139,6 +139,7 @@ def reward_vectors(ctx, rows: list[dict[str, Any]], texts: list[str]) -> list[di
 
 
 def mean_by_dimension(vectors: list[dict[str, float]]) -> dict[str, float]:
+    """Each dimension's mean over the vectors that carry it (a scorer may abstain on some)."""
     sums: dict[str, list[float]] = {}
     for vec in vectors:
         for key, value in vec.items():

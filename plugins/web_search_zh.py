@@ -46,7 +46,6 @@ class WebSearchZh(Domain):
             text += f"因此网页与查询{self.labels[label]}。"
         return text
 
-
     def check_claims(self, row, reasoning: str) -> float | None:
         """The share of the words the chain says query and title share that both contain
         ("无" is right only where they share no two-character word); 0 without that sentence."""
