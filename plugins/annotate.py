@@ -10,7 +10,6 @@ and every ``pair_id`` appears exactly once. Under several processes each rank ta
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path

@@ -9,8 +9,12 @@ from reasondistill import Domain, hookimpl
 _WORD = re.compile(r"[a-z0-9]+(?:[./-][a-z0-9]+)*")
 
 
+def _stem(word: str) -> str:
+    return word.rstrip("s") if len(word) > 3 else word
+
+
 def _terms(text: str) -> list[str]:
-    return [w.rstrip("s") if len(w) > 3 else w for w in _WORD.findall(text.lower())]
+    return [_stem(w) for w in _WORD.findall(text.lower())]
 
 
 def lexical_rationale(query: str, item: str, label: int | None = None, labels: tuple[str, ...] = ()) -> str:
@@ -20,8 +24,9 @@ def lexical_rationale(query: str, item: str, label: int | None = None, labels: t
     """
     t = set(_terms(item))
     words = _WORD.findall(query.lower())  # named as the shopper wrote them, matched by their stem
-    found = [w for w in words if _terms(w)[0] in t]
-    missing = [w for w in words if _terms(w)[0] not in t]
+    found, missing = [], []
+    for w in words:
+        (found if _stem(w) in t else missing).append(w)
     parts = [f"Query terms in the title: {', '.join(found) or 'none'}."]
     if missing:
         parts.append(f"Not in the title: {', '.join(missing)}.")
@@ -31,15 +36,14 @@ def lexical_rationale(query: str, item: str, label: int | None = None, labels: t
     return " ".join(parts)
 
 
-_CLAIM = {  # a list runs to its sentence's end (terms hold dots only inside, as in "2.5")
-    "in": re.compile(r"Query terms in the title:(.*?)(?:\.(?:\s|$)|\n|$)"),
-    "out": re.compile(r"Not in the title:(.*?)(?:\.(?:\s|$)|\n|$)"),
-}
+# a list runs to its sentence's end (terms hold dots only inside, as in "2.5")
+_IN_TITLE = re.compile(r"Query terms in the title:(.*?)(?:\.(?:\s|$)|\n|$)")
+_NOT_IN_TITLE = re.compile(r"Not in the title:(.*?)(?:\.(?:\s|$)|\n|$)")
 
 
-def _claimed(reasoning: str, which: str) -> set[str] | None:
-    """The terms a chain's ``which`` list names (``none`` is empty); None when it has no such list."""
-    found = _CLAIM[which].findall(reasoning)
+def _claimed(pattern: re.Pattern, reasoning: str) -> set[str] | None:
+    """The terms the chain's list ``pattern`` names (``none`` is empty); None when it has no such list."""
+    found = pattern.findall(reasoning)
     if not found:
         return None
     return {t for part in found for t in _terms(part) if t != "none"}
@@ -58,7 +62,7 @@ def overlap_claims_accuracy(query: str, item: str, reasoning: str) -> float | No
     if not terms:
         return None
     title = set(_terms(item))
-    found, missing = _claimed(reasoning, "in"), _claimed(reasoning, "out")
+    found, missing = _claimed(_IN_TITLE, reasoning), _claimed(_NOT_IN_TITLE, reasoning)
     if found is None and missing is None:
         return 0.0
     found, missing = found or set(), missing or set()

@@ -147,11 +147,6 @@ def mean_by_dimension(vectors: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
 
 
-def reward_table(ctx, rows: list[dict[str, Any]], texts: list[str]) -> dict[str, float]:
-    """Mean of each reward dimension and of the aggregate over (row, completion) pairs."""
-    return mean_by_dimension(reward_vectors(ctx, rows, texts))
-
-
 def dev_rows(ctx, n: int) -> list[dict[str, Any]]:
     if not n or not ctx.has_input("dev"):
         return []

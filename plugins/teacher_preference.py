@@ -22,7 +22,8 @@ from reasondistill import Stage, StageResult, hookimpl
 from reasondistill.errors import DataError
 
 from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluate_teacher, load_causal_lm,
-                             peft_config, reward_table, teacher_source, train_and_save)
+                             mean_by_dimension, peft_config, reward_vectors, teacher_source,
+                             train_and_save)
 
 
 class PreferenceOptions(TeacherTrainOptions):
@@ -124,11 +125,6 @@ class PreferenceStage(Stage):
     Options = PreferenceOptions
 
     def run(self, ctx, options: PreferenceOptions) -> StageResult:
-        from datasets import Dataset
-        from trl import DPOConfig, DPOTrainer
-
-        from reasondistill.generation import TeacherGenerator
-
         if options.learned_reward:
             if not ctx.has_input("reward_model"):
                 raise DataError("preference: learned_reward needs an earlier reward_model stage")
@@ -194,7 +190,7 @@ class PreferenceStage(Stage):
                             top_p=options.top_p, num_return_sequences=2, seed=ctx.seed + 7)
         flat_rows = [r for r, o in zip(rows, outs) for _ in o]
         texts = [g.text for o in outs for g in o]
-        return {f"reward_{k}": v for k, v in reward_table(ctx, flat_rows, texts).items()}
+        return {f"reward_{k}": v for k, v in mean_by_dimension(reward_vectors(ctx, flat_rows, texts)).items()}
 
 
 @hookimpl
