@@ -1,4 +1,4 @@
-"""Teacher annotation: the ``annotate`` stage and the built-in ``transformers`` annotator.
+"""Teacher annotation: the ``annotate`` stage and the built-in ``teacher`` annotator.
 
 The input is cut into fixed shards (by position); each shard is annotated and written atomically
 as JSONL. A rerun skips complete shards, so an interrupted run loses at most one shard of work
@@ -13,75 +13,84 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from reasondistill import Annotator, ComponentRef, Options, Stage, StageResult, hookimpl
+from reasondistill import Annotator, BackendSpec, ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
 from reasondistill.components import validate_nested
+from reasondistill.errors import DataError
+from reasondistill.generators import current_teacher
 from reasondistill.fingerprint import write_atomic
 
 
-class TransformersAnnotatorOptions(Options):
-    batch_size: int = Field(64, ge=1, description="rows decoded together (slots refilled as rows finish)")
+class TeacherAnnotatorOptions(Options):
+    backend: BackendSpec | None = Field(None, description="how the teacher runs (default: the recipe's "
+                                                          "backends.teacher, else transformers)")
+    batch_size: int = Field(64, ge=1, description="rows decoded together by a local backend (slots refilled as "
+                                                  "rows finish)")
     max_new_tokens: int = Field(96, ge=4)
     do_sample: bool = False
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     self_consistency: int = Field(1, ge=1, description="N sampled chains; majority label, agreement as confidence")
     retries: int = Field(1, ge=0, description="re-generate unparseable outputs (sampled) this many times")
-    int8: bool = Field(False, description="torch dynamic int8 quantization of the teacher's linear layers")
-    engine: Literal["auto", "slots", "generate"] = Field(
-        "auto", description="'slots': continuous batching (refill finished rows); 'generate': transformers "
-                            "generate on length buckets; 'auto': slots where the model supports them")
 
 
-class TransformersAnnotator(Annotator):
-    """Batched ``model.generate`` with length buckets, early stop at the label, label probabilities."""
+class TeacherAnnotator(Annotator):
+    """The teacher writes a chain and a label through the generation seam; parsing, voting and
+    retries of unparsable answers happen here, the same for every backend."""
 
-    name = "transformers"
-    description = "Batched transformers generate: buckets, left padding, stop at the label, label probs."
-    Options = TransformersAnnotatorOptions
+    name = "teacher"
+    description = "The teacher (any generation backend) writes reasoning and a label; votes, retries, label probs."
+    Options = TeacherAnnotatorOptions
 
     def __init__(self) -> None:
         self._cache: tuple[Any, Any] | None = None
 
-    def generator(self, teacher: str, domain: Any, options: TransformersAnnotatorOptions, trust: bool = False):
-        from reasondistill.generation import TeacherGenerator
+    def generator(self, ctx, teacher: str, options: TeacherAnnotatorOptions):
+        """One generator per (teacher, backend, sizes), kept across the shards of a stage."""
+        from reasondistill.generators import effective_spec, load_generator
 
-        key = (teacher, domain.name, options.batch_size, options.max_new_tokens, options.int8, options.engine)
+        spec = effective_spec(ctx.recipe, options.backend)
+        key = (teacher, ctx.domain.name, spec.model_dump_json(), options.batch_size, options.max_new_tokens)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, TeacherGenerator(teacher, domain, options.batch_size, options.max_new_tokens,
-                                                 trust_remote_code=trust, int8=options.int8,
-                                                 engine=options.engine))
+            self._cache = None  # free the old model before loading the next
+            self._cache = (key, load_generator(ctx, spec, model=teacher or None, batch_size=options.batch_size,
+                                               max_new_tokens=options.max_new_tokens))
         return self._cache[1]
 
-    def annotate(self, ctx, pairs, teacher: str, options: TransformersAnnotatorOptions):
+    def annotate(self, ctx, pairs, teacher: str, options: TeacherAnnotatorOptions):
         from datasets import Dataset
 
-        rows = annotate_rows(self.generator(teacher, ctx.domain, options, ctx.recipe.trust_remote_code),
-                             list(pairs), ctx.domain, options, ctx.seed, teacher)
-        return Dataset.from_list(rows)
+        gen = self.generator(ctx, teacher, options)
+        return Dataset.from_list(annotate_rows(gen, list(pairs), ctx.domain, options, ctx.seed, gen.identity))
 
 
-def annotate_rows(gen, rows: list[dict], domain, options: TransformersAnnotatorOptions, seed: int, teacher: str,
+def annotate_rows(gen, rows: list[dict], domain, options: TeacherAnnotatorOptions, seed: int, teacher: str,
                   progress: Any = None) -> list[dict]:
+    """Generate, parse, retry the unparsable (sampled), vote; one annotation row per input row.
+
+    A row whose every completion failed in the backend (``Generation.error``) is not retried here
+    (the backend already did) and carries the error; the stage counts such rows.
+    """
     messages = [domain.messages(r) for r in rows]
     n = options.self_consistency
     sample = options.do_sample or n > 1
-    outs = gen.generate(messages, do_sample=sample, temperature=options.temperature, top_p=options.top_p,
-                        num_return_sequences=n, seed=seed, progress=progress)
+    outs = gen.generate(messages, n=n, do_sample=sample, temperature=options.temperature, top_p=options.top_p,
+                        seed=seed, progress=progress)
     results = []
     for row, cands in zip(rows, outs):
         parsed = [domain.parse_completion(c.text) for c in cands]
         results.append([row, cands, parsed])
     for attempt in range(options.retries):  # sampled retries of rows with no parsable label
-        bad = [i for i, (_, _, parsed) in enumerate(results) if not any(p.ok for p in parsed)]
+        bad = [i for i, (_, cands, parsed) in enumerate(results)
+               if not any(p.ok for p in parsed) and not all(c.error for c in cands)]
         if not bad:
             break
-        again = gen.generate([messages[i] for i in bad], do_sample=True, temperature=options.temperature,
-                             top_p=options.top_p, num_return_sequences=n, seed=seed + 1000 * (attempt + 1))
+        again = gen.generate([messages[i] for i in bad], n=n, do_sample=True, temperature=options.temperature,
+                             top_p=options.top_p, seed=seed + 1000 * (attempt + 1))
         for i, cands in zip(bad, again):
             results[i][1] = cands
             results[i][2] = [domain.parse_completion(c.text) for c in cands]
@@ -100,22 +109,37 @@ def annotate_rows(gen, rows: list[dict], domain, options: TransformersAnnotatorO
             probs = cands[pick].label_probs
         if probs is None:
             probs = [1.0 / k] * k
+        errors = [c.error for c in cands if c.error]
         out.append({**row, "label": -1 if label is None else int(label), "reasoning": parsed[pick].reasoning,
                     "completion": cands[pick].text, "label_probs": [float(p) for p in probs],
                     "confidence": float(votes[label] / n) if label is not None else 0.0,
                     "parse_ok": label is not None, "teacher": teacher,
-                    "gold_label": row.get("label", -1) if row.get("label") is not None else -1,
-                    "new_tokens": int(sum(c.tokens for c in cands))})
+                    "gold_label": gold_label(row),
+                    "new_tokens": int(sum(c.tokens for c in cands)),
+                    "error": errors[0] if errors and len(errors) == len(cands) else None})
     return out
 
 
+def gold_label(row: dict) -> int:
+    """The row's gold grade: ``label``, or ``gold_label`` where ``pairs`` hid the labels; -1 if none."""
+    for key in ("label", "gold_label"):
+        value = row.get(key)
+        if isinstance(value, int) and value >= 0:
+            return value
+    return -1
+
+
 class AnnotateOptions(Options):
-    annotator: ComponentRef("annotator") = "transformers"
+    annotator: ComponentRef("annotator") = "teacher"
     annotator_options: dict[str, Any] = Field(default_factory=dict)
     input: str = Field("pairs", description="the earlier output to annotate")
     limit: int | None = Field(None, ge=1, description="annotate only the first N pairs")
     shard_size: int = Field(64, ge=1)
     dev_rows: int = Field(0, ge=0, description="also annotate N dev pairs to measure the teacher")
+    max_failed_share: float = Field(0.02, ge=0, le=1, description="fail the stage when more rows than this share "
+                                                                 "end with a backend error (after its retries); "
+                                                                 "finished shards are kept and a rerun redoes "
+                                                                 "only the failed rows")
 
 
 class AnnotateStage(Stage):
@@ -123,6 +147,7 @@ class AnnotateStage(Stage):
     description = "The teacher labels pairs with reasoning; sharded, resumable, multi-process."
     Options = AnnotateOptions
     distributed = True
+    generates = True
 
     def options(self, raw=None, context=None) -> AnnotateOptions:
         opts = AnnotateOptions.model_validate(raw or {}, context=context)
@@ -132,8 +157,7 @@ class AnnotateStage(Stage):
     def run(self, ctx, options: AnnotateOptions) -> StageResult:
         annotator = ctx.hooks.catalogue.get("annotator", options.annotator)
         a_opts = annotator.options(options.annotator_options)
-        teacher = str(ctx.input("teacher")) if ctx.has_input("teacher") else ctx.model("teacher")
-        teacher_id = identify_teacher(ctx, teacher)
+        teacher = current_teacher(ctx) or ""  # a served teacher needs no local one
         pairs = ctx.load_dataset(options.input)
         if options.limit:
             pairs = pairs.select(range(min(options.limit, len(pairs))))
@@ -146,7 +170,7 @@ class AnnotateStage(Stage):
             outputs["dev_annotations"] = "dev_annotations"
         for name, data in jobs:
             stats = annotate_sharded(ctx, annotator, data, teacher, a_opts, options.shard_size, ctx.dir / f"{name}_shards",
-                                     teacher_id)
+                                     options.max_failed_share)
             if dist.is_main():
                 merged = merge_shards(ctx.dir / f"{name}_shards")
                 merged.save_to_disk(str(ctx.dir / name))
@@ -161,7 +185,7 @@ def identify_teacher(ctx, teacher: str) -> str:
     from reasondistill.fingerprint import fingerprint
 
     path = Path(teacher)
-    if not path.exists():
+    if not teacher or not path.exists():
         return teacher
     try:
         name = path.resolve().relative_to(ctx.run.dir.resolve()).as_posix()
@@ -173,31 +197,66 @@ def identify_teacher(ctx, teacher: str) -> str:
 
 
 def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: int, folder: Path,
-                     teacher_id: str | None = None) -> dict[str, float]:
-    """Annotate every missing shard this rank owns; returns timing of the work done now."""
+                     max_failed_share: float = 1.0) -> dict[str, float]:
+    """Annotate every shard this rank owns that is missing, corrupt or holds failed rows.
+
+    Each shard is written atomically as soon as its rows are back; a rerun keeps the complete ones
+    and, in a shard with rows that failed in the backend, redoes only those rows. The stage stops
+    (work kept) once more than ``max_failed_share`` of the rows done now have failed: a dead server
+    is reported after one shard, not after every request has spent its retries.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     n_shards = (len(data) + shard_size - 1) // shard_size
+    size = {s: min(shard_size, len(data) - s * shard_size) for s in range(n_shards)}
     mine = [s for s in range(n_shards) if s % dist.world() == dist.rank()]
-    todo = [s for s in mine if not shard_ok(folder, s)]
-    done_rows = sum(min(shard_size, len(data) - s * shard_size) for s in mine if s not in todo)
-    bar = ctx.progress(total=sum(min(shard_size, len(data) - s * shard_size) for s in mine), desc="annotate", unit="pair")
-    bar.update(done_rows)
-    started, tokens, pairs = time.time(), 0, 0
+    kept = {s: read_shard(folder, s) for s in mine}
+    todo = [s for s in mine if kept[s] is None or any(r.get("error") for r in kept[s])]
+    bar = ctx.progress(total=sum(size[s] for s in mine), desc="annotate", unit="pair")
+    bar.update(sum(size[s] for s in mine if s not in todo)
+               + sum(1 for s in todo for r in (kept[s] or []) if not r.get("error")))
+    ids: dict[str, str] = {}
+    started, tokens, pairs, failed = time.time(), 0, 0, 0
     for s in todo:
-        shard = data.select(range(s * shard_size, min(len(data), (s + 1) * shard_size)))
-        rows = annotator.annotate(ctx, shard, teacher, options).to_list()
-        if teacher_id:
-            for r in rows:
-                r["teacher"] = teacher_id
+        shard = data.select(range(s * shard_size, s * shard_size + size[s]))
+        rows = kept[s] or [None] * size[s]
+        redo = [i for i, r in enumerate(rows) if r is None or r.get("error")]
+        new = annotator.annotate(ctx, shard.select(redo) if len(redo) < size[s] else shard, teacher, options).to_list()
+        for i, r in zip(redo, new):
+            r.setdefault("error", None)
+            r["teacher"] = ids.setdefault(r.get("teacher", ""), identify_teacher(ctx, r.get("teacher", "")))
+            rows[i] = r
+        check_teacher(folder, rows)
         write_shard(folder, s, rows)
-        tokens += sum(r.get("new_tokens", 0) for r in rows)
-        pairs += len(rows)
-        bar.update(len(rows))
+        tokens += sum(r.get("new_tokens", 0) for r in new)
+        pairs += len(new)
+        failed += sum(1 for r in new if r["error"])
+        bar.update(len(redo))
         elapsed = max(1e-9, time.time() - started)
-        bar.set_postfix(pairs_s=f"{pairs / elapsed:.2f}", tok_s=f"{tokens / elapsed:.1f}")
+        bar.set_postfix(pairs_s=f"{pairs / elapsed:.2f}", tok_s=f"{tokens / elapsed:.1f}", failed=failed)
+        if failed > max_failed_share * pairs:
+            bar.close()
+            last = next((r["error"] for r in reversed(new) if r["error"]), "in an earlier shard")
+            raise DataError(f"annotate: {failed} of {pairs} rows failed in the teacher's backend, more than "
+                            f"max_failed_share {max_failed_share:g} (last error: {last}); the shards are kept in "
+                            f"{folder}: rerun to resume, only the failed rows are redone")
     bar.close()
     dist.barrier()
-    return {"seconds_now": time.time() - started, "tokens_now": tokens, "pairs_now": pairs}
+    return {"seconds_now": time.time() - started, "tokens_now": tokens, "pairs_now": pairs, "failed_now": failed}
+
+
+def check_teacher(folder: Path, rows: list[dict]) -> None:
+    """Every shard of a folder comes from one teacher: a resumed run with another one stops."""
+    marker = folder / "teacher.txt"
+    teachers = sorted({str(r.get("teacher")) for r in rows if not r.get("error")})
+    if not teachers:
+        return
+    if len(teachers) == 1 and not marker.exists():
+        write_atomic(marker, teachers[0])
+    recorded = marker.read_text() if marker.exists() else teachers[0]
+    if teachers != [recorded]:
+        raise DataError(f"annotate: {folder} holds shards written by teacher {recorded!r}, but the teacher now is "
+                        f"{', '.join(t for t in teachers if t != recorded)!r}; rerun with --force annotate to "
+                        "start over with the new teacher")
 
 
 def write_shard(folder: Path, index: int, rows: list[dict]) -> None:
@@ -209,19 +268,21 @@ def write_shard(folder: Path, index: int, rows: list[dict]) -> None:
     write_atomic(folder / f"shard-{index:05d}.sha256", hashlib.sha256(text.encode()).hexdigest())
 
 
-def shard_ok(folder: Path, index: int) -> bool:
-    """A shard whose content does not match its recorded sha256 (truncated, edited) is redone."""
+def read_shard(folder: Path, index: int) -> list[dict] | None:
+    """The shard's rows, or None when it is missing or does not match its recorded sha256
+    (truncated, edited): such a shard is redone."""
     import hashlib
     import logging
 
     data, sidecar = folder / f"shard-{index:05d}.jsonl", folder / f"shard-{index:05d}.sha256"
     if not data.exists() or not sidecar.exists():
-        return False
-    if hashlib.sha256(data.read_bytes()).hexdigest() != sidecar.read_text().strip():
+        return None
+    raw = data.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != sidecar.read_text().strip():
         logging.getLogger("reasondistill").warning("%s does not match its fingerprint; annotating it again", data)
         data.unlink()
-        return False
-    return True
+        return None
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line]
 
 
 def merge_shards(folder: Path):
@@ -239,7 +300,8 @@ def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
     n = len(ds)
     labels = ds["label"]
     out: dict[str, Any] = {"pairs": n, "parse_rate": round(sum(ds["parse_ok"]) / max(1, n), 4),
-                           "tokens": int(sum(ds["new_tokens"]))}
+                           "tokens": int(sum(ds["new_tokens"])),
+                           "failed": sum(1 for e in ds["error"] if e) if "error" in ds.column_names else 0}
     for i, name in enumerate(domain.labels):
         out[f"share_{name.replace(' ', '_')}"] = round(sum(1 for x in labels if x == i) / max(1, n), 4)
     if stats["seconds_now"] > 0 and stats["pairs_now"]:
@@ -255,7 +317,7 @@ def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
 
 @hookimpl
 def register_annotators(register):
-    register(TransformersAnnotator())
+    register(TeacherAnnotator())
 
 
 @hookimpl

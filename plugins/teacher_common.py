@@ -34,7 +34,9 @@ class TeacherTrainOptions(Options):
 
 def teacher_source(ctx) -> str:
     """The teacher to start from: the latest earlier ``teacher`` output, else ``models.teacher``."""
-    return str(ctx.input("teacher")) if ctx.has_input("teacher") else ctx.model("teacher")
+    from reasondistill.generators import current_teacher
+
+    return current_teacher(ctx) or ctx.model("teacher")
 
 
 def common_args(ctx, o: TeacherTrainOptions) -> dict[str, Any]:
@@ -90,20 +92,22 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
             "resumed_from": last.rsplit("-", 1)[-1] if last else None}
 
 
-def evaluate_teacher(ctx, teacher: str, rows: list[dict[str, Any]], max_new_tokens: int = 96,
-                     batch_size: int = 16, prefix: str = "teacher_", answers_to: Path | None = None) -> dict[str, float]:
+def evaluate_teacher(ctx, rows: list[dict[str, Any]], max_new_tokens: int = 96, batch_size: int = 16,
+                     prefix: str = "teacher_", answers_to: Path | None = None, trained: str | None = None,
+                     backend: Any = None) -> dict[str, float]:
     """Greedy answers on gold rows: parse rate, accuracy, macro-F1, per-class F1 and answer share,
     mean reward per dimension. ``answers_to``: also save each answer with its parsed label and reward
-    vector (a dataset), to read what a metric's move is made of."""
-    from reasondistill.generation import TeacherGenerator
+    vector (a dataset), to read what a metric's move is made of. ``trained``: the folder of a teacher
+    the stage just trained (else the current teacher, on the recipe's or ``backend``'s backend)."""
+    from reasondistill.generators import load_generator
     from reasondistill.metrics import classification_metrics
 
     rows = [r for r in rows if r.get("label") is not None and r["label"] >= 0]
     if not rows:
         return {}
     dom = ctx.domain
-    gen = TeacherGenerator(teacher, dom, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           trust_remote_code=ctx.recipe.trust_remote_code)
+    gen = load_generator(ctx, backend, model=trained, trained=trained is not None, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens)
     outs = gen.generate([dom.messages(r) for r in rows])
     texts = [o[0].text for o in outs]
     parsed = [dom.parse_completion(t) for t in texts]
@@ -165,5 +169,5 @@ def sft_stage_result(ctx, options: TeacherTrainOptions, data, config, tokenizer,
     metrics = {**metrics, **train_and_save(ctx, trainer, tokenizer, ctx.dir / "teacher")}
     rows = dev_rows(ctx, options.eval_rows)
     if rows:
-        metrics.update(evaluate_teacher(ctx, str(ctx.dir / "teacher"), rows, options.eval_max_new_tokens))
+        metrics.update(evaluate_teacher(ctx, rows, options.eval_max_new_tokens, trained=str(ctx.dir / "teacher")))
     return StageResult(outputs={"teacher": "teacher", "loss_history": "loss_history.json"}, metrics=metrics)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
-from reasondistill import Stage, StageResult, hookimpl
+from reasondistill import BackendSpec, Stage, StageResult, hookimpl
 from reasondistill.errors import DataError
 
 from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluate_teacher, load_causal_lm,
@@ -43,6 +43,9 @@ class PreferenceOptions(TeacherTrainOptions):
     learned_reward: bool = Field(False, description="add the dimensions of an earlier reward_model output")
     balance_labels: bool = Field(True, description="draw prompts evenly across gold labels (where there are any)")
     prefer_gold_chosen: bool = Field(True, description="chosen = the best candidate with the gold label, when one has it")
+    backend: BackendSpec | None = Field(None, description="how the SFT teacher samples candidates (default: the "
+                                                          "recipe's backends.teacher, else transformers); a "
+                                                          "served copy of the policy's starting point")
     label_flips: bool = Field(False, description="also pair each gold-labelled chosen answer against itself with each "
                                                  "wrong label (Domain.relabel): pairs that differ only in the verdict")
 
@@ -123,6 +126,7 @@ class PreferenceStage(Stage):
     family = "teacher"
     description = "Sample K chains, rank by the multi-dimensional reward, train trl DPOTrainer (LoRA)."
     Options = PreferenceOptions
+    generates = True
 
     def run(self, ctx, options: PreferenceOptions) -> StageResult:
         if options.learned_reward:
@@ -141,15 +145,15 @@ class PreferenceStage(Stage):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from reasondistill.generation import TeacherGenerator
+        from reasondistill.generators import load_generator
 
         source = teacher_source(ctx)
         pool = ctx.load_dataset(options.input)
         rows = pick_prompts(list(pool), options.prompts, options.balance_labels)
-        gen = TeacherGenerator(source, ctx.domain, options.gen_batch_size, options.max_new_tokens,
-                               trust_remote_code=ctx.recipe.trust_remote_code)
+        gen = load_generator(ctx, options.backend, model=source, batch_size=options.gen_batch_size,
+                             max_new_tokens=options.max_new_tokens)
         outs = gen.generate([ctx.domain.messages(r) for r in rows], do_sample=True, temperature=options.temperature,
-                            top_p=options.top_p, num_return_sequences=options.candidates, seed=ctx.seed,
+                            top_p=options.top_p, n=options.candidates, seed=ctx.seed,
                             progress=ctx.progress(total=len(rows), desc="sampling", unit="prompt"))
         pairs, dropped = build_pairs(ctx, rows, [[g.text for g in o] for o in outs], options.min_margin,
                                      options.prefer_gold_chosen, options.label_flips)
@@ -175,11 +179,12 @@ class PreferenceStage(Stage):
                              processing_class=tok, peft_config=peft_config(options))
         metrics.update(train_and_save(ctx, trainer, tok, ctx.dir / "teacher"))
         if heldout:
-            after = TeacherGenerator(str(ctx.dir / "teacher"), ctx.domain, options.gen_batch_size, options.max_new_tokens)
+            after = load_generator(ctx, options.backend, model=str(ctx.dir / "teacher"), trained=True,
+                                   batch_size=options.gen_batch_size, max_new_tokens=options.max_new_tokens)
             metrics.update({f"after_{k}": v for k, v in self._heldout_rewards(ctx, after, heldout, options).items()})
         rows_eval = dev_rows(ctx, options.eval_rows)
         if rows_eval:
-            metrics.update(evaluate_teacher(ctx, str(ctx.dir / "teacher"), rows_eval, options.eval_max_new_tokens))
+            metrics.update(evaluate_teacher(ctx, rows_eval, options.eval_max_new_tokens, trained=str(ctx.dir / "teacher")))
         return StageResult(outputs={"teacher": "teacher", "preferences": "preferences",
                                     "loss_history": "loss_history.json"}, metrics=metrics)
 
@@ -187,7 +192,7 @@ class PreferenceStage(Stage):
     def _heldout_rewards(ctx, gen, rows, options) -> dict[str, float]:
         """Mean reward per dimension of sampled answers on held-out prompts (same seed before/after)."""
         outs = gen.generate([ctx.domain.messages(r) for r in rows], do_sample=True, temperature=options.temperature,
-                            top_p=options.top_p, num_return_sequences=2, seed=ctx.seed + 7)
+                            top_p=options.top_p, n=2, seed=ctx.seed + 7)
         flat_rows = [r for r, o in zip(rows, outs) for _ in o]
         texts = [g.text for o in outs for g in o]
         return {f"reward_{k}": v for k, v in mean_by_dimension(reward_vectors(ctx, flat_rows, texts)).items()}

@@ -10,10 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from reasondistill import Options, Stage, StageResult, hookimpl
+from reasondistill import BackendSpec, Options, Stage, StageResult, hookimpl
 from reasondistill.errors import DataError
-
-from .teacher_common import teacher_source
 
 
 class ReasoningDataOptions(Options):
@@ -25,6 +23,8 @@ class ReasoningDataOptions(Options):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(96, ge=8)
     temperature: float = Field(0.8, gt=0)
+    backend: BackendSpec | None = Field(None, description="how the teacher runs (default: the recipe's "
+                                                          "backends.teacher, else transformers)")
 
 
 def sft_example(domain, row: dict[str, Any], reasoning: str) -> dict[str, Any]:
@@ -39,6 +39,7 @@ class ReasoningDataStage(Stage):
     family = "teacher"
     description = "Build reasoning SFT data from given chains, or bootstrap them STaR-style from gold labels."
     Options = ReasoningDataOptions
+    generates = True
 
     def run(self, ctx, options: ReasoningDataOptions) -> StageResult:
         from datasets import Dataset
@@ -67,10 +68,10 @@ class ReasoningDataStage(Stage):
                             "use source: rationalize to bootstrap them")
         kept = 0
         if missing:
-            from reasondistill.generation import TeacherGenerator
+            from reasondistill.generators import load_generator
 
-            gen = TeacherGenerator(teacher_source(ctx), dom, options.batch_size, options.max_new_tokens,
-                                   trust_remote_code=ctx.recipe.trust_remote_code)
+            gen = load_generator(ctx, options.backend, batch_size=options.batch_size,
+                                 max_new_tokens=options.max_new_tokens)
             for attempt in range(options.samples):
                 if not missing:
                     break

@@ -6,7 +6,8 @@ The public API: hook markers, component base classes, recipes and the engine.
 from .components import Annotator, ComponentRef, DistillLoss, ModelSource, NoOptions, Options, Stage, Student
 from .domain import Domain, Parsed
 from .engine import Engine
-from .errors import ArtifactError, DataError, ModelError, PluginError, ReasonDistillError, RecipeError
+from .generators import BackendSpec, Generation, GenerationBackend, Generator
+from .errors import ArtifactError, BackendError, DataError, ModelError, PluginError, ReasonDistillError, RecipeError
 from .hookspecs import hookimpl, hookspec
 from .manager import Hooks, get_hooks, reset_hooks
 from .recipe import Recipe, StageSpec, load_recipe, step
@@ -15,7 +16,7 @@ from .runstore import RunInfo, StageContext, StageResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "Annotator", "ArtifactError", "ComponentRef", "DataError", "DistillLoss", "Domain", "Engine", "Hooks",
+    "Annotator", "ArtifactError", "BackendError", "BackendSpec", "Generation", "GenerationBackend", "Generator", "ComponentRef", "DataError", "DistillLoss", "Domain", "Engine", "Hooks",
     "ModelError", "ModelSource", "NoOptions", "Options", "Parsed", "PluginError", "ReasonDistillError", "Recipe",
     "RecipeError", "RunInfo", "Stage", "StageContext", "StageResult", "StageSpec", "Student", "get_hooks",
     "hookimpl", "hookspec", "load_recipe", "reset_hooks", "step",

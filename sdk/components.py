@@ -51,6 +51,9 @@ class Stage(Component):
 
     kind = "stage"
     family: ClassVar[str] = "pipeline"
+    #: the stage makes the teacher write through the recipe's generation backend, so the
+    #: recipe's ``backends`` are part of its hash
+    generates: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, ctx: StageContext, options: Any) -> StageResult:

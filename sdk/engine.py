@@ -15,7 +15,8 @@ from typing import Iterable
 from . import distributed as dist
 from .errors import ArtifactError, RecipeError
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
-from .manager import Hooks, get_hooks
+from .generators import BackendSpec, hash_view
+from .manager import Catalogue, Hooks, get_hooks
 from .recipe import Recipe, ResolvedStage, resolve
 from .runstore import (
     STATE,
@@ -32,17 +33,42 @@ from .runstore import (
 log = logging.getLogger("reasondistill")
 
 
-def stage_hash(recipe: Recipe, stage: ResolvedStage, previous: str, inputs: dict[str, str]) -> str:
+def stage_hash(recipe: Recipe, stage: ResolvedStage, previous: str, inputs: dict[str, str],
+               catalogue: Catalogue) -> str:
+    """The stage's identity: what it computes from what (see docs/recipes.md, "What reruns a stage").
+
+    Options marked ``hash: False`` (transport: server address, concurrency, timeouts) are left out
+    (:func:`~reasondistill.generators.hash_view`); a stage that makes the teacher write
+    (``generates``) also hashes the recipe's teacher backend.
+    """
     shared = recipe.model_dump(mode="json", include={"domain", "domain_options", "models", "seed",
                                                         "reward_weights", "trust_remote_code"})
+    if getattr(stage.component, "generates", False) and recipe.backends:
+        shared["backends"] = {role: spec.hash_view(catalogue) for role, spec in sorted(recipe.backends.items())}
     return canonical_hash({
         "uses": stage.spec.uses,
-        "options": stage.options.model_dump(mode="json"),
+        "options": stage_options_view(stage.options, catalogue),
         "inputs": stage.spec.inputs,
         "shared": shared,
         "previous": previous,
         "external": inputs,
     })
+
+
+def stage_options_view(options, catalogue: Catalogue) -> dict:
+    """``hash_view`` of a stage's options, with backend specs nested in dict options (an
+    annotator's ``annotator_options.backend``) viewed through their backend too."""
+
+    def walk(value):
+        if isinstance(value, dict):
+            if set(value) == {"uses", "options"} and value["uses"] in catalogue.kind("backend"):
+                return BackendSpec.model_validate(value).hash_view(catalogue)
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(hash_view(options))
 
 
 class Engine:
@@ -79,7 +105,7 @@ class Engine:
         for stage in stages:
             stage_dir = run.dir / stage.name
             external = stage.component.input_fingerprints(stage.options)
-            digest = stage_hash(recipe, stage, previous, external)
+            digest = stage_hash(recipe, stage, previous, external, self.hooks.catalogue)
             manifest = None if (rerun_rest or stage.name in force) else self._up_to_date(stage_dir, digest)
             if manifest is not None:
                 result = StageResult(outputs={k: v["path"] for k, v in manifest["outputs"].items()},

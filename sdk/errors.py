@@ -34,3 +34,12 @@ class ArtifactError(ReasonDistillError, RuntimeError):
 
 class ModelError(ReasonDistillError, RuntimeError):
     """A model reference that cannot be resolved offline."""
+
+
+class BackendError(ReasonDistillError, RuntimeError):
+    """A generation backend that cannot do its work (server unreachable, unknown model, refused key);
+    names the backend and where it runs, never a credential."""
+
+    def __init__(self, backend: str, where: str, message: str):
+        self.backend, self.where = backend, where
+        super().__init__(f"backend {backend!r} at {where}: {message}")

@@ -1,7 +1,8 @@
-"""Batched teacher generation: length buckets, left padding, KV cache, stop at the label.
+"""The local engines of the ``transformers`` backend: slots or length buckets, KV cache, stop at the label.
 
-Shared by the annotator (label + reasoning for many pairs) and the preference stage (K sampled
-candidates a prompt). The default engine is continuous slot batching
+Behind the generation seam (:mod:`reasondistill.generators`): every stage that makes a local
+teacher write (annotation, preference sampling, teacher evaluation, STaR) gets a
+:class:`TeacherGenerator` through the ``transformers`` backend. The default engine is continuous slot batching
 (:mod:`reasondistill.slot_decoding`): the prompt prefix every row shares (the system prompt,
 most of the prompt) is encoded once, rows stop at ``Label: <name>``, and a finished row's slot
 takes the next prompt at once. ``engine="generate"`` (and any model the slot loop cannot drive)
@@ -13,19 +14,12 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from reasondistill.generators import Generation
 from reasondistill.slot_decoding import SlotDecoder, supports_slots
-
-
-@dataclass
-class Generation:
-    text: str
-    tokens: int
-    label_probs: list[float] | None
 
 
 def shared_prefix(sequences: Sequence[Sequence[int]], minimum: int = 8) -> list[int]:
@@ -50,6 +44,11 @@ def label_stop_strings(domain: Any) -> list[str]:
             for sep in (": ", ":", ": **", "**: "):
                 out.append(f"{domain.label_key}{sep}{variant}")
     return sorted(set(out))
+
+
+def label_key_pattern(domain: Any) -> re.Pattern:
+    """Matches text that ends where the label is written next (``Label:``, ``**Label:**``...)."""
+    return re.compile(rf"(?i){re.escape(domain.label_key)}\s*\**\s*[:：]\s*\**\s*$")
 
 
 def prompt_texts(tokenizer: Any, messages: Sequence[list[dict[str, str]]]) -> list[str]:
@@ -92,7 +91,8 @@ class TeacherGenerator:
         self.prefix_cache = prefix_cache
         self.first_tokens = label_first_tokens(self.tokenizer, domain.labels)
         self.stop_strings = label_stop_strings(domain)
-        self.label_key_re = re.compile(rf"(?i){re.escape(domain.label_key)}\s*\**\s*[:：]\s*\**\s*$")
+        self.label_key_re = label_key_pattern(domain)
+        self.identity = model_path if model is None else getattr(model, "name_or_path", model_path)
         if engine not in ("auto", "slots", "generate"):
             raise ValueError(f"engine must be 'auto', 'slots' or 'generate', not {engine!r}")
         self.engine = engine
@@ -100,17 +100,20 @@ class TeacherGenerator:
             probe = self.tokenizer("Query: a probe for the slot decoder", add_special_tokens=False)["input_ids"]
             self.engine = "slots" if supports_slots(self.model, probe) else "generate"
 
-    def generate(self, messages: Sequence[list[dict[str, str]]], do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, num_return_sequences: int = 1, seed: int | None = None,
+    def generate(self, messages: Sequence[list[dict[str, str]]], *, n: int = 1, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] | None = None, max_new_tokens: int | None = None,
                  progress: Any = None) -> list[list[Generation]]:
-        """One list of ``num_return_sequences`` generations per prompt, in input order."""
+        """One list of ``n`` generations per prompt, in input order (the ``Generator`` protocol)."""
+        stops = tuple(self.stop_strings if stop is None else stop)
+        budget = max_new_tokens or self.max_new_tokens
         texts = prompt_texts(self.tokenizer, messages)
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         prefix = shared_prefix(enc) if self.prefix_cache else []
         suffixes = [ids[len(prefix):] for ids in enc]
         if self.engine == "slots":
-            return self._generate_slots(prefix, suffixes, do_sample, temperature, top_p, num_return_sequences, seed,
-                                        progress)
+            return self._generate_slots(prefix, suffixes, do_sample, temperature, top_p, n, seed, progress,
+                                        stops, budget)
         cache = self._prefix_cache(prefix) if prefix else None
         order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))
         results: list[list[Generation]] = [[] for _ in texts]
@@ -118,16 +121,17 @@ class TeacherGenerator:
             idx = order[start:start + self.batch_size]
             if seed is not None:
                 torch.manual_seed(seed + start)
-            rows = [suffixes[i] for i in idx for _ in range(num_return_sequences)]
-            gens = self._generate_batch(prefix, rows, cache, do_sample, temperature, top_p)
+            rows = [suffixes[i] for i in idx for _ in range(n)]
+            gens = self._generate_batch(prefix, rows, cache, do_sample, temperature, top_p, stops, budget)
             for k, i in enumerate(idx):
-                results[i] = gens[k * num_return_sequences:(k + 1) * num_return_sequences]
+                results[i] = gens[k * n:(k + 1) * n]
             if progress is not None:
                 progress.update(len(idx))
         return results
 
     def _generate_slots(self, prefix: list[int], suffixes: list[list[int]], do_sample: bool, temperature: float,
-                        top_p: float, k: int, seed: int | None, progress: Any) -> list[list[Generation]]:
+                        top_p: float, k: int, seed: int | None, progress: Any, stops: tuple[str, ...],
+                        budget: int) -> list[list[Generation]]:
         order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
         rows = [i for i in order for _ in range(k)]  # a prompt's k samples side by side
         left = [k] * len(suffixes)
@@ -137,11 +141,10 @@ class TeacherGenerator:
             if progress is not None and left[rows[r]] == 0:
                 progress.update(1)
 
-        stops = tuple(self.stop_strings)
         decoder = SlotDecoder(self.model, {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id},
-                              self.tokenizer.pad_token_id, self.batch_size, self.max_new_tokens,
+                              self.tokenizer.pad_token_id, self.batch_size, budget,
                               step_text=lambda toks: self.tokenizer.decode(toks[-12:], skip_special_tokens=True),
-                              is_stop=lambda text: text.endswith(stops),
+                              is_stop=lambda text: bool(stops) and text.endswith(stops),
                               at_label=lambda text: bool(self.label_key_re.search(text)),
                               label_probs=self._probs_from_logits)
         done = decoder.run(prefix, [suffixes[i] for i in rows], do_sample, temperature, top_p, seed, on_done)
@@ -167,7 +170,7 @@ class TeacherGenerator:
 
     @torch.inference_mode()
     def _generate_batch(self, prefix: list[int], suffixes: list[list[int]], cache: Any, do_sample: bool,
-                        temperature: float, top_p: float) -> list[Generation]:
+                        temperature: float, top_p: float, stops: tuple[str, ...], budget: int) -> list[Generation]:
         """Rows laid out as ``[prefix][left padding][suffix]``: the prefix KV is shared, and
         positions (from the attention mask) stay contiguous for every row."""
         pad = self.tokenizer.pad_token_id
@@ -183,9 +186,10 @@ class TeacherGenerator:
         for i, row in enumerate(suffixes):
             ids[i, ids.shape[1] - len(row):] = torch.tensor(row)
             mask[i, ids.shape[1] - len(row):] = 1
-        kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": self.max_new_tokens,
-                                  "pad_token_id": pad, "return_dict_in_generate": True, "output_scores": True,
-                                  "stop_strings": self.stop_strings, "tokenizer": self.tokenizer}
+        kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": budget,
+                                  "pad_token_id": pad, "return_dict_in_generate": True, "output_scores": True}
+        if stops:
+            kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
         if cache is not None:
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(n)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imports for annotations only; hookspecs stay import-light
         Student,
     )
     from .domain import Domain
+    from .generators import GenerationBackend
     from .runstore import RunInfo, StageResult
 
 PROJECT = "reasondistill"
@@ -95,6 +96,19 @@ def register_annotators(register: Callable[[Annotator], None]) -> None:
 
     :param register: call ``register(annotator)`` for each
         :class:`~reasondistill.components.Annotator`.
+    :return: nothing.
+    """
+
+
+@hookspec
+def register_generation_backends(register: Callable[[GenerationBackend], None]) -> None:
+    """Add generation backends: ways to run the teacher (a local model, a server, an API).
+
+    Every stage that makes the teacher write gets its :class:`~reasondistill.generators.Generator`
+    from the backend the recipe names (``backends.teacher`` or a stage's ``backend`` option).
+
+    :param register: call ``register(backend)`` for each
+        :class:`~reasondistill.generators.GenerationBackend`; its ``name`` is what ``uses:`` names.
     :return: nothing.
     """
 

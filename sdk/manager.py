@@ -29,6 +29,7 @@ REGISTER_HOOKS: dict[str, tuple[str, str]] = {
     "register_stages": ("stage", "pipeline"),
     "register_teacher_stages": ("stage", "teacher"),
     "register_annotators": ("annotator", "annotator"),
+    "register_generation_backends": ("backend", "backend"),
     "register_students": ("student", "student"),
     "register_distill_losses": ("loss", "loss"),
     "register_domains": ("domain", "domain"),

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .components import Stage
 from .errors import RecipeError
+from .generators import BackendSpec
 
 MAX_RECIPE_BYTES = 1_000_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -52,6 +53,8 @@ class Recipe(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)
     seed: int = 0
     reward_weights: dict[str, float] = Field(default_factory=dict)
+    #: role -> generation backend (``teacher``: how the teacher runs; default ``transformers``)
+    backends: dict[str, BackendSpec] = Field(default_factory=dict)
     #: never run code shipped with a model unless the recipe says so (and the run logs it)
     trust_remote_code: bool = False
     stages: list[StageSpec] = Field(min_length=1)
@@ -188,6 +191,11 @@ def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[R
     catalogue.get("domain", recipe.domain, "domain") if recipe.domain else None
     out = []
     context = {"catalogue": catalogue, "recipe": recipe}
+    for role, spec in recipe.backends.items():
+        try:
+            BackendSpec.model_validate(spec.model_dump(), context=context)
+        except ValidationError as exc:
+            raise recipe_error(exc, prefix=f"backends.{role}", source=source) from None
     names = [s.stage_name for s in recipe.stages]
     for i, spec in enumerate(recipe.stages):
         try:

@@ -98,5 +98,5 @@ def test_stop_strings_and_label_probs(tiny_causal_lm):
     scores = [torch.randn(1, len(gen.tokenizer)) for _ in ids]
     probs = gen._label_probs(ids, scores, 0)
     assert probs is not None and abs(sum(probs) - 1) < 1e-5
-    out = gen.generate([dom.messages(r) for r in generate_pairs(n=6)], num_return_sequences=2, do_sample=True, seed=0)
+    out = gen.generate([dom.messages(r) for r in generate_pairs(n=6)], n=2, do_sample=True, seed=0)
     assert len(out) == 6 and all(len(o) == 2 for o in out)

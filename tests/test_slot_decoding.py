@@ -90,7 +90,7 @@ def test_generator_engines_agree(tiny_causal_lm):
     assert slots.engine == "slots"
     plain = TeacherGenerator(str(tiny_causal_lm), dom, batch_size=3, max_new_tokens=8, engine="generate")
     assert [o[0].text for o in slots.generate(messages)] == [o[0].text for o in plain.generate(messages)]
-    sampled = slots.generate(messages, do_sample=True, num_return_sequences=2, seed=0)
+    sampled = slots.generate(messages, do_sample=True, n=2, seed=0)
     assert [len(o) for o in sampled] == [2] * 7
     with pytest.raises(ValueError, match="engine"):
         TeacherGenerator(str(tiny_causal_lm), dom, engine="paged")

@@ -1,0 +1,208 @@
+"""The generation seam: one protocol every teacher backend speaks, and how a stage gets one.
+
+Every stage that makes the teacher write (annotation, preference sampling, teacher evaluation,
+STaR rationalization) asks :func:`load_generator` for a :class:`Generator` and never builds a
+model itself. Parsing, voting, retries of unparsable answers and sharding stay above the seam, in
+the stages, so a backend only turns chat messages into completions. Backends are components
+(kind ``backend``) registered by plugins through ``register_generation_backends``: the built-in
+``transformers`` (a local model folder) and ``openai`` (any OpenAI-compatible server: vLLM,
+SGLang, TGI, llama.cpp, ``transformers serve``); a third party adds its own the same way.
+
+A recipe picks the backend once for the teacher role (``backends: {teacher: {uses: openai,
+options: {...}}}``) or per stage (a stage's ``backend`` option, the annotator's
+``annotator_options.backend``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
+
+from .components import Component
+
+if TYPE_CHECKING:
+    from .domain import Domain
+    from .runstore import StageContext
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    """One completion. ``error`` is set (and ``text`` empty) when the backend gave up on it after its
+    own retries; the stages turn such a completion into an unparsed row that carries the error."""
+
+    text: str
+    tokens: int
+    label_probs: list[float] | None = None
+    error: str | None = None
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What a loaded backend does: completions for chat prompts.
+
+    ``identity`` names the teacher for fingerprints and the ``teacher`` column: a model folder's
+    path, or a served model's id as the server lists it, never an address or a key.
+    """
+
+    identity: str
+
+    def generate(self, messages: Sequence[Messages], *, n: int = 1, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] | None = None, max_new_tokens: int | None = None,
+                 progress: Any = None) -> list[list[Generation]]:
+        """``n`` completions per prompt, in input order.
+
+        :param messages: one chat (system + user messages) per prompt.
+        :param n: completions per prompt (sampled when ``n > 1`` and ``do_sample``).
+        :param do_sample: sample with ``temperature`` / ``top_p``; greedy otherwise.
+        :param seed: makes sampling repeatable where the backend can.
+        :param stop: a completion ends right after the first of these strings (kept in the text);
+            ``None`` means the domain's ``Label: <name>`` lines, ``[]`` means no stop strings.
+        :param max_new_tokens: the token budget of one completion (``None``: the backend's).
+        :param progress: a tqdm-like object; ``update(1)`` per finished prompt.
+        """
+
+
+class BackendSpec(BaseModel):
+    """A recipe's choice of backend: ``{uses: openai, options: {...}}``.
+
+    Validated against the backend's own ``Options`` whenever a catalogue is in the validation
+    context (as it is in ``reasondistill validate`` and every run), so a typo fails before work.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    uses: str = "transformers"
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> BackendSpec:
+        catalogue = (info.context or {}).get("catalogue") if info is not None else None
+        if catalogue is not None:
+            backend = catalogue.get("backend", self.uses, "uses")
+            try:
+                self.options = backend.options(self.options).model_dump(mode="json")
+            except ValidationError as exc:  # one line: options.<field>: <reason>
+                err = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in ("options", *err["loc"]))
+                raise ValueError(f"{where}: {'unknown option' if err['type'] == 'extra_forbidden' else err['msg']} "
+                                 f"(backend {self.uses!r})") from None
+        return self
+
+    def hash_view(self, catalogue: Any) -> dict[str, Any]:
+        """What of this choice changes the completions (transport settings left out)."""
+        backend = catalogue.get("backend", self.uses, "backend")
+        return {"uses": self.uses, "options": hash_view(backend.options(self.options))}
+
+
+class GenerationBackend(Component):
+    """A way to run the teacher. ``load`` returns a :class:`Generator`.
+
+    ``local`` is true when the backend runs a model folder in this process (the teacher the
+    recipe's own stages train); false when the model lives elsewhere (a server), in which case
+    ``load`` gets ``model=None`` and the backend's options name the model.
+    """
+
+    kind = "backend"
+    local: ClassVar[bool] = True
+
+    @abstractmethod
+    def load(self, model: str | None, domain: Domain, options: Any, *, batch_size: int, max_new_tokens: int,
+             trust_remote_code: bool = False) -> Generator:
+        """Return a ready generator.
+
+        :param model: the local teacher folder (or hub id) for local backends; ``None`` otherwise.
+        :param domain: the run's domain (its label names and stop strings).
+        :param options: this backend's validated ``Options``.
+        :param batch_size: the calling stage's batch size (a hint; a server backend has its own
+            concurrency).
+        :param max_new_tokens: the default token budget of one completion.
+        """
+
+
+def hash_view(options: BaseModel) -> dict[str, Any]:
+    """The options that change a stage's outputs, for its hash.
+
+    A field declared with ``json_schema_extra={"hash": False}`` (a server address, concurrency,
+    timeouts, retries: how the work travels, not what it computes) is left out, so tuning it
+    resumes a cut-off stage instead of redoing it. Nested backend specs are viewed the same way.
+    """
+    dumped = options.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name, info in type(options).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("hash") is False:
+            continue
+        value = getattr(options, name)
+        out[name] = hash_view(value) if isinstance(value, BaseModel) and not isinstance(value, BackendSpec) \
+            else dumped[name]
+    return out
+
+
+def effective_spec(recipe: Any, spec: BackendSpec | dict | None) -> BackendSpec:
+    """A stage's own backend, else the recipe's ``backends.teacher``, else ``transformers``."""
+    if spec is None:
+        spec = recipe.backends.get("teacher")
+    if spec is None:
+        return BackendSpec()
+    return spec if isinstance(spec, BackendSpec) else BackendSpec.model_validate(spec)
+
+
+def load_generator(ctx: StageContext, spec: BackendSpec | dict | None = None, *, model: str | None = None,
+                   trained: bool = False, batch_size: int = 16, max_new_tokens: int = 96) -> Generator:
+    """The generator a stage uses.
+
+    :param spec: the stage's own backend choice (``None``: the recipe's teacher backend).
+    :param model: the local teacher folder for a local backend (default: the latest earlier
+        ``teacher`` output, else ``models.teacher``); a served backend ignores it.
+    :param trained: ``model`` is a folder this stage has just trained, which a server cannot be
+        running: a backend that is not local gives way to ``transformers`` for it.
+    """
+    chosen = effective_spec(ctx.recipe, spec)
+    backend = ctx.hooks.catalogue.get("backend", chosen.uses, "backend")
+    if trained and not backend.local:
+        chosen = BackendSpec()
+        backend = ctx.hooks.catalogue.get("backend", chosen.uses, "backend")
+    if backend.local and model is None:
+        model = current_teacher(ctx)
+        if model is None:
+            ctx.model("teacher")  # raises the one-line error naming models.teacher
+    return backend.load(model if backend.local else None, ctx.domain, backend.options(chosen.options),
+                        batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        trust_remote_code=ctx.recipe.trust_remote_code)
+
+
+def current_teacher(ctx: StageContext) -> str | None:
+    """The local teacher: the latest earlier ``teacher`` output, else ``models.teacher``, else None."""
+    if ctx.has_input("teacher"):
+        return str(ctx.input("teacher"))
+    return ctx.model("teacher") if "teacher" in ctx.recipe.models else None
+
+
+def label_mass(top: dict[str, float], labels: Sequence[str]) -> list[float] | None:
+    """Label probabilities from the log-probabilities of the candidate tokens at the label position.
+
+    A token counts for a label when its text (trimmed, any case) starts exactly one label name; a
+    token that starts two labels tells them apart from nothing and is dropped (the same rule as the
+    local engine's first-token sets). ``None`` when no candidate starts a label.
+    """
+    names = [name.lower() for name in labels]
+    mass = [0.0] * len(labels)
+    for token, logprob in top.items():
+        piece = token.strip().lower()
+        hits = [i for i, name in enumerate(names) if piece and name.startswith(piece)]
+        if len(hits) == 1:
+            mass[hits[0]] += math.exp(logprob)
+    total = sum(mass)
+    return [m / total for m in mass] if total > 0 else None
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to and including the earliest stop string (a server may write past it)."""
+    ends = [text.find(s) + len(s) for s in stop if s and s in text]
+    return text[:min(ends)] if ends else text
