@@ -8,6 +8,8 @@ Fixtures:
 - ``rd_engine``: an :class:`~reasondistill.Engine` on ``rd_hooks`` writing under ``tmp_path``.
 - ``tiny_causal_lm`` / ``tiny_encoder``: folders with a tiny Llama / BERT and a tokenizer trained
   offline (built once per session).
+- ``tiny_teacher``: the tiny causal LM taught the ``local_services`` answer format (it writes
+  parsable chains and varied labels under greedy decoding; built once per session, ~20 s).
 - ``tiny_pairs``: 64 graded pairs from the embedded ``local_services`` generator.
 
 All imports of the ML stack happen inside fixtures, so installing reasondistill never slows down
@@ -55,6 +57,13 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
     from reasondistill.tiny import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    from reasondistill.tiny import build_tiny_teacher
+
+    return build_tiny_teacher(tmp_path_factory.mktemp("tiny-teacher"))
 
 
 @pytest.fixture(scope="session")

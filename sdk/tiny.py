@@ -103,3 +103,52 @@ def build_tiny_encoder(out_dir: str | Path, seed: int = 0, hidden: int = 64, lay
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0) -> Path:
+    """A tiny causal LM taught the ``local_services`` answer format, so greedy decoding writes
+    ``Reasoning: ...`` and a label that varies with the pair (about 20 s on 2 CPU cores).
+
+    The untrained tiny model writes the same blank lines for every prompt, so every label, label
+    probability and accuracy check on its output would compare constants. This one parses on
+    every dev prompt and answers all three labels (about 40% accuracy after 200-300 steps): enough
+    for tests whose expected values depend on what the teacher wrote. A plain torch loop on
+    completion tokens only, not trl, to keep the fixture to seconds and free of trainer state.
+    """
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reasondistill.plugins.local_services import LocalServices, generate_pairs
+
+    out = Path(out_dir)
+    build_tiny_causal_lm(out, seed=seed)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    dom = LocalServices()
+    examples = []
+    for row in generate_pairs(n=2000, seed=11, noise=0.0):
+        prompt = tok.apply_chat_template(dom.messages(row), tokenize=False, add_generation_prompt=True)
+        answer = dom.format_completion(row["rationale"], row["label"]) + tok.eos_token
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tok(answer, add_special_tokens=False)["input_ids"]
+        examples.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(examples, 16)
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (x, y) in enumerate(batch):
+            ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    return out
