@@ -91,6 +91,70 @@ def test_hook_register_annotators(rd_hooks, register_plugin):
     assert "echo" in _names(rd_hooks, "annotator")
 
 
+def test_hook_register_generation_backends(rd_engine, register_plugin):
+    """A third-party backend serves every stage that makes the teacher write: STaR rationalization,
+    preference sampling, teacher_eval and annotation all reach it through the seam."""
+    from reasondistill import Generation, GenerationBackend, Options as BaseOptions
+
+    calls: list[tuple[int, int, bool]] = []
+
+    class Scripted:
+        identity = "scripted:v1"
+
+        def __init__(self, domain):
+            self.domain = domain
+
+        def generate(self, messages, *, n=1, do_sample=False, temperature=1.0, top_p=1.0, seed=None, stop=None,
+                     max_new_tokens=None, progress=None):
+            calls.append((len(messages), n, do_sample))
+            out = []
+            for m in messages:
+                user = m[-1]["content"]
+                hint = [i for i, name in enumerate(self.domain.labels) if f"'{name}'" in user]  # STaR tells the label
+                label = hint[0] if hint else len(user) % 3
+                text = self.domain.format_completion(f"because {user.splitlines()[0]}", label)
+                out.append([Generation(text, 5, [float(i == label) for i in range(3)]) for _ in range(n)])
+            return out
+
+    class ScriptedBackend(GenerationBackend):
+        name = "scripted"
+        local = False
+
+        class Options(BaseOptions):
+            flavour: str = "plain"
+
+        def load(self, model, domain, options, *, batch_size, max_new_tokens, trust_remote_code=False):
+            assert model is None, "a backend that is not local is handed no model folder"
+            return Scripted(domain)
+
+    class P:
+        @hookimpl
+        def register_generation_backends(self, register):
+            register(ScriptedBackend())
+
+    register_plugin(P(), "scripted_backend")
+    assert rd_engine.hooks.catalogue.kind("backend")["scripted"].plugin == "scripted_backend"
+    recipe = Recipe(name="seam", models={"teacher": "tiny-causal-lm"},
+                    backends={"teacher": {"uses": "scripted", "options": {"flavour": "x"}}},
+                    stages=[step("pairs", n=24, dev_fraction=0.25),
+                            step("reasoning", source="rationalize", limit=4),
+                            step("preference", prompts=2, candidates=2, max_steps=1, min_margin=0.0, lora=False,
+                                 max_length=512, batch_size=2, label_flips=True),
+                            step("teacher_eval", rows=3),
+                            step("annotate", annotator_options={"max_new_tokens": 8, "retries": 0})])
+    res = rd_engine.run(recipe)
+    assert calls[0] == (4, 1, False) and res["reasoning"].metrics["rationalized"] == 4
+    assert calls[1] == (2, 2, True), "preference sampled its candidates through the backend"
+    assert calls[2] == (3, 1, False) and res["teacher_eval"].metrics["teacher_parse_rate"] == 1.0
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(rd_engine.runs_dir / "seam" / "annotate" / "annotations")).to_list()
+    dom = LocalServices()
+    assert [r["label"] for r in rows] == [len(dom.user_prompt(r)) % 3 for r in rows]
+    assert {r["teacher"] for r in rows} == {"scripted:v1"}
+    assert all(r["label_probs"] == [float(i == r["label"]) for i in range(3)] for r in rows)
+
+
 def test_hook_register_students(rd_hooks, register_plugin):
     assert "encoder-classifier" in _names(rd_hooks, "student")
 

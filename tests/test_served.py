@@ -66,8 +66,9 @@ def test_greedy_request_and_no_logprobs(fault):
 
 def test_retries_500_429_malformed_then_success(fault):
     fault.script = ["500", "429", "garbage"]
+    gen = _gen(fault)
     started = time.time()
-    [[g]] = _gen(fault).generate(_messages(1))
+    [[g]] = gen.generate(_messages(1))
     assert g.error is None and g.text == ANSWER
     assert len(fault.requests) == 4
     assert time.time() - started >= 1.0, "Retry-After: 1 was honoured"
