@@ -7,6 +7,14 @@ buckets), our annotator on transformers ``generate`` (length buckets, shared-pre
 the label), and our annotator's default engine, continuous slot batching (finished rows refilled
 at once), at several batch sizes, plus int8 dynamic quantization. Agreement: share of prompts whose
 greedy text equals the per-pair loop's (and whose parsed label is the same).
+
+Served teacher (``--backend openai``): the ``openai`` backend against a running server, at each
+``--concurrency``, beside the local slot engine on the same prompts and the same model folder
+(``--teacher``), with label agreement against it; a row against an instant local fake server
+gives the client's own ceiling, and parsing is timed apart, to say where the time goes:
+
+    transformers serve "$(python -c 'from reasondistill.models import resolve_model as r; print(r("smollm2-135m-instruct"))')" --port 8011 --dtype float32 &
+    python benchmarks/annotate.py --backend openai --base-url http://127.0.0.1:8011/v1 --prompts 64
 """
 
 from __future__ import annotations
@@ -48,7 +56,15 @@ def main() -> None:
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--teacher", default="smollm2-135m-instruct",
                    help="registered model or folder, e.g. an SFT teacher that writes labels")
+    p.add_argument("--backend", choices=["transformers", "openai"], default="transformers")
+    p.add_argument("--base-url", help="the server's API root (--backend openai)")
+    p.add_argument("--model", default="auto", help="the served model's name (--backend openai)")
+    p.add_argument("--concurrency", default="1,8,32,64", help="requests in flight (--backend openai)")
     args = p.parse_args()
+    if args.backend == "openai":
+        if not args.base_url:
+            p.error("--backend openai needs --base-url")
+        return served(args)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,6 +131,58 @@ def main() -> None:
     print(table(("system", "prompts", "new tokens", "tokens/s", "x batch-16 baseline", "pairs/s", "same text as loop",
                  "same label as loop", "same label as plain batch 16", "parse rate", "fraction of fp32 roofline"),
                 out_rows))
+
+
+def served(args) -> None:
+    """The openai backend at each concurrency beside the local slot engine (same prompts, model)."""
+    import torch
+
+    from reasondistill.generation import TeacherGenerator
+    from reasondistill.models import resolve_model
+    from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
+    from reasondistill.plugins.product_search import ProductSearch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.served import FaultServer
+
+    torch.set_num_threads(2)
+    dom = ProductSearch()
+    rows = read_jsonl(args.data / "dev.jsonl", args.prompts, seed=3)
+    messages = [dom.messages(r) for r in rows]
+
+    def run(gen) -> tuple[list, float]:
+        t = time.perf_counter()
+        outs = [o[0] for o in gen.generate(messages, max_new_tokens=args.max_new_tokens)]
+        return outs, time.perf_counter() - t
+
+    local_gen = TeacherGenerator(resolve_model(args.teacher), dom, batch_size=64, max_new_tokens=args.max_new_tokens)
+    local, local_s = run(local_gen)
+    del local_gen
+    t = time.perf_counter()
+    local_labels = [dom.parse_completion(g.text).label for g in local]
+    parse_ms = (time.perf_counter() - t) * 1000 / len(local)
+    out_rows = [["local slot engine, batch 64", "-", len(local) / local_s, sum(g.tokens for g in local) / local_s,
+                 1.0, 1.0, sum(lab is not None for lab in local_labels) / len(local), 0]]
+    fake = FaultServer(model="fake")
+    try:
+        for c in (int(x) for x in args.concurrency.split(",")):
+            for name, url, model in ((f"openai backend, {args.base_url}", args.base_url, args.model),
+                                     ("client only (instant local fake server)", fake.url, "fake")):
+                gen = OpenAIGenerator(dom, OpenAIBackendOptions(model=model, base_url=url, concurrency=c, timeout=600),
+                                      args.max_new_tokens)
+                outs, secs = run(gen)
+                labels = [dom.parse_completion(g.text).label for g in outs]
+                same_label = sum(a == b for a, b in zip(labels, local_labels)) / len(outs)
+                same_text = sum(a.text == b.text for a, b in zip(outs, local)) / len(outs)
+                out_rows.append([name, c, len(outs) / secs, sum(g.tokens for g in outs) / secs,
+                                 same_text if url != fake.url else "-", same_label if url != fake.url else "-",
+                                 sum(lab is not None for lab in labels) / len(outs), sum(bool(g.error) for g in outs)])
+    finally:
+        fake.close()
+    print(f"{args.teacher}, {len(messages)} Home Depot dev prompts, max_new_tokens {args.max_new_tokens}, greedy; "
+          f"parsing {parse_ms:.3f} ms a completion (client side)")
+    print(table(("system", "concurrency", "pairs/s", "tokens/s", "same text as local", "same label as local",
+                 "parse rate", "failed"), out_rows))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def httpx_module():
 
 
 class OpenAIBackendOptions(Options):
-    model: str = Field(description="the model's name as the server lists it under GET /v1/models")
+    model: str = Field(description="the model's name as the server lists it under GET /v1/models; 'auto': the "
+                                   "server's only model")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="the server's OpenAI API root (ends in /v1)",
                           json_schema_extra=TRANSPORT)
     api_key_env: str | None = Field(None, description="NAME of the environment variable holding the API key "
@@ -148,10 +149,14 @@ class OpenAIGenerator:
             entries = {m["id"]: m for m in payload["data"]}
         except (KeyError, TypeError) as exc:
             raise self._fail(f"GET /models returned no model list ({type(exc).__name__}: {exc})") from None
-        entry = entries.get(self.options.model)
+        name = self.options.model
+        if name == "auto" and len(entries) == 1:
+            name = next(iter(entries))
+        entry = entries.get(name)
         if entry is None:
-            raise self._fail(f"model {self.options.model!r} is not served; the server lists: "
-                             f"{', '.join(sorted(entries)) or 'nothing'}")
+            raise self._fail(f"model {name!r} is not served{' (auto needs exactly one)' if name == 'auto' else ''}; "
+                             f"the server lists: {', '.join(sorted(entries)) or 'nothing'}")
+        self.model = entry["id"]
         root = entry.get("root")
         return f"served:{entry['id']}" + (f"@{root}" if root and root != entry["id"] else "")
 
@@ -239,7 +244,7 @@ class OpenAIGenerator:
 
     def _body(self, messages, do_sample, temperature, top_p, seed, stops, budget) -> dict[str, Any]:
         o = self.options
-        body: dict[str, Any] = {"model": o.model, "max_tokens": budget,
+        body: dict[str, Any] = {"model": self.model, "max_tokens": budget,
                                 "temperature": temperature if do_sample else 0.0}
         if do_sample:
             body["top_p"] = top_p

@@ -301,3 +301,22 @@ def test_server_killed_mid_annotation_then_restarted_loses_and_duplicates_nothin
     assert sum(r["parse_ok"] for r in expected) >= 110 and len({r["label"] for r in expected}) >= 2
     keys = ("pair_id", "label", "completion", "reasoning", "parse_ok", "teacher", "error")
     assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in expected]
+
+
+def test_served_teacher_recipe_end_to_end(tiny_served, tmp_path, rd_hooks):
+    """The built-in served_teacher recipe (tiny profile) against a real server: annotate with
+    ``model: auto``, distil and export the student; no local teacher anywhere."""
+    from reasondistill import Engine, load_recipe
+
+    recipe = load_recipe("served_teacher", profile="tiny")
+    options = {**recipe.backends["teacher"].options, "base_url": tiny_served.url, "concurrency": 4}
+    recipe = recipe.model_copy(update={"backends": {"teacher": {"uses": "openai", "options": options}}})
+    recipe = type(recipe).model_validate(recipe.model_dump())
+    assert "teacher" not in recipe.models
+    res = Engine(rd_hooks, runs_dir=tmp_path / "runs").run(recipe)
+    ann = res["annotate"].metrics
+    assert ann["pairs"] == 120 and ann["failed"] == 0 and ann["parse_rate"] >= 0.9
+    assert 0.0 < ann["teacher_accuracy"] < 1.0
+    rows = load_from_disk(str(tmp_path / "runs" / "served_teacher" / "annotate" / "annotations")).to_list()
+    assert {r["teacher"] for r in rows} == {f"served:{tiny_served.model}"}
+    assert "dev_macro_f1" in res["distill"].metrics and res["export"].metrics["agreement_fp32"] >= 0.95
