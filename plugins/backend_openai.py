@@ -160,6 +160,15 @@ class OpenAIGenerator:
         root = entry.get("root")
         return f"served:{entry['id']}" + (f"@{root}" if root and root != entry["id"] else "")
 
+    def close(self) -> None:
+        """Close the pooled connections (also done when the generator is collected)."""
+        self.client.close()
+
+    def __del__(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
     # --- one request --------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict | None = None) -> Any:
         """One attempt: the parsed JSON, or ``_Retry``; a whole-response deadline and a size bound."""

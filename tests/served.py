@@ -82,7 +82,7 @@ class FaultServer:
     def next_action(self, body: dict) -> str:
         with self._lock:
             self.requests.append(body)
-            user = body.get("messages", [{}])[-1].get("content", "")
+            user = body["messages"][-1]["content"] if "messages" in body else body.get("prompt", "")
             if any(q in user for q in self.fail_queries):
                 return "500"
             return self.script.pop(0) if self.script else "ok"
@@ -124,7 +124,8 @@ class FaultServer:
                     return
                 action = server.next_action(body)
                 if action == "ok":
-                    self._send(200, json.dumps(completion(body)).encode())
+                    chat = self.path.endswith("/chat/completions")
+                    self._send(200, json.dumps(completion(body) if chat else text_completion(body)).encode())
                 elif action in ("500", "401"):
                     self._send(int(action), b'{"error": "scripted failure"}')
                 elif action == "429":
@@ -162,3 +163,15 @@ def completion(body: dict) -> dict:
         choice["logprobs"] = {"content": content}
     return {"id": "x", "object": "chat.completion", "model": body.get("model"), "choices": [choice],
             "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}}
+
+
+def text_completion(body: dict) -> dict:
+    """The same answer in the legacy ``/v1/completions`` shape (``logprobs`` as parallel lists)."""
+    chat = completion({**body, "logprobs": True})
+    content = chat["choices"][0]["logprobs"]["content"]
+    choice = {"index": 0, "finish_reason": "stop", "text": chat["choices"][0]["message"]["content"]}
+    if body.get("logprobs"):
+        choice["logprobs"] = {"tokens": [c["token"] for c in content],
+                              "token_logprobs": [c["logprob"] for c in content],
+                              "top_logprobs": [{t["token"]: t["logprob"] for t in c["top_logprobs"]} for c in content]}
+    return {"id": "x", "object": "text_completion", "choices": [choice], "usage": chat["usage"]}

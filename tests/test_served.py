@@ -57,6 +57,18 @@ def test_completion_label_probs_and_stop_cut(fault):
     assert "stop" not in fault.requests[0]
 
 
+def test_completions_endpoint_renders_the_prompt_and_reads_its_logprobs(fault, tiny_causal_lm):
+    e = [math.exp(-3.0), math.exp(-2.0), math.exp(-0.2)]
+    [[plain]] = _gen(fault, endpoint="completions").generate(_messages(1))
+    assert plain.text == ANSWER and plain.label_probs == pytest.approx([x / sum(e) for x in e])
+    body = fault.requests[-1]
+    assert "messages" not in body and body["logprobs"] == 5
+    assert body["prompt"] == "".join(m["content"] + "\n\n" for m in _messages(1)[0])
+    _gen(fault, endpoint="completions", chat_template=str(tiny_causal_lm)).generate(_messages(1))
+    assert fault.requests[-1]["prompt"].startswith("<|im_start|>system\n") and \
+        fault.requests[-1]["prompt"].endswith("<|im_start|>assistant\n")
+
+
 def test_greedy_request_and_no_logprobs(fault):
     _gen(fault, logprobs=False, send_stop=True, extra_body={"top_k": 3}).generate(_messages(1), max_new_tokens=7)
     body = fault.requests[0]
@@ -271,6 +283,10 @@ def test_served_greedy_equals_local_backend(tiny_served, tiny_teacher):
     for engine in ("generate", "slots"):
         local = TeacherGenerator(str(tiny_teacher), DOM, batch_size=4, max_new_tokens=48, engine=engine)
         assert [o[0].text for o in local.generate(msgs)] == remote, engine
+    legacy = OpenAIGenerator(DOM, OpenAIBackendOptions(model=tiny_served.model, base_url=tiny_served.url,
+                                                       endpoint="completions", chat_template=str(tiny_teacher),
+                                                       **FAST), max_new_tokens=48)
+    assert [o[0].text for o in legacy.generate(msgs[:4])] == remote[:4]
 
 
 def test_server_killed_mid_annotation_then_restarted_loses_and_duplicates_nothing(tiny_served, tmp_path):
