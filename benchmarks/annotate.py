@@ -13,7 +13,8 @@ Served teacher (``--backend openai``): the ``openai`` backend against a running 
 (``--teacher``), with label agreement against it; a row against an instant local fake server
 gives the client's own ceiling, and parsing is timed apart, to say where the time goes:
 
-    transformers serve "$(python -c 'from reasondistill.models import resolve_model as r; print(r("smollm2-135m-instruct"))')" --port 8011 --dtype float32 &
+    transformers serve "$(python -c 'from reasondistill.models import resolve_model as r; print(r("smollm2-135m-instruct"))')" \
+        --port 8011 --dtype float32 --continuous-batching &
     python benchmarks/annotate.py --backend openai --base-url http://127.0.0.1:8011/v1 --prompts 64
 """
 
@@ -133,6 +134,24 @@ def main() -> None:
                 out_rows))
 
 
+class FakeServerProcess:
+    """The tests' instant fake OpenAI server in its own process (in this one, its threads and the
+    client's would share one GIL and the "client only" row would measure that contention)."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from tests.served import FaultServer; "
+                "s = FaultServer(model='fake'); print(s.url, flush=True); time.sleep(10**6)")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1])],
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def served(args) -> None:
     """The openai backend at each concurrency beside the local slot engine (same prompts, model)."""
     import torch
@@ -141,9 +160,6 @@ def served(args) -> None:
     from reasondistill.models import resolve_model
     from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
     from reasondistill.plugins.product_search import ProductSearch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.served import FaultServer
 
     torch.set_num_threads(2)
     dom = ProductSearch()
@@ -163,7 +179,7 @@ def served(args) -> None:
     parse_ms = (time.perf_counter() - t) * 1000 / len(local)
     out_rows = [["local slot engine, batch 64", "-", len(local) / local_s, sum(g.tokens for g in local) / local_s,
                  1.0, 1.0, sum(lab is not None for lab in local_labels) / len(local), 0]]
-    fake = FaultServer(model="fake")
+    fake = FakeServerProcess()
     try:
         for c in (int(x) for x in args.concurrency.split(",")):
             for name, url, model in ((f"openai backend, {args.base_url}", args.base_url, args.model),
