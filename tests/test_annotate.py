@@ -100,3 +100,28 @@ def test_stop_strings_and_label_probs(tiny_causal_lm):
     assert probs is not None and abs(sum(probs) - 1) < 1e-5
     out = gen.generate([dom.messages(r) for r in generate_pairs(n=6)], n=2, do_sample=True, seed=0)
     assert len(out) == 6 and all(len(o) == 2 for o in out)
+
+
+def test_hidden_labels_keep_their_gold_label(rd_engine):
+    """``pairs`` with ``hide_labels`` moves ``label`` to ``gold_label``; annotation keeps it (it
+    used to write -1 for every row) and scores the teacher against it."""
+    from reasondistill import Recipe, step
+
+    from .served import FaultServer
+
+    server = FaultServer()  # answers "relevant" (2) to every pair
+    try:
+        recipe = Recipe(name="hidden", backends={"teacher": {"uses": "openai",
+                                                            "options": {"model": server.model, "base_url": server.url}}},
+                        stages=[step("pairs", n=30, dev_fraction=0.0, hide_labels=True),
+                                step("annotate", annotator_options={"retries": 0})])
+        res = rd_engine.run(recipe)
+    finally:
+        server.close()
+    pool = load_from_disk(str(rd_engine.runs_dir / "hidden" / "pairs" / "pairs")).to_list()
+    rows = load_from_disk(str(rd_engine.runs_dir / "hidden" / "annotate" / "annotations")).to_list()
+    assert "label" not in pool[0]
+    assert [r["gold_label"] for r in rows] == [p["gold_label"] for p in pool]
+    assert len({r["gold_label"] for r in rows}) == 3 and all(r["label"] == 2 for r in rows)
+    share = sum(p["gold_label"] == 2 for p in pool) / len(pool)
+    assert res["annotate"].metrics["teacher_accuracy"] == pytest.approx(share, abs=1e-4)
