@@ -1,4 +1,5 @@
-"""The ``export`` stage: ONNX fp32 + int8 for serving, with label agreement against torch fp32."""
+"""The ``export`` stage: the hub-ready student package (weights, tokenizer, ONNX fp32 + int8, lineage,
+model card), with label agreement and latency of each ONNX variant against torch fp32."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ class ExportStage(Stage):
     def run(self, ctx, options: ExportOptions) -> StageResult:
         from reasondistill.onnx_export import OnnxPredictor, export_onnx
         from reasondistill.serving import Predictor, render_items
+        from reasondistill.student_package import finish_package, start_package
 
         student = ctx.input("student")
-        files = export_onnx(student, ctx.dir / "onnx", quantize=options.quantize, optimize=options.optimize)
+        onnx_dir = start_package(student, ctx.dir / "model")
+        files = export_onnx(student, onnx_dir, quantize=options.quantize, optimize=options.optimize)
         metrics = {}
         if options.agreement_rows and ctx.has_input("dev"):
             dev = ctx.load_dataset("dev")
@@ -33,11 +36,12 @@ class ExportStage(Stage):
             torch_pred = Predictor(student)
             metrics["latency_ms_student_torch"] = median_ms(torch_pred, queries, items)
             for variant in files:
-                pred = OnnxPredictor(ctx.dir / "onnx", variant)
+                pred = OnnxPredictor(onnx_dir, variant)
                 got = pred.predict_proba(queries, items).argmax(-1)
                 metrics[f"agreement_{variant}"] = round(float((got == ref).mean()), 4)
                 metrics[f"latency_ms_student_onnx_{variant}"] = median_ms(pred, queries, items)
-        return StageResult(outputs={"onnx": "onnx"}, metrics=metrics)
+        finish_package(ctx.run.dir, ctx.dir / "model", metrics)
+        return StageResult(outputs={"model": "model", "onnx": "model/onnx"}, metrics=metrics)
 
 
 def median_ms(predictor, queries, items, n: int = 50) -> float:

@@ -39,6 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list the built-in recipes")
 
+    p = sub.add_parser("serve", help="score pairs over HTTP with a run's exported student (POST /score)")
+    p.add_argument("target", help="a run name (under --runs-dir), a run folder, or a student package folder")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    from .score_server import ServeOptions
+
+    for name, field in ServeOptions.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = {"int": int, "float": float}.get(getattr(field.annotation, "__name__", ""), str)
+        if name == "threads":
+            kind = int
+        p.add_argument(flag, dest=name, type=kind, default=None, help=f"{field.description} (default {field.default})")
+
+    p = sub.add_parser("push", help="upload a run's student package to the Hugging Face Hub")
+    p.add_argument("target", help="a run name (under --runs-dir), a run folder, or a student package folder")
+    p.add_argument("--repo-id", required=True, help="the hub repository, e.g. my-org/relevance-student")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="check the folder and list what would be uploaded")
+
     p = sub.add_parser("show", help="a run's stages, timings and metrics as a table")
     p.add_argument("run", help="run name (under --runs-dir) or a run folder")
     p.add_argument("--runs-dir", default="runs")
@@ -106,7 +127,49 @@ def cmd_show(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "recipes": cmd_recipes, "show": cmd_show}
+def cmd_serve(args) -> int:
+    from .score_server import ServeOptions, serve
+    from .student_package import find_package
+
+    folder = find_package(args.target, args.runs_dir)
+    given = {k: getattr(args, k) for k in ServeOptions.model_fields if getattr(args, k) is not None}
+    try:
+        options = ServeOptions(**given)
+    except Exception as exc:
+        from .errors import RecipeError
+
+        err = exc.errors(include_url=False)[0]
+        raise RecipeError("--" + str(err["loc"][0]).replace("_", "-"), err["msg"]) from None
+    serve(folder, args.host, args.port, options)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .student_package import find_package, missing
+
+    folder = find_package(args.target, args.runs_dir)
+    missing(folder, raise_error=True)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    if args.dry_run:
+        print(f"{folder} -> {args.repo_id} ({len(files)} files):")
+        for f in files:
+            print(f"  {f}")
+        return 0
+    from huggingface_hub import HfApi
+
+    from .errors import ArtifactError
+
+    try:
+        api = HfApi()
+        api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+        url = api.upload_folder(folder_path=str(folder), repo_id=args.repo_id, commit_message="reasondistill push")
+    except Exception as exc:  # offline, no token, no rights: one line, nothing half-done locally
+        raise ArtifactError(f"push to {args.repo_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    print(f"pushed {len(files)} files to {url}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "serve": cmd_serve, "push": cmd_push, "validate": cmd_validate, "plugins": cmd_plugins, "recipes": cmd_recipes, "show": cmd_show}
 
 
 def main(argv: list[str] | None = None) -> int:

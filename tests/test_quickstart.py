@@ -7,7 +7,7 @@ def test_quickstart_tiny_profile_end_to_end(tiny_quickstart, capsys):
     runs = tiny_quickstart
     run = runs / "quickstart"
     assert (run / "distill" / "student" / "model.safetensors").exists()
-    assert (run / "export" / "onnx" / "model.int8.onnx").exists()
+    assert (run / "export" / "model" / "onnx" / "model.int8.onnx").exists()
     report = (run / "report.md").read_text()
     for plot in ("distill_confusion.png", "annotate_teacher_confusion.png", "preference_rewards.png", "latency.png",
                  "metrics.png", "sft_loss.png"):

@@ -203,7 +203,7 @@ def test_onnx_export_gives_torch_labels(rd_engine):
 
     folder = rd_engine.runs_dir / "stu"
     torch_pred = Predictor(folder / "distill" / "student")
-    onnx_pred = OnnxPredictor(folder / "export" / "onnx", "fp32", batch_size=5)
+    onnx_pred = OnnxPredictor(folder / "export" / "model" / "onnx", "fp32", batch_size=5)
     q, i = ["cheap pizza", "gym near harbor open late"] * 4, ["Blue Door: pizza", "Sunny Club: gym; district: Harbor"] * 4
     import numpy as np
 

@@ -1,0 +1,202 @@
+"""The shippable student: a hub-ready folder with weights, tokenizer, ONNX files, lineage and a card.
+
+Layout (``runs/<run>/export/model``)::
+
+    config.json  model.safetensors  tokenizer.json  tokenizer_config.json  reasondistill.json
+    onnx/model.onnx  onnx/model.int8.onnx  (+ tokenizer, so onnx/ serves on its own)
+    lineage.json     what the card says, as data (``GET /metadata`` of ``reasondistill serve``)
+    README.md        the model card, written from the run's manifests
+
+``reasondistill push RUN --repo-id ID`` uploads exactly this folder with ``huggingface_hub``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+LINEAGE = "lineage.json"
+REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "reasondistill.json", "onnx/model.onnx",
+            LINEAGE, "README.md")
+
+
+def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
+    """What produced the student, read from the run's recipe and manifests."""
+    from reasondistill import __version__
+
+    from .fingerprint import canonical_hash
+    from .report import run_stages
+
+    recipe = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
+    stages = run_stages(run_dir)
+    out: dict[str, Any] = {"run": run_dir.name, "recipe_hash": canonical_hash(recipe)[:16],
+                           "domain": recipe.get("domain"), "reasondistill": __version__,
+                           "stages": {name: (m or {}).get("hash", "")[:16] for name, m in stages}}
+    by_use = {(m or {}).get("uses"): (name, m) for name, m in stages if m}
+    if "annotate" in by_use:
+        name, m = by_use["annotate"]
+        metrics = m["metrics"]
+        out["teacher"] = _teacher_id(run_dir / name / m["outputs"]["annotations"]["path"])
+        out["annotations"] = {k: metrics[k] for k in ("pairs", "parse_rate", "failed", "teacher_macro_f1",
+                                                      "teacher_accuracy", "dev_teacher_macro_f1") if k in metrics}
+    else:
+        out["teacher"] = recipe.get("models", {}).get("teacher")
+    if "distill" in by_use:
+        name, m = by_use["distill"]
+        out["student"] = {"base_model": recipe.get("models", {}).get("student"), "loss": m["options"].get("loss"),
+                          "train_rows": m["metrics"].get("train_rows"), "steps": m["metrics"].get("steps")}
+        out["dev_metrics"] = {k.removeprefix("dev_"): v for k, v in m["metrics"].items() if k.startswith("dev_")}
+        out["retention"] = {k.removeprefix("vs_teacher_"): v for k, v in m["metrics"].items()
+                            if k.startswith("vs_teacher_")}
+    out["export"] = export_metrics
+    return out
+
+
+def _teacher_id(annotations: Path) -> str | None:
+    from datasets import load_from_disk
+
+    try:
+        ds = load_from_disk(str(annotations))
+        return ds[0]["teacher"] if len(ds) and "teacher" in ds.column_names else None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def model_card(info: dict[str, Any], labels: list[str]) -> str:
+    """A README with hub front matter; every figure comes from ``info`` (the lineage)."""
+    import yaml
+
+    front = {"library_name": "transformers", "pipeline_tag": "text-classification",
+             "tags": ["reasondistill", "relevance", "cross-encoder", "knowledge-distillation", "onnx"],
+             "metrics": ["f1"]}
+    base = (info.get("student") or {}).get("base_model")
+    if base and "/" in base and not base.startswith(("/", ".")):
+        front["base_model"] = base
+    dev, ret, exp, ann = (info.get(k) or {} for k in ("dev_metrics", "retention", "export", "annotations"))
+
+    def rows(data: dict[str, Any]) -> str:
+        return "\n".join(f"| {k} | {v} |" for k, v in data.items()) or "| (none recorded) | |"
+
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# {info['run']}: a distilled relevance student
+
+Scores how relevant an item is to a search query, as one of {len(labels)} grades
+({', '.join(f'`{x}`' for x in labels)}), in milliseconds on a CPU. Distilled by
+reasondistill (Contrastive Reasoning Self-Distillation, arXiv 2510.11056) from
+the annotations of a reasoning LLM teacher; at inference it reads only the query and the item.
+
+## Use
+
+```bash
+reasondistill serve .            # POST /score {{"pairs": [{{"query": "...", "item": "..."}}]}}
+```
+
+```python
+from reasondistill.onnx_export import OnnxPredictor
+probs = OnnxPredictor("onnx", "int8").predict_proba(["cordless drill"], ["20V cordless drill, 2 batteries"])
+```
+
+The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max(1, len(labels) - 1)}`.
+
+## Lineage
+
+| | |
+|---|---|
+| teacher | `{info.get('teacher')}` |
+| student base | `{base}` |
+| loss | {(info.get('student') or {}).get('loss')} |
+| training rows | {(info.get('student') or {}).get('train_rows')} |
+| domain | {info.get('domain')} |
+| recipe hash | `{info.get('recipe_hash')}` |
+| reasondistill | {info.get('reasondistill')} |
+
+Teacher annotations:
+
+| metric | value |
+|---|---|
+{rows(ann)}
+
+## Metrics on the gold dev split
+
+| metric | value |
+|---|---|
+{rows(dev)}
+
+Against the teacher on the same dev pairs (retention = student / teacher):
+
+| metric | value |
+|---|---|
+{rows(ret)}
+
+## Export
+
+| metric | value |
+|---|---|
+{rows(exp)}
+
+Agreement is the share of dev pairs whose ONNX label equals the torch fp32 label; latency is the
+median of batch-1 calls on the machine that ran the export.
+
+## Intended use and limits
+
+- Relevance of items to queries in the **{info.get('domain')}** domain it was trained on, as a fast
+  re-ranking or filtering signal. Other domains, languages or label scales need their own run.
+- It learned from a teacher's labels: it inherits the teacher's mistakes and cannot be more right
+  than the annotations allow (see the teacher's figures above and the retention table).
+- The dev figures are measured on the run's gold dev split, not on live traffic: check the student on
+  your own queries before you ship it.
+"""
+
+
+def start_package(student: Path, out: Path) -> Path:
+    """``out`` as a fresh copy of the student's ``save_pretrained`` folder; ONNX files go in ``out/onnx``."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(student, out)
+    return out / "onnx"
+
+
+def finish_package(run_dir: Path, out: Path, export_metrics: dict[str, Any]) -> Path:
+    """Write the lineage and the model card into ``out`` and check nothing is missing."""
+    info = lineage(run_dir, export_metrics)
+    (out / LINEAGE).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+    labels = json.loads((out / "reasondistill.json").read_text()).get("labels", []) \
+        if (out / "reasondistill.json").exists() else []
+    (out / "README.md").write_text(model_card(info, labels), encoding="utf-8")
+    missing(out, raise_error=True)
+    return out
+
+
+def missing(folder: Path, raise_error: bool = False) -> list[str]:
+    """Files a complete package lacks (none when it is ready to upload)."""
+    absent = [f for f in REQUIRED if not (Path(folder) / f).exists()]
+    if absent and raise_error:
+        raise ArtifactError(f"{folder}: the student package lacks {', '.join(absent)}")
+    return absent
+
+
+def read_lineage(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / LINEAGE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def find_package(target: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """A package folder, or the one a run's export stage wrote (``RUN`` or ``runs/RUN``)."""
+    for candidate in (Path(target), Path(runs_dir) / str(target)):
+        if (candidate / "reasondistill.json").exists() and (candidate / "onnx").exists():
+            return candidate
+        if (candidate / "recipe.json").exists():
+            from .report import run_stages
+
+            for name, manifest in reversed(run_stages(candidate)):
+                if manifest and "model" in manifest.get("outputs", {}):
+                    return candidate / name / manifest["outputs"]["model"]["path"]
+            raise ArtifactError(f"{candidate}: no finished stage wrote a student package (run an export stage)")
+    raise ArtifactError(f"{target}: neither a student package folder nor a run (looked in {runs_dir} too)")

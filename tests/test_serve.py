@@ -1,0 +1,242 @@
+"""``reasondistill serve`` and the student package: a real server on a free local port."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reasondistill.plugins.backend_openai import httpx_module
+
+from .reliability.helpers import env
+from .served import free_port
+
+httpx = httpx_module()
+LIMITS = ["--max-pairs", "64", "--max-chars", "2000", "--max-body-bytes", "400000", "--body-timeout-s", "1.5"]
+
+
+def start_server(target: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "reasondistill", "serve", str(target), "--port", str(port), *flags],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("serve did not answer within 120 s")
+
+
+@pytest.fixture(scope="module")
+def package(tiny_quickstart) -> Path:
+    return tiny_quickstart / "quickstart" / "export" / "model"
+
+
+@pytest.fixture(scope="module")
+def server(package):
+    proc, url = start_server(package, *LIMITS)
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dev_pairs(tiny_quickstart) -> list[dict]:
+    from datasets import load_from_disk
+
+    dev = load_from_disk(str(tiny_quickstart / "quickstart" / "pairs" / "dev")).to_list()
+    return [{k: r[k] for k in ("query", "item", "district", "price", "hours") if k in r} for r in dev[:48]]
+
+
+def test_scores_equal_the_in_process_predictor(server, package, dev_pairs):
+    from reasondistill.onnx_export import OnnxPredictor
+    from reasondistill.plugins.local_services import LocalServices
+
+    got = httpx.post(server + "/score", json={"pairs": dev_pairs}, timeout=30).json()["results"]
+    predictor = OnnxPredictor(package / "onnx", "int8")
+    dom = LocalServices()
+    probs = predictor.predict_proba([dom.query_text(r) for r in dev_pairs], [dom.item_text(r) for r in dev_pairs])
+    labels = ["irrelevant", "partly relevant", "relevant"]
+    assert [r["label_id"] for r in got] == probs.argmax(-1).tolist()
+    assert [r["label"] for r in got] == [labels[i] for i in probs.argmax(-1)]
+    for r, p in zip(got, probs):
+        assert list(r["probs"].values()) == pytest.approx(p.tolist(), abs=1e-5)
+        assert r["score"] == pytest.approx((p[1] + 2 * p[2]) / 2, abs=1e-5)
+
+
+def test_rerank_sorts_documents_by_score(server, dev_pairs):
+    query = dev_pairs[0]["query"]
+    docs = [p["item"] for p in dev_pairs[:8]]
+    ranked = httpx.post(server + "/rerank", json={"query": query, "documents": docs, "top_n": 5,
+                                                  "return_documents": True}, timeout=30).json()["results"]
+    scores = httpx.post(server + "/score", json={"pairs": [{"query": query, "item": d} for d in docs]},
+                        timeout=30).json()["results"]
+    expected = sorted(range(8), key=lambda i: (-scores[i]["score"], i))[:5]
+    assert [r["index"] for r in ranked] == expected
+    assert all(r["document"] == docs[r["index"]] for r in ranked)
+
+
+def _raw(url: str, payload: bytes, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(url + "/score", content=payload, headers={"content-type": "application/json", **(headers or {})},
+                      timeout=30)
+
+
+PAIR = {"query": "pizza", "item": "Golden Pizza House"}
+BAD_INPUTS = [
+    ("malformed JSON", b'{"pairs": [', 400, "not valid JSON"),
+    ("invalid UTF-8", b'{"pairs": [{"query": "\xff\xfe", "item": "x"}]}', 400, "not valid UTF-8"),
+    ("not an object", b'[1, 2]', 422, "JSON object"),
+    ("missing pairs", b'{}', 422, "pairs: missing"),
+    ("extra top-level field", json.dumps({"pairs": [PAIR], "debug": 1}).encode(), 422, "unknown field 'debug'"),
+    ("missing item", json.dumps({"pairs": [{"query": "q"}]}).encode(), 422, "pairs[0].item: missing"),
+    ("extra pair field", json.dumps({"pairs": [{**PAIR, "colour": "red"}]}).encode(), 422, "unknown field 'colour'"),
+    ("query not a string", json.dumps({"pairs": [{"query": 5, "item": "x"}]}).encode(), 422, "must be a string"),
+    ("empty string", json.dumps({"pairs": [{"query": "  ", "item": "x"}]}).encode(), 422, "empty string"),
+    ("empty pairs", b'{"pairs": []}', 422, "empty list"),
+    ("10,000 pairs", json.dumps({"pairs": [{"query": "q", "item": "i"}] * 10000}).encode(), 413, "max_pairs 64"),
+    ("a 1 MB field", json.dumps({"pairs": [{"query": "q", "item": "x" * 1_000_000}]}).encode(), 413,
+     "max_body_bytes"),
+    ("a 3,000-character field", json.dumps({"pairs": [{"query": "q", "item": "x" * 3000}]}).encode(), 413,
+     "max_chars 2000"),
+]
+
+
+@pytest.mark.parametrize("name, payload, status, reason", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_a_4xx_with_a_one_line_reason(server, name, payload, status, reason):
+    resp = _raw(server, payload)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert reason in error and "\n" not in error
+    assert httpx.post(server + "/score", json={"pairs": [PAIR]}, timeout=30).status_code == 200, "still serving"
+
+
+def _answer(sock: socket.socket) -> str:
+    """A whole HTTP response from a raw socket (headers and a JSON body)."""
+    sock.settimeout(10)
+    data = b""
+    while not data.rstrip().endswith(b"}"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def test_declared_oversize_body_is_refused_before_reading(server):
+    with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1]))) as s:
+        s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{")
+        head = _answer(s)
+    assert head.startswith("HTTP/1.1 413") and "max_body_bytes" in head
+
+
+def test_slow_client_gets_408_while_others_are_served(server):
+    port = int(server.rsplit(":", 1)[1])
+    body = json.dumps({"pairs": [PAIR]}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+        started = time.time()
+        fast = httpx.post(server + "/score", json={"pairs": [PAIR]}, timeout=30)
+        assert fast.status_code == 200 and time.time() - started < 1.0, "another client is served meanwhile"
+        answer = _answer(slow)
+    assert answer.startswith("HTTP/1.1 408") and "not received within 1.5 s" in answer
+
+
+def test_concurrent_requests_are_micro_batched(server, dev_pairs):
+    before = httpx.get(server + "/health").json()["batches"]
+    results: dict[int, dict] = {}
+
+    def one(i: int) -> None:
+        results[i] = httpx.post(server + "/score", json={"pairs": [dev_pairs[i]]}, timeout=30).json()["results"][0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batches = httpx.get(server + "/health").json()["batches"] - before
+    assert batches < 32, "concurrent requests shared batches"
+    together = httpx.post(server + "/score", json={"pairs": dev_pairs[:32]}, timeout=30).json()["results"]
+    assert [results[i]["label"] for i in range(32)] == [r["label"] for r in together]
+
+
+def test_full_queue_is_503_with_retry_after(package):
+    proc, url = start_server(package, "--max-queue", "4", "--max-wait-ms", "800")
+    try:
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(httpx.post(url + "/score", json={"pairs": [PAIR] * 4},
+                                                                    timeout=30)))
+        t.start()
+        while httpx.get(url + "/health").json()["queued_pairs"] < 4:
+            time.sleep(0.01)
+        busy = httpx.post(url + "/score", json={"pairs": [PAIR]}, timeout=30)
+        t.join()
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "max_queue 4" in busy.json()["error"]
+        assert first[0].status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_graceful_shutdown_finishes_queued_requests(package):
+    proc, url = start_server(package, "--max-wait-ms", "1000")
+    answers: list[int] = []
+
+    def one() -> None:
+        answers.append(httpx.post(url + "/score", json={"pairs": [PAIR]}, timeout=30).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 30
+    while httpx.get(url + "/health").json()["queued_pairs"] < 8 and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    assert answers == [200] * 8
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its shutdown
+
+
+def test_metadata_and_model_card(server, package):
+    from huggingface_hub import ModelCard
+
+    meta = httpx.get(server + "/metadata").json()
+    assert meta["teacher"].startswith("preference/teacher@") and len(meta["recipe_hash"]) == 16
+    assert {"macro_f1", "accuracy", "f1_relevant", "auc_relevant", "ndcg@10"} <= set(meta["dev_metrics"])
+    assert "retention_macro_f1" in meta["retention"] and meta["export"]["agreement_int8"] >= 0.95
+    assert meta["annotations"]["pairs"] == 160 and meta["variant"] == "int8"
+    card = ModelCard((package / "README.md").read_text())
+    assert card.data.pipeline_tag == "text-classification" and "reasondistill" in card.data.tags
+    assert f"`{meta['teacher']}`" in card.text and str(meta["dev_metrics"]["macro_f1"]) in card.text
+    assert str(meta["export"]["agreement_int8"]) in card.text
+
+
+def test_push_dry_run_lists_a_complete_folder_and_offline_push_is_one_line(tiny_quickstart, package):
+    runs = tiny_quickstart
+    cmd = [sys.executable, "-m", "reasondistill", "push", "quickstart", "--runs-dir", str(runs), "--repo-id", "me/student"]
+    dry = subprocess.run(cmd + ["--dry-run"], env=env(), capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    listed = {line.strip() for line in dry.stdout.splitlines()[1:]}
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "lineage.json", "reasondistill.json",
+            "onnx/model.onnx", "onnx/model.int8.onnx"} <= listed
+    offline = subprocess.run(cmd, env={**env(), "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_x"}, capture_output=True,
+                             text=True, timeout=120)
+    assert offline.returncode == 2 and len(offline.stderr.strip().splitlines()) == 1
+    assert "push to me/student failed" in offline.stderr and "hf_x" not in offline.stderr
+    from reasondistill.student_package import missing
+
+    assert missing(package) == []
