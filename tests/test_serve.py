@@ -170,7 +170,8 @@ def test_concurrent_requests_are_micro_batched(server, dev_pairs):
     batches = httpx.get(server + "/health").json()["batches"] - before
     assert batches < 32, "concurrent requests shared batches"
     together = httpx.post(server + "/score", json={"pairs": dev_pairs[:32]}, timeout=30).json()["results"]
-    assert [results[i]["label"] for i in range(32)] == [r["label"] for r in together]
+    for i, r in enumerate(together):  # probabilities, not labels: the tiny student's labels are nearly constant
+        assert list(results[i]["probs"].values()) == pytest.approx(list(r["probs"].values()), abs=1e-5)
 
 
 def test_full_queue_is_503_with_retry_after(package):
