@@ -80,7 +80,9 @@ class OnnxPredictor:
     """onnxruntime predictor with the same bucketing and padding as the torch ``Predictor``."""
 
     def __init__(self, onnx_dir: str | Path, variant: str = "int8", batch_size: int = 64, threads: int | None = None,
-                 max_length: int | None = None):
+                 max_length: int | None = None, spin: bool = True):
+        """``spin=False``: idle onnxruntime threads sleep instead of spinning (a server, whose event
+        loop needs the cores between batches)."""
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -92,6 +94,8 @@ class OnnxPredictor:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         file = folder / ("model.int8.onnx" if variant == "int8" else "model.onnx")
         self.session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -72,7 +72,8 @@ class Scorer:
         else:
             from .onnx_export import OnnxPredictor
 
-            self.predictor = OnnxPredictor(self.folder / "onnx", variant, batch_size=batch_size, threads=threads)
+            self.predictor = OnnxPredictor(self.folder / "onnx", variant, batch_size=batch_size, threads=threads,
+                                           spin=False)
         if not self.labels:
             self.labels = [str(i) for i in range(self.predictor.predict_proba(["q"], ["i"]).shape[1])]
 
