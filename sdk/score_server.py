@@ -72,8 +72,7 @@ class Scorer:
         else:
             from .onnx_export import OnnxPredictor
 
-            self.predictor = OnnxPredictor(self.folder / "onnx", variant, batch_size=batch_size, threads=threads,
-                                           spin=False)
+            self.predictor = OnnxPredictor(self.folder / "onnx", variant, batch_size=batch_size, threads=threads)
         if not self.labels:
             self.labels = [str(i) for i in range(self.predictor.predict_proba(["q"], ["i"]).shape[1])]
 
@@ -145,7 +144,16 @@ class MicroBatcher:
     async def submit(self, pairs: list[dict[str, Any]]) -> np.ndarray:
         if self.queued_pairs + len(pairs) > self.max_queue:
             raise BadRequest(503, f"server busy: {self.queued_pairs} pairs queued (max_queue {self.max_queue})")
-        job = _Job(pairs, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        if not self._busy and not self.queue and not self.max_wait:  # idle: score now, no hop through the loop
+            self._busy, self.queued_pairs = True, self.queued_pairs + len(pairs)
+            try:
+                return await loop.run_in_executor(self._pool, self.score, pairs)
+            finally:
+                self._busy, self.queued_pairs, self.batches = False, self.queued_pairs - len(pairs), self.batches + 1
+                if self.queue:
+                    self._wake.set()
+        job = _Job(pairs, loop.create_future())
         self.queue.append(job)
         self.queued_pairs += len(pairs)
         self._wake.set()
@@ -156,7 +164,7 @@ class MicroBatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.queue:
+            while self.queue and not self._busy:
                 if self.max_wait and sum(len(j.pairs) for j in self.queue) < self.max_batch:
                     await asyncio.sleep(self.max_wait)
                 jobs, size = [], 0
@@ -234,8 +242,12 @@ async def read_json(request: Any, options: ServeOptions) -> Any:
                 raise BadRequest(413, f"body larger than max_body_bytes {options.max_body_bytes}")
 
     try:
-        await asyncio.wait_for(receive(), options.body_timeout_s)
-    except asyncio.TimeoutError:
+        if hasattr(asyncio, "timeout"):  # 3.11+: no extra task per request
+            async with asyncio.timeout(options.body_timeout_s):
+                await receive()
+        else:  # pragma: no cover - Python 3.10
+            await asyncio.wait_for(receive(), options.body_timeout_s)
+    except (asyncio.TimeoutError, TimeoutError):
         raise BadRequest(408, f"body not received within {options.body_timeout_s:g} s") from None
     try:
         text = bytes(data).decode("utf-8")
