@@ -112,7 +112,9 @@ def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0) -> 
     The untrained tiny model writes the same blank lines for every prompt, so every label, label
     probability and accuracy check on its output would compare constants. This one parses on
     every dev prompt and answers all three labels (about 40% accuracy after 200-300 steps): enough
-    for tests whose expected values depend on what the teacher wrote. A plain torch loop on
+    for tests whose expected values depend on what the teacher wrote. A quarter of its training
+    prompts carry STaR's "the correct label is ..." hint, so rationalization answers parse too
+    (and follow the hint only in part, so the STaR filter has chains to drop). A plain torch loop on
     completion tokens only, not trl, to keep the fixture to seconds and free of trainer state.
     """
     import random
@@ -128,8 +130,10 @@ def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0) -> 
     model = AutoModelForCausalLM.from_pretrained(out)
     dom = LocalServices()
     examples = []
-    for row in generate_pairs(n=2000, seed=11, noise=0.0):
-        prompt = tok.apply_chat_template(dom.messages(row), tokenize=False, add_generation_prompt=True)
+    for i, row in enumerate(generate_pairs(n=2000, seed=11, noise=0.0)):
+        # one in four prompts carries STaR's hint, so rationalization prompts are answered in format too
+        chat = dom.rationalize_prompt(row, row["label"]) if i % 4 == 0 else dom.messages(row)
+        prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         answer = dom.format_completion(row["rationale"], row["label"]) + tok.eos_token
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
