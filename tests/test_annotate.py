@@ -28,7 +28,9 @@ stages:
 def _cmd(runs, recipe, procs=1):
     if procs == 1:
         return [sys.executable, "-m", "reasondistill", "run", str(recipe), "--runs-dir", str(runs)]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", "29533",
+    from .served import free_port
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", str(free_port()),
             "-m", "reasondistill", "run", str(recipe), "--runs-dir", str(runs)]
 
 
@@ -66,13 +68,16 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tmp_path):
     proc = subprocess.Popen(_cmd(runs, recipe), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and len(list(shards.glob("shard-*.jsonl"))) < 3:
-        time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(list(shards.glob("shard-*.jsonl")))
     assert 3 <= done < 10, f"killed after {done} of 10 shards"
     assert not (runs / "ann" / "annotate" / "manifest.json").exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
     subprocess.run(_cmd(runs, recipe), check=True, env=_env(), capture_output=True, timeout=600)
+    assert {p: (shards / p).stat().st_mtime_ns for p in finished} == finished, "the rerun resumed: no shard redone"
     got = _rows(runs)
     assert [r["pair_id"] for r in got] == [r["pair_id"] for r in expected]
     assert got == expected

@@ -281,3 +281,32 @@ def test_saved_student_is_the_trained_one(rd_engine):
     assert m["macro_f1"] == pytest.approx(metrics["dev_macro_f1"], abs=1e-4)
     saved = json.loads((rd_engine.runs_dir / "save" / "distill" / "dev_predictions.json").read_text())
     assert saved["pred"] == pred and len(set(pred)) >= 2, "the in-stage predictions are the saved student's"
+
+
+def test_hide_verdict_reaches_the_dev_reasoning_view(rd_engine, tmp_path, monkeypatch):
+    """With ``hide_verdict`` the dev reasoning view is scored on chains without their verdict, as
+    the student was trained (the dev side used to be checked only for a metric in [0, 1])."""
+    import json
+
+    import reasondistill.evaluation as evaluation
+
+    rows = [{"query": r["query"], "item": r["item"], "label": r["label"],
+             "rationale": f"{r['rationale']} So it is {DOM.labels[r['label']]}."} for r in generate_pairs(n=80, seed=4)]
+    for name, part in (("train", rows[:60]), ("dev", rows[60:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    seen: list[list[str]] = []
+    real = evaluation.reasoning_view_proba
+
+    def spy(student, tokenizer, component, options, queries, items, reasonings):
+        seen.append(list(reasonings))
+        return real(student, tokenizer, component, options, queries, items, reasonings)
+
+    monkeypatch.setattr(evaluation, "reasoning_view_proba", spy)
+    recipe = Recipe(name="hv", models={"student": "tiny-encoder"},
+                    stages=[step("pairs", source=str(tmp_path / "train.jsonl"), dev_source=str(tmp_path / "dev.jsonl")),
+                            step("distill", train_input="pairs", reasoning_column="rationale", hide_verdict=True,
+                                 max_steps=2, batch_size=8, student_options={"max_length": 48, "reasoning_tokens": 32})])
+    rd_engine.run(recipe)
+    assert seen and len(seen[0]) == 20
+    assert not any(name in text.lower() for text in seen[0] for name in DOM.labels)
+    assert all(text.startswith(r["rationale"].split(" So it is")[0][:20]) for text, r in zip(seen[0], rows[60:]))

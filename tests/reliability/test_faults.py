@@ -83,18 +83,25 @@ def test_sigkill_during_manifest_write_leaves_no_half_manifest(tmp_path, monkeyp
 
 
 def test_truncated_shard_is_detected_and_redone(tmp_path):
+    """A run cut off after a shard was truncated (the manifest never written, the stage's state
+    left as running): the rerun resumes, finds the shard by its sha256, redoes it alone."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(CRSD.format(stage="annotate", options="{shard_size: 16, annotator_options: {max_new_tokens: 6}}"))
     run(recipe, tmp_path / "runs")
     stage = tmp_path / "runs" / "f" / "annotate"
     before = load_from_disk(str(stage / "annotations")).to_list()
-    shard = sorted((stage / "annotations_shards").glob("shard-*.jsonl"))[2]
+    shards = sorted((stage / "annotations_shards").glob("shard-*.jsonl"))
+    shard = shards[2]
     shard.write_text(shard.read_text()[:100])  # truncated by a full disk, say
-    (stage / MANIFEST).unlink()  # the run was cut before it finished
+    manifest = json.loads((stage / MANIFEST).read_text())
+    (stage / MANIFEST).unlink()  # the run was cut before it finished: state still "running"
+    (stage / ".state.json").write_text(json.dumps({"hash": manifest["hash"], "status": "running"}))
+    untouched = {p.name: p.stat().st_mtime_ns for p in shards if p != shard}
     FAULTS["injected"] += 1
     run(recipe, tmp_path / "runs")
     after = load_from_disk(str(stage / "annotations")).to_list()
     assert after == before and len({r["pair_id"] for r in after}) == len(after)
+    assert {p.name: p.stat().st_mtime_ns for p in shards if p != shard} == untouched, "only the bad shard is redone"
 
 
 def test_deleted_model_file_is_recomputed(tmp_path):
