@@ -71,7 +71,13 @@ class Annotator(Component):
 
     @abstractmethod
     def annotate(self, ctx: StageContext, pairs: Dataset, teacher: str, options: Any) -> Dataset:
-        """Return ``pairs`` plus ``label``, ``reasoning``, ``label_probs``, ``teacher``, ``parse_ok``."""
+        """Return ``pairs`` plus ``label``, ``reasoning``, ``label_probs``, ``teacher``, ``parse_ok``
+        (and ``error`` for rows whose generation failed; the stage redoes those on a rerun).
+
+        ``teacher`` is the local teacher folder, or ``""`` when the recipe has none (a served
+        teacher); an annotator that makes the teacher write gets it from
+        :func:`reasondistill.generators.load_generator`.
+        """
 
 
 class Student(Component):
