@@ -72,11 +72,21 @@ def load_causal_lm(path: str, trust: bool = False):
 
 
 def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
-    """Train (resuming from the last checkpoint of an interrupted run), merge LoRA, save safetensors."""
+    """Train (resuming from the last checkpoint of an interrupted run), merge LoRA, save safetensors.
+
+    The saved teacher is marked done (``trained.json``) before anything else runs: a stage that
+    fails afterwards (its evaluation, a scorer plugin) keeps it, and the rerun reuses it instead
+    of training again from step 0.
+    """
     import shutil
 
     from transformers.trainer_utils import get_last_checkpoint
 
+    from reasondistill.fingerprint import write_atomic
+
+    done = ctx.dir / "trained.json"
+    if ctx.resuming and done.exists() and (out / "config.json").exists():
+        return {**json.loads(done.read_text()), "resumed_from": "trained"}
     ckpt = ctx.dir / "checkpoints"
     last = get_last_checkpoint(str(ckpt)) if ctx.resuming and ckpt.exists() else None
     result = trainer.train(resume_from_checkpoint=last)
@@ -88,8 +98,9 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))
     shutil.rmtree(ckpt, ignore_errors=True)
-    return {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
-            "resumed_from": last.rsplit("-", 1)[-1] if last else None}
+    trained = {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5)}
+    write_atomic(done, json.dumps(trained))
+    return {**trained, "resumed_from": last.rsplit("-", 1)[-1] if last else None}
 
 
 def evaluate_teacher(ctx, rows: list[dict[str, Any]], max_new_tokens: int = 96, batch_size: int = 16,

@@ -188,11 +188,13 @@ class Hooks:
         vector: dict[str, float] = {}
         owner: dict[str, str] = {}
         for plugin, scores in self._each("score_reasoning", example=example, completion=completion, domain=domain):
+            if scores is not None and not isinstance(scores, dict):
+                raise PluginError(plugin, "score_reasoning", f"returned {type(scores).__name__}, not a dict or None")
             for dim, value in (scores or {}).items():
                 if dim in owner:
                     raise PluginError(plugin, "score_reasoning", f"dimension {dim!r} is already scored by {owner[dim]!r}")
                 owner[dim] = plugin
-                vector[dim] = float(value)
+                vector[dim] = checked_score(plugin, dim, value)
         return vector
 
     def aggregate_reward(self, scores: dict[str, float], weights: dict[str, float]) -> float:
@@ -205,6 +207,21 @@ class Hooks:
     def on_stage_end(self, run: Any, stage: str, result: Any) -> None:
         for _ in self._each("on_stage_end", run=run, stage=stage, result=result):
             pass
+
+
+def checked_score(plugin: str, dim: str, value: Any) -> float:
+    """A reward score as a float in [0, 1]; anything else is the plugin's error, named.
+
+    Checked at the source: a NaN or a 5.0 accepted here used to flow into preference margins,
+    metrics and manifests (as non-standard JSON ``NaN``) with every stage marked complete.
+    """
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PluginError(plugin, "score_reasoning", f"dimension {dim!r}: score {value!r} is not a number")
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise PluginError(plugin, "score_reasoning", f"dimension {dim!r}: score {value!r} is outside [0, 1]")
+    return float(value)
 
 
 def weighted_mean(scores: dict[str, float], weights: dict[str, float]) -> float:

@@ -7,6 +7,7 @@ watching it fail (listed in docs/testing.md).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -310,3 +311,44 @@ def test_hide_verdict_reaches_the_dev_reasoning_view(rd_engine, tmp_path, monkey
     assert seen and len(seen[0]) == 20
     assert not any(name in text.lower() for text in seen[0] for name in DOM.labels)
     assert all(text.startswith(r["rationale"].split(" So it is")[0][:20]) for text, r in zip(seen[0], rows[60:]))
+
+
+@pytest.mark.parametrize("value, reason", [(float("nan"), "outside [0, 1]"), (5.0, "outside [0, 1]"),
+                                           (-0.1, "outside [0, 1]"), ("0.5", "not a number"), (True, "not a number")])
+def test_reward_scores_outside_0_1_name_the_plugin_and_dimension(rd_hooks, register_plugin, value, reason):
+    from reasondistill import PluginError, hookimpl
+
+    class Bad:
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            return {"vibes": value}
+
+    register_plugin(Bad(), "bad_scorer")
+    with pytest.raises(PluginError, match=rf"'bad_scorer'.*'score_reasoning'.*dimension 'vibes'.*{re.escape(reason)}") as err:
+        rd_hooks.score_reasoning({"query": "q", "item": "i"}, "Reasoning: x\nLabel: relevant", DOM)
+    assert "\n" not in str(err.value)
+
+
+def test_failure_after_training_keeps_the_teacher_and_the_rerun_reuses_it(rd_engine, register_plugin):
+    """sft trains, saves, then its dev evaluation fails in a scorer plugin: the rerun resumes with
+    the trained teacher instead of training again from step 0."""
+    from reasondistill import PluginError, hookimpl
+
+    class Broken:
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            raise RuntimeError("scorer down")
+
+    recipe = Recipe(name="keep", models={"teacher": "tiny-causal-lm"},
+                    stages=[step("pairs", n=60), step("reasoning", source="column"),
+                            step("sft", max_steps=2, lora=False, batch_size=2, max_length=320, eval_rows=2,
+                                 eval_max_new_tokens=8)])
+    name = register_plugin(Broken(), "broken_scorer")
+    with pytest.raises(PluginError, match="scorer down"):
+        rd_engine.run(recipe)
+    weights = rd_engine.runs_dir / "keep" / "sft" / "teacher" / "model.safetensors"
+    trained_at = weights.stat().st_mtime_ns
+    rd_engine.hooks.unregister(name)
+    m = rd_engine.run(recipe)["sft"].metrics
+    assert m["resumed_from"] == "trained" and m["steps"] == 2
+    assert weights.stat().st_mtime_ns == trained_at and "teacher_macro_f1" in m
