@@ -56,7 +56,8 @@ def build_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken third-party package must name itself
-                raise PluginError(ep.name, "load", f"cannot import {ep.value}: {exc}") from exc
+                raise PluginError(ep.name, "load", f"cannot import {ep.value} ({type(exc).__name__}: {exc}); "
+                                  f"to run without it, set REASONDISTILL_BLOCK_PLUGINS={ep.name}") from exc
             _register(pm, plugin, ep.name)
     if os.environ.get("REASONDISTILL_TRACE"):
         pm.trace.root.setwriter(sys.stderr.write)

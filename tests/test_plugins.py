@@ -210,3 +210,23 @@ def test_third_party_scorer_is_a_reward_dimension(third_party, tmp_path):
 
     prefs = load_from_disk(str(tmp_path / "runs" / "tpref" / "preference" / "preferences"))
     assert all("shouting" in row["chosen_scores"] and "format" in row["chosen_scores"] for row in prefs)
+
+
+def test_a_plugin_that_fails_to_import_says_how_to_block_it(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import reasondistill.manager as manager
+
+    real = manager.entry_points
+
+    def with_broken(group):
+        return [*real(group=group), EntryPoint(name="broken_thing", value="no_such_module_for_rd", group=group)]
+
+    monkeypatch.setattr(manager, "entry_points", with_broken)
+    with pytest.raises(PluginError) as err:
+        manager.build_plugin_manager()
+    msg = str(err.value)
+    assert "'broken_thing'" in msg and "no_such_module_for_rd" in msg and "\n" not in msg
+    assert "REASONDISTILL_BLOCK_PLUGINS=broken_thing" in msg
+    monkeypatch.setenv("REASONDISTILL_BLOCK_PLUGINS", "broken_thing")
+    assert manager.build_plugin_manager().has_plugin("annotate")
