@@ -132,10 +132,12 @@ def cmd_serve(args) -> int:
     from .student_package import find_package
 
     folder = find_package(args.target, args.runs_dir)
+    from pydantic import ValidationError
+
     given = {k: getattr(args, k) for k in ServeOptions.model_fields if getattr(args, k) is not None}
     try:
         options = ServeOptions(**given)
-    except Exception as exc:
+    except ValidationError as exc:
         from .errors import RecipeError
 
         err = exc.errors(include_url=False)[0]

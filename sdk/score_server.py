@@ -210,8 +210,9 @@ def check_pairs(body: Any, options: ServeOptions, extra_fields: tuple[str, ...])
             raise BadRequest(422, f"pairs[{i}]: must be an object with 'query' and 'item'")
         for key in ("query", "item"):
             check_text(pair.get(key), f"pairs[{i}].{key}", options)
-        for key in sorted(set(pair) - allowed):
-            raise BadRequest(422, f"pairs[{i}]: unknown field {key!r} (allowed: {', '.join(sorted(allowed))})")
+        unknown = sorted(set(pair) - allowed)
+        if unknown:
+            raise BadRequest(422, f"pairs[{i}]: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
         for key in extra_fields:
             if key in pair and not isinstance(pair[key], (str, int, float)) and pair[key] is not None:
                 raise BadRequest(422, f"pairs[{i}].{key}: must be a string or a number")

@@ -243,3 +243,12 @@ def test_push_dry_run_lists_a_complete_folder_and_offline_push_is_one_line(tiny_
     from reasondistill.student_package import missing
 
     assert missing(package) == []
+
+
+def test_bad_serve_flag_is_one_line_naming_it(package):
+    out = subprocess.run([sys.executable, "-m", "reasondistill", "serve", str(package), "--max-batch", "0"],
+                         env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--max-batch" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    missing = subprocess.run([sys.executable, "-m", "reasondistill", "serve", "no-such-run"], env=env(),
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no-such-run" in missing.stderr
