@@ -93,7 +93,8 @@ def cmd_plugins(args) -> int:
 
     hooks = get_hooks()
     impls = hooks.implementers()
-    comps = {kind: {name: {"plugin": e.plugin, "family": e.family, "description": e.component.description}
+    comps = {kind: {name: {"plugin": e.plugin, "family": e.family, "description": e.component.description,
+                           "options": options_schema(e.component)}
                     for name, e in sorted(entries.items())} for kind, entries in hooks.catalogue.entries.items()}
     if args.json:
         print(json.dumps({"hooks": impls, "components": comps}, indent=2))
@@ -106,6 +107,17 @@ def cmd_plugins(args) -> int:
         for name, info in entries.items():
             print(f"  {kind:<10} {name:<24} {info['plugin']:<18} {info['description']}")
     return 0
+
+
+def options_schema(component) -> dict:
+    """Each option of a component: type, default and description, from its pydantic ``Options``."""
+    model = getattr(component, "Options", None)
+    if model is None or not hasattr(model, "model_json_schema"):
+        return {}
+    try:
+        return model.model_json_schema().get("properties", {})
+    except Exception as exc:  # a third-party Options pydantic cannot describe: say so, list the rest
+        return {"error": f"cannot describe options: {type(exc).__name__}"}
 
 
 def cmd_recipes(args) -> int:

@@ -109,6 +109,11 @@ def test_cli_plugins_lists_every_hook_and_builtins(capsys):
     assert set(data["hooks"]) == set(_spec_names())
     assert "local_services" in data["hooks"]["register_domains"]
     assert data["components"]["loss"]["crsd"]["plugin"] == "distill_losses"
+    # every option of every component, with its default and description (docs point users here)
+    assert data["components"]["stage"]["annotate"]["options"]["shard_size"]["default"] == 64
+    assert data["components"]["stage"]["sft"]["options"]["max_steps"]["description"] == "overrides epochs when > 0"
+    assert data["components"]["loss"]["crsd"]["options"]["temperature"]["default"] == 0.1
+    assert "concurrency" in data["components"]["backend"]["openai"]["options"]
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     for hook in _spec_names():
