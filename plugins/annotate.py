@@ -223,7 +223,10 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
         new = annotator.annotate(ctx, shard.select(redo) if len(redo) < size[s] else shard, teacher, options).to_list()
         for i, r in zip(redo, new):
             r.setdefault("error", None)
-            r["teacher"] = ids.setdefault(r.get("teacher", ""), identify_teacher(ctx, r.get("teacher", "")))
+            given = r.get("teacher", "")
+            if given not in ids:  # fingerprinting the weights once per stage, not once per row
+                ids[given] = identify_teacher(ctx, given)
+            r["teacher"] = ids[given]
             rows[i] = r
         check_teacher(folder, rows)
         write_shard(folder, s, rows)
