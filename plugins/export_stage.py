@@ -32,8 +32,8 @@ class ExportStage(Stage):
             dev = ctx.load_dataset("dev")
             rows = list(dev.select(range(min(options.agreement_rows, len(dev)))))
             queries, items = render_items(rows, ctx.domain)
-            ref = Predictor(student).predict_proba(queries, items).argmax(-1)
-            torch_pred = Predictor(student)
+            torch_pred = Predictor(student)  # one load serves the reference labels and the latency
+            ref = torch_pred.predict_proba(queries, items).argmax(-1)
             metrics["latency_ms_student_torch"] = median_ms(torch_pred, queries, items)
             for variant in files:
                 pred = OnnxPredictor(onnx_dir, variant)

@@ -78,8 +78,9 @@ def model_card(info: dict[str, Any], labels: list[str]) -> str:
         front["base_model"] = base
     dev, ret, exp, ann = (info.get(k) or {} for k in ("dev_metrics", "retention", "export", "annotations"))
 
-    def rows(data: dict[str, Any]) -> str:
-        return "\n".join(f"| {k} | {v} |" for k, v in data.items()) or "| (none recorded) | |"
+    def table(data: dict[str, Any]) -> str:
+        body = "\n".join(f"| {k} | {v} |" for k, v in data.items()) or "| (none recorded) | |"
+        return f"| metric | value |\n|---|---|\n{body}"
 
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
@@ -119,27 +120,19 @@ The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max(1
 
 Teacher annotations:
 
-| metric | value |
-|---|---|
-{rows(ann)}
+{table(ann)}
 
 ## Metrics on the gold dev split
 
-| metric | value |
-|---|---|
-{rows(dev)}
+{table(dev)}
 
 Against the teacher on the same dev pairs (retention = student / teacher):
 
-| metric | value |
-|---|---|
-{rows(ret)}
+{table(ret)}
 
 ## Export
 
-| metric | value |
-|---|---|
-{rows(exp)}
+{table(exp)}
 
 Agreement is the share of dev pairs whose ONNX label equals the torch fp32 label; latency is the
 median of batch-1 calls on the machine that ran the export.
