@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from reasondistill import Options, Stage, StageResult, hookimpl
 from reasondistill.data import load_pairs, rows_to_pairs
+from reasondistill.domain import recipe_domain
 from reasondistill.errors import DataError
 from reasondistill.fingerprint import fingerprint
 
@@ -16,7 +17,8 @@ from reasondistill.fingerprint import fingerprint
 class PairsOptions(Options):
     """``source: generate`` uses the domain's generator; otherwise ``source`` is a file or folder."""
 
-    source: str = "generate"
+    source: str = Field("generate", validate_default=True, description="'generate' (the domain's generator) "
+                        "or a file/folder of pairs")
     format: Literal["jsonl", "csv", "parquet", "disk"] | None = None
     columns: dict[str, str] = Field(default_factory=dict, description="contract name -> source column")
     limit: int | None = Field(None, ge=1)
@@ -27,6 +29,14 @@ class PairsOptions(Options):
     dev_fraction: float = Field(0.2, ge=0, lt=1, description="held out by query when no dev_source")
     n: int = Field(600, ge=10, description="pairs to generate")
     noise: float = Field(0.05, ge=0, le=0.5, description="label noise of the generator")
+
+    @field_validator("source")
+    @classmethod
+    def _domain_generates(cls, value: str, info: ValidationInfo) -> str:
+        domain = recipe_domain(info.context)
+        if value == "generate" and domain is not None and not domain.can_generate:
+            raise ValueError(f"domain {domain.name!r} has no generator (Domain.generate); give a file or folder")
+        return value
 
 
 def _dev_by_query(query: str, fraction: float, seed: int) -> bool:
@@ -53,10 +63,9 @@ class PairsStage(Stage):
     def run(self, ctx, options: PairsOptions) -> StageResult:
         num_labels = len(ctx.domain.labels)
         if options.source == "generate":
-            generate = getattr(ctx.domain, "generate", None)
-            if generate is None:
+            if not ctx.domain.can_generate:
                 raise DataError(f"domain {ctx.domain.name!r} has no generator; set options.source to a file")
-            rows = generate(n=options.n, seed=ctx.seed, noise=options.noise)
+            rows = ctx.domain.generate(n=options.n, seed=ctx.seed, noise=options.noise)
             pairs = rows_to_pairs(rows, f"{ctx.domain.name} generator", num_labels=num_labels)
             repairs: list[str] = []
         else:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill.components import validate_nested
+from reasondistill.domain import recipe_domain
 from reasondistill.errors import DataError
 
 
@@ -33,11 +34,19 @@ class DistillOptions(Options):
     save_steps: int = Field(200, ge=1)
     report_to: list[str] = Field(default_factory=list, description="trackers, as in TrainingArguments")
 
+    @field_validator("domain_rationale")
+    @classmethod
+    def _domain_writes(cls, value: bool, info: ValidationInfo) -> bool:
+        domain = recipe_domain(info.context)
+        if value and domain is not None and not domain.writes_rationale:
+            raise ValueError(f"domain {domain.name!r} writes no rationale (Domain.rationale)")
+        return value
+
 
 def _rows(ds, options: DistillOptions, source: str, needs_reasoning: bool, domain=None):
     cols = ds.column_names
     if options.domain_rationale:
-        if not hasattr(domain, "rationale"):
+        if not domain.writes_rationale:
             raise DataError(f"domain {domain.name!r} writes no rationale; unset domain_rationale")
         if options.label_column in cols:
             ds = ds.map(lambda r: {options.reasoning_column: domain.rationale(r, r[options.label_column])
@@ -140,7 +149,7 @@ class DistillStage(Stage):
         student.model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         (out_dir / "reasondistill.json").write_text(json.dumps({
-            "labels": list(labels), "domain": ctx.domain.name, "max_length": s_opts.max_length,
+            "labels": list(labels), "domain": ctx.domain.name, "domain_options": ctx.domain.settings.model_dump(mode="json"), "max_length": s_opts.max_length,
             "loss": options.loss, "student": options.student, "base_model": model_path}, indent=2))
         history = [h for h in trainer.state.log_history if "loss" in h]
         (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))

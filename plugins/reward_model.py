@@ -184,12 +184,23 @@ class LearnedRewardScorer:
         self.max_length = max_length
 
     @hookimpl
+    def reward_dimensions(self):
+        return [f"learned_{d}" for d in self.model.dims]
+
+    @hookimpl
     def score_reasoning(self, example, completion, domain):
         prompt = domain.user_prompt(example)
         enc = self.tok(prompt, completion or "", truncation=True, max_length=self.max_length, return_tensors="pt")
         with torch.inference_mode():
             rewards = torch.sigmoid(self.model(**enc))[0]
         return {f"learned_{d}": float(v) for d, v in zip(self.model.dims, rewards)}
+
+
+@hookimpl
+def reward_dimensions():
+    """The learned scorer's dimensions exist only once its model is trained; declared by prefix so
+    a recipe can weigh them (``reward_weights: {learned_label_agreement: 2}``)."""
+    return ["learned_*"]
 
 
 @hookimpl

@@ -30,6 +30,10 @@ class LabelAgreement:
     """
 
     @hookimpl
+    def reward_dimensions(self):
+        return ["label_agreement"]
+
+    @hookimpl
     def score_reasoning(self, example, completion, domain):
         gold = example.get("label")
         if gold is None or gold < 0:
@@ -40,6 +44,10 @@ class LabelAgreement:
 
 class FormatScore:
     """``format``: reasoning and a label in the schema, one ``Label:`` line, nothing after it."""
+
+    @hookimpl
+    def reward_dimensions(self):
+        return ["format"]
 
     @hookimpl
     def score_reasoning(self, example, completion, domain):
@@ -56,6 +64,10 @@ class FormatScore:
 
 class Faithfulness:
     """``faithfulness``: the share of content words in the reasoning found in the query or item."""
+
+    @hookimpl
+    def reward_dimensions(self):
+        return ["faithfulness"]
 
     @hookimpl
     def score_reasoning(self, example, completion, domain):
@@ -76,6 +88,10 @@ class ClaimCheck:
     """
 
     @hookimpl
+    def reward_dimensions(self):
+        return ["claims"]
+
+    @hookimpl
     def score_reasoning(self, example, completion, domain):
         score = domain.check_claims(example, domain.parse_completion(completion or "").reasoning)
         return None if score is None else {"claims": float(score)}
@@ -83,6 +99,10 @@ class ClaimCheck:
 
 class SelfConsistency:
     """``self_consistency``: a label named inside the reasoning agrees with the final label."""
+
+    @hookimpl
+    def reward_dimensions(self):
+        return ["self_consistency"]
 
     @hookimpl
     def score_reasoning(self, example, completion, domain):
@@ -104,6 +124,10 @@ class LengthScore:
     """``length``: 1 for 8-60 words of reasoning, falling off linearly outside."""
 
     low, high = 8, 60
+
+    @hookimpl
+    def reward_dimensions(self):
+        return ["length"]
 
     @hookimpl
     def score_reasoning(self, example, completion, domain):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from reasondistill import BackendSpec, Options, Stage, StageResult, hookimpl
+from reasondistill.domain import recipe_domain
 from reasondistill.errors import DataError
 
 
@@ -25,6 +26,14 @@ class ReasoningDataOptions(Options):
     temperature: float = Field(0.8, gt=0)
     backend: BackendSpec | None = Field(None, description="how the teacher runs (default: the recipe's "
                                                           "backends.teacher, else transformers)")
+
+    @field_validator("source")
+    @classmethod
+    def _domain_writes(cls, value: str, info: ValidationInfo) -> str:
+        domain = recipe_domain(info.context)
+        if value == "domain" and domain is not None and not domain.writes_rationale:
+            raise ValueError(f"domain {domain.name!r} writes no rationale (Domain.rationale); use column or rationalize")
+        return value
 
 
 def sft_example(domain, row: dict[str, Any], reasoning: str) -> dict[str, Any]:
@@ -52,13 +61,12 @@ class ReasoningDataStage(Stage):
             rows = rows[: options.limit]
         dom, examples, missing = ctx.domain, [], []
         has_col = options.reasoning_column in ds.column_names
-        domain_rationale = getattr(dom, "rationale", None)
-        if options.source == "domain" and domain_rationale is None:
+        if options.source == "domain" and not dom.writes_rationale:
             raise DataError(f"reasoning: domain {dom.name!r} writes no rule-based rationale; use column or rationalize")
         for r in rows:
             given = r.get(options.reasoning_column) if has_col else None
             if options.source == "domain":
-                given = domain_rationale(r, int(r["label"]))
+                given = dom.rationale(r, int(r["label"]))
             if options.source != "rationalize" and given:
                 examples.append(sft_example(dom, r, given))
             else:

@@ -152,4 +152,4 @@ def validate_nested(context: dict | None, kind: str, name: str, raw: dict[str, A
         return component.options(raw, context=context)
     except ValidationError as exc:
         err = recipe_error(exc, prefix=field)
-        raise RecipeError(err.field, str(err).split(": ", 1)[1]) from None
+        raise RecipeError(err.field, err.message) from None

@@ -6,6 +6,7 @@ plugin; nothing else forks.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -47,7 +48,42 @@ class Domain(Component):
     item_fields: ClassVar[tuple[str, ...]] = ()
 
     class Options(Options):
-        pass
+        """The recipe's ``domain_options`` (validated before any work; unknown keys are errors)."""
+
+    # --- options ------------------------------------------------------------------------------
+    @property
+    def settings(self) -> Options:
+        """This domain's validated ``domain_options`` (defaults until :meth:`configured`)."""
+        return self.__dict__.get("_settings") or self.Options()
+
+    def configured(self, settings: Options) -> Domain:
+        """A copy of this domain that reads ``settings``: the engine hands every stage this copy,
+        so the registered instance is never changed by one recipe's options."""
+        dom = copy.copy(self)
+        dom.__dict__["_settings"] = settings
+        return dom
+
+    # --- optional abilities -------------------------------------------------------------------
+    # Override these to offer them; the engine asks :attr:`can_generate` / :attr:`writes_rationale`
+    # (an unimplemented ability is a validation error naming the option that needs it).
+    def generate(self, n: int, seed: int, noise: float = 0.05) -> list[dict[str, Any]]:
+        """Synthetic pairs for ``pairs`` with ``source: generate``: ``n`` rows of ``query``, ``item``,
+        ``label`` (an index into :attr:`labels`) and the :attr:`item_fields` columns, the same for the
+        same ``seed``; ``noise`` is the share of labels flipped at random."""
+        raise NotImplementedError(f"domain {self.name!r} has no generator")
+
+    def rationale(self, row: Mapping[str, Any], label: int | None = None) -> str:
+        """A rule-written reasoning chain for ``row`` ending at ``label`` (without the label line):
+        used by ``reasoning`` with ``source: domain`` and by ``distill`` with ``domain_rationale``."""
+        raise NotImplementedError(f"domain {self.name!r} writes no rationale")
+
+    @property
+    def can_generate(self) -> bool:
+        return type(self).generate is not Domain.generate
+
+    @property
+    def writes_rationale(self) -> bool:
+        return type(self).rationale is not Domain.rationale
 
     # --- rendering ----------------------------------------------------------------------------
     def query_text(self, row: Mapping[str, Any]) -> str:
@@ -151,6 +187,20 @@ class Domain(Component):
         names = [n.lower() for n in self.labels]
         pieces = _SENTENCE.findall(reasoning or "")
         return "".join(p for p in pieces if not any(n in p.lower() for n in names)).strip()
+
+
+def recipe_domain(context: dict | None) -> Domain | None:
+    """The recipe's domain during options validation (``info.context``), or None outside a recipe.
+
+    For option validators that depend on what the domain can do (``source: generate`` needs
+    :attr:`Domain.can_generate`), so the mistake fails in ``validate``, not after earlier stages ran.
+    """
+    context = context or {}
+    catalogue, recipe = context.get("catalogue"), context.get("recipe")
+    if catalogue is None or recipe is None:
+        return None
+    entry = catalogue.kind("domain").get(recipe.domain)
+    return entry.component if entry is not None else None
 
 
 _SENTENCE = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？\n]+|$)\s*")

@@ -17,7 +17,7 @@ from .errors import ArtifactError, RecipeError
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
 from .generators import BackendSpec, hash_view
 from .manager import Catalogue, Hooks, get_hooks
-from .recipe import Recipe, ResolvedStage, resolve
+from .recipe import Recipe, ResolvedStage, resolve, resolve_domain
 from .runstore import (
     STATE,
     RunInfo,
@@ -92,7 +92,7 @@ class Engine:
                               f"{', '.join(s.name for s in stages)}")
         if recipe.trust_remote_code:
             log.warning("recipe %s sets trust_remote_code: code shipped with models will run", recipe.name)
-        domain = self.hooks.catalogue.get("domain", recipe.domain, "domain")
+        domain = resolve_domain(recipe, self.hooks.catalogue, source)
         run = RunInfo(name or recipe.name, self.runs_dir / (name or recipe.name), recipe)
         if dist.is_main():
             run.dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ class RecipeError(ReasonDistillError, ValueError):
     """A recipe that does not validate; ``field`` is the exact path (``stages[1].options.lr``)."""
 
     def __init__(self, field: str, message: str, source: str | None = None):
-        self.field, self.source = field, source
+        self.field, self.source, self.message = field, source, message
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{field}: {message}")
 

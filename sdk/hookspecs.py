@@ -74,6 +74,20 @@ def score_reasoning(example: dict[str, Any], completion: str, domain: Domain) ->
     """
 
 
+@hookspec
+def reward_dimensions() -> list[str]:
+    """Declare the reward dimensions this plugin's :func:`score_reasoning` returns.
+
+    Read when the catalogue is built, so ``validate`` rejects a ``reward_weights`` key that no
+    scorer scores, and two plugins scoring one dimension, before any work is done. Every plugin
+    that implements :func:`score_reasoning` must implement this too; returning a dimension it did
+    not declare is an error naming the plugin.
+
+    :return: dimension names; a name ending in ``*`` declares a prefix (``learned_*``) for
+        dimensions known only at run time.
+    """
+
+
 @hookspec(firstresult=True)
 def aggregate_reward(scores: dict[str, float], weights: dict[str, float]) -> float | None:
     """Combine a reward vector into one scalar used to rank completions.

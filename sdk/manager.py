@@ -91,6 +91,17 @@ class Catalogue:
     """Every registered component, by kind and name."""
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    #: reward dimension (or ``prefix*``) -> the plugin that declared it (:func:`hookspecs.reward_dimensions`)
+    dimensions: dict[str, str] = field(default_factory=dict)
+
+    def scorer_of(self, dim: str) -> str | None:
+        """The plugin declaring reward dimension ``dim`` (exactly or by a ``prefix*``), or None."""
+        if dim in self.dimensions:
+            return self.dimensions[dim]
+        for declared, plugin in self.dimensions.items():
+            if declared.endswith("*") and dim.startswith(declared[:-1]):
+                return plugin
+        return None
 
     def kind(self, kind: str) -> dict[str, Entry]:
         return self.entries.get(kind, {})
@@ -169,7 +180,25 @@ class Hooks:
                 self._call(impl, hook, {"register": collected.append})
                 for comp in collected:
                     self._add(cat, kind, family, comp, impl.plugin_name, hook)
+        self._add_dimensions(cat)
         return cat
+
+    def _add_dimensions(self, cat: Catalogue) -> None:
+        """Collect declared reward dimensions; a clash or an undeclaring scorer names its plugin."""
+        for impl in self.pm.hook.reward_dimensions.get_hookimpls():  # first registered first: blame the newcomer
+            dims = self._call(impl, "reward_dimensions", {})
+            if not isinstance(dims, (list, tuple)) or not all(isinstance(d, str) and d for d in dims):
+                raise PluginError(impl.plugin_name, "reward_dimensions", f"returned {dims!r}, not a list of names")
+            for dim in dims:
+                if dim in cat.dimensions:
+                    raise PluginError(impl.plugin_name, "reward_dimensions",
+                                      f"dimension {dim!r} is already scored by plugin {cat.dimensions[dim]!r}")
+                cat.dimensions[dim] = impl.plugin_name
+        declaring = set(cat.dimensions.values())
+        for impl in self.pm.hook.score_reasoning.get_hookimpls():
+            if impl.plugin_name not in declaring:
+                raise PluginError(impl.plugin_name, "score_reasoning", "scores without declaring its dimensions; "
+                                  "add a reward_dimensions hookimpl returning their names")
 
     @staticmethod
     def _add(cat: Catalogue, kind: str, family: str, comp: Any, plugin: str, hook: str) -> None:
@@ -192,6 +221,9 @@ class Hooks:
             if scores is not None and not isinstance(scores, dict):
                 raise PluginError(plugin, "score_reasoning", f"returned {type(scores).__name__}, not a dict or None")
             for dim, value in (scores or {}).items():
+                if self.catalogue.scorer_of(dim) != plugin:
+                    raise PluginError(plugin, "score_reasoning", f"returned dimension {dim!r}, which it did not "
+                                      "declare in reward_dimensions")
                 if dim in owner:
                     raise PluginError(plugin, "score_reasoning", f"dimension {dim!r} is already scored by {owner[dim]!r}")
                 owner[dim] = plugin

@@ -186,9 +186,33 @@ def find_recipe(source: str | Path) -> Path:
                       f"(built in: {', '.join(builtin_recipes()) or 'none'})")
 
 
+def resolve_domain(recipe: Recipe, catalogue: Any, source: str | None = None) -> Any:
+    """The recipe's domain, configured with its validated ``domain_options``."""
+    try:
+        domain = catalogue.get("domain", recipe.domain, "domain")
+    except RecipeError as exc:
+        raise RecipeError(exc.field, exc.message, source) from None
+    try:
+        settings = domain.options(recipe.domain_options, context={"catalogue": catalogue, "recipe": recipe})
+    except ValidationError as exc:
+        err = recipe_error(exc, prefix="domain_options", source=source)
+        raise RecipeError(err.field, f"{err.message} (domain {domain.name!r})", source) from None
+    return domain.configured(settings)
+
+
+def check_reward_weights(recipe: Recipe, catalogue: Any, source: str | None = None) -> None:
+    """Every weighted dimension is one some scorer declares (a typo would silently weigh nothing)."""
+    for dim in recipe.reward_weights:
+        if catalogue.scorer_of(dim) is None:
+            declared = ", ".join(sorted(catalogue.dimensions)) or "none"
+            raise RecipeError(f"reward_weights.{dim}", f"no scorer plugin scores this dimension; declared: {declared}",
+                              source)
+
+
 def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[ResolvedStage]:
     """Look up each stage's component and validate its options; the first error is raised."""
-    catalogue.get("domain", recipe.domain, "domain") if recipe.domain else None
+    resolve_domain(recipe, catalogue, source)
+    check_reward_weights(recipe, catalogue, source)
     out = []
     context = {"catalogue": catalogue, "recipe": recipe}
     for role, spec in recipe.backends.items():
@@ -201,13 +225,13 @@ def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[R
         try:
             component = catalogue.get("stage", spec.uses, f"stages[{i}].uses")
         except RecipeError as exc:
-            raise RecipeError(exc.field, str(exc).split(": ", 1)[1], source) from None
+            raise RecipeError(exc.field, exc.message, source) from None
         try:
             options = component.options(spec.options, context=context)
         except ValidationError as exc:
             raise recipe_error(exc, prefix=f"stages[{i}].options", source=source) from None
         except RecipeError as exc:  # nested component checks raise with their own sub-path
-            raise RecipeError(f"stages[{i}].options.{exc.field}", str(exc).split(": ", 1)[1], source) from None
+            raise RecipeError(f"stages[{i}].options.{exc.field}", exc.message, source) from None
         for key, producer in spec.inputs.items():
             if producer.split(".")[0] not in names[:i]:
                 raise RecipeError(f"stages[{i}].inputs.{key}", f"no earlier stage named {producer!r}", source)

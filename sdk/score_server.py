@@ -84,6 +84,7 @@ class Scorer:
             from .manager import get_hooks
 
             domain = get_hooks().catalogue.get("domain", name)
+            domain = domain.configured(domain.options(self.meta.get("domain_options") or {}))
         except Exception as exc:  # a package served where its domain plugin is not installed
             log.warning("domain %r is not installed: items are scored as plain text (%s)", name, exc)
             return None

@@ -38,10 +38,18 @@ def test_hook_register_teacher_stages(rd_hooks, register_plugin):
 def test_hook_score_reasoning(rd_hooks, register_plugin):
     class Len:
         @hookimpl
+        def reward_dimensions(self):
+            return ["short", "parsed"]
+
+        @hookimpl
         def score_reasoning(self, example, completion, domain):
             return {"short": 1.0 if len(completion) < 50 else 0.0, "parsed": float(domain.parse_completion(completion).ok)}
 
     class Abstain:
+        @hookimpl
+        def reward_dimensions(self):
+            return ["abstains"]
+
         @hookimpl
         def score_reasoning(self, example, completion, domain):
             return None
@@ -50,16 +58,59 @@ def test_hook_score_reasoning(rd_hooks, register_plugin):
     register_plugin(Abstain(), "abstain")
     vec = rd_hooks.score_reasoning({"query": "q", "item": "i"}, "Reasoning: ok\nLabel: relevant", LocalServices())
     assert {k: vec[k] for k in ("short", "parsed")} == {"short": 1.0, "parsed": 1.0}
+    assert "abstains" not in vec
+
+    class Sneaky:  # declares one dimension, returns another
+        @hookimpl
+        def reward_dimensions(self):
+            return ["declared"]
+
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            return {"undeclared": 0.5}
+
+    register_plugin(Sneaky(), "sneaky")
+    with pytest.raises(PluginError, match="'sneaky'.*dimension 'undeclared', which it did not declare"):
+        rd_hooks.score_reasoning({}, "x", LocalServices())
+
+
+def test_hook_reward_dimensions(rd_hooks, register_plugin, tmp_path):
+    """Declared dimensions: clashes and undeclaring scorers fail when the catalogue is built, and a
+    reward_weights key no scorer declares fails in validate, naming the field."""
+    from reasondistill.cli import main
+
+    assert rd_hooks.catalogue.scorer_of("label_agreement") == "reward_label"
+    assert rd_hooks.catalogue.scorer_of("learned_format") == "reward_model"  # declared by prefix
+    assert rd_hooks.catalogue.scorer_of("labl_agreement") is None
 
     class Clash:
         @hookimpl
+        def reward_dimensions(self):
+            return ["format"]
+
+        @hookimpl
         def score_reasoning(self, example, completion, domain):
-            return {"short": 0.5}
+            return {"format": 0.5}
 
     register_plugin(Clash(), "clash")
-    with pytest.raises(PluginError, match="dimension 'short' is already scored") as exc:
-        rd_hooks.score_reasoning({}, "x", LocalServices())
-    assert {"'len'", "'clash'"} <= {w.strip(":") for w in str(exc.value).split()}
+    with pytest.raises(PluginError, match="'clash'.*dimension 'format' is already scored by plugin 'reward_format'"):
+        rd_hooks.catalogue
+    rd_hooks.unregister("clash")
+
+    class Undeclared:
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            return {"x": 0.5}
+
+    register_plugin(Undeclared(), "undeclared")
+    with pytest.raises(PluginError, match="'undeclared'.*add a reward_dimensions hookimpl"):
+        rd_hooks.catalogue
+    rd_hooks.unregister("undeclared")
+
+    recipe = {"name": "w", "reward_weights": {"labl_agreement": 2.0}, "stages": [{"uses": "pairs"}]}
+    path = tmp_path / "w.yaml"
+    path.write_text(__import__("yaml").safe_dump(recipe))
+    assert main(["validate", str(path)]) == 2
 
 
 def test_hook_aggregate_reward(rd_hooks, register_plugin):

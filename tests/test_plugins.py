@@ -151,6 +151,10 @@ THIRD_PARTY = {
             register(Shout())
 
         @hookimpl
+        def reward_dimensions():
+            return ["shouting"]
+
+        @hookimpl
         def score_reasoning(example, completion, domain):
             return {"shouting": float(completion.isupper())}
         """,

@@ -30,6 +30,13 @@ GOOD = {"name": "good", "models": {"student": "tiny-encoder"},
      "stages[1].options.loss_options.w_nce"),
     ({"seed": "abc"}, "seed"),
     ({"domain": "mars"}, "domain"),
+    ({"domain_options": {"typo": 1}}, "domain_options.typo"),
+    ({"reward_weights": {"labl_agreement": 2.0}}, "reward_weights.labl_agreement"),
+    ({"domain": "product_search"}, "stages[0].options.source"),  # no generator behind source: generate
+    ({"stages": [{"uses": "pairs"}, {"uses": "reasoning", "options": {"source": "domain"}}]},
+     "stages[1].options.source"),  # local_services writes no rationale
+    ({"stages": [{"uses": "pairs"}, {"uses": "distill", "options": {"domain_rationale": True}}]},
+     "stages[1].options.domain_rationale"),
     ({"unknown_key": 1}, "unknown_key"),
     ({"stages": []}, "stages"),
 ])

@@ -4,6 +4,11 @@ from reasondistill import hookimpl
 
 
 @hookimpl
+def reward_dimensions():
+    return ["query_coverage"]
+
+
+@hookimpl
 def score_reasoning(example, completion, domain):
     words = {w for w in domain.query_text(example).lower().split() if len(w) > 2}
     if not words:
