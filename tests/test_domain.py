@@ -136,3 +136,33 @@ def test_web_search_zh_checks_the_shared_words_a_chain_claims():
     assert zh.check_claims(row, "查询与标题共有的词：无。") == 0.0
     assert zh.check_claims({"query": "苹果", "item": "香蕉"}, "查询与标题共有的词：无。") == 1.0
     assert zh.check_claims(row, "相关") == 0.0
+
+
+def test_domain_options_reach_the_domain(rd_engine, register_plugin):
+    """``domain_options`` are validated with the domain's Options and handed to it (they used to be
+    hashed and never passed); the registered instance keeps its defaults."""
+    from datasets import load_from_disk
+
+    from reasondistill import Domain, Recipe, hookimpl, step
+    from reasondistill import Options as OptionsBase
+
+    class Towns(Domain):
+        name = "towns"
+
+        class Options(OptionsBase):
+            city: str = "Lyon"
+
+        def generate(self, n, seed, noise=0.05):
+            return [{"query": f"plumber {self.settings.city} {i}", "item": f"shop {i}", "label": i % 3} for i in range(n)]
+
+    class P:
+        @hookimpl
+        def register_domains(self, register):
+            register(Towns())
+
+    register_plugin(P(), "towns")
+    recipe = Recipe(name="t", domain="towns", domain_options={"city": "Paris"}, stages=[step("pairs", n=20)])
+    out = rd_engine.run(recipe)["pairs"]
+    rows = load_from_disk(str(rd_engine.runs_dir / "t" / "pairs" / out.outputs["pairs"]))
+    assert len(rows) > 5 and all(q.startswith("plumber Paris ") for q in rows["query"])
+    assert rd_engine.hooks.catalogue.get("domain", "towns").settings.city == "Lyon"
