@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ReasonDistillError as exc:
+        if args.verbose:  # the whole story for the plugin's author; one line otherwise
+            import traceback
+
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
         print(f"reasondistill: error: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ from typing import Iterable
 
 from . import distributed as dist
 from .errors import ArtifactError, RecipeError
+from .failures import stage_failures
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
 from .generators import BackendSpec, hash_view
 from .manager import Catalogue, Hooks, get_hooks
@@ -104,7 +105,8 @@ class Engine:
         previous, rerun_rest = "", False
         for stage in stages:
             stage_dir = run.dir / stage.name
-            external = stage.component.input_fingerprints(stage.options)
+            with stage_failures(stage.name, self.hooks):
+                external = stage.component.input_fingerprints(stage.options)
             digest = stage_hash(recipe, stage, previous, external, self.hooks.catalogue)
             manifest = None if (rerun_rest or stage.name in force) else self._up_to_date(stage_dir, digest)
             if manifest is not None:
@@ -152,7 +154,8 @@ class Engine:
         result = None
         if dist.is_main() or getattr(stage.component, "distributed", False):
             seed_everything(run.recipe.seed)
-            result = stage.component.run(ctx, stage.options)
+            with stage_failures(stage.name, self.hooks):
+                result = stage.component.run(ctx, stage.options)
         dist.barrier()
         if not dist.is_main():  # the main process wrote the manifest; read its outcome
             dist.barrier()

@@ -59,16 +59,24 @@ def build_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager
                 raise PluginError(ep.name, "load", f"cannot import {ep.value} ({type(exc).__name__}: {exc}); "
                                   f"to run without it, set REASONDISTILL_BLOCK_PLUGINS={ep.name}") from exc
             _register(pm, plugin, ep.name)
-    if os.environ.get("REASONDISTILL_TRACE"):
-        pm.trace.root.setwriter(sys.stderr.write)
-        pm.enable_tracing()
     return pm
 
 
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """Register and check one plugin; a misspelled hook, a bad parameter or a wrapper is refused.
+
+    Wrappers (``wrapper=True`` / ``hookwrapper=True``) are refused rather than half-supported:
+    :class:`Hooks` calls each implementation on its own, so that a failure names its plugin, and a
+    wrapper would silently run as a plain implementation.
+    """
     try:
         pm.register(plugin, name=name)
         pm.check_pending()
+        for caller in pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                    raise pluggy.PluginValidationError(plugin, f"hook {caller.name!r} is a wrapper; reasondistill "
+                                                       "calls each implementation on its own, so wrappers are not supported")
     except pluggy.PluginValidationError as exc:
         try:
             pm.unregister(name=name)
@@ -120,8 +128,9 @@ class Catalogue:
 class Hooks:
     """Typed facade over the plugin manager: the engine never calls hooks with loose kwargs.
 
-    Register hooks are called one implementation at a time so that a failure, or a duplicate
-    component name, names the plugin responsible.
+    Every hook is called one implementation at a time (in pluggy's order), so that a failure, or a
+    duplicate component name, names the plugin responsible; ``REASONDISTILL_TRACE=1`` writes each
+    call and its result to stderr. Wrappers are refused at registration (see :func:`_register`).
     """
 
     def __init__(self, pm: pluggy.PluginManager | None = None):

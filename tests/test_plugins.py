@@ -98,7 +98,24 @@ def test_tracing_prints_hook_calls(monkeypatch, capsys):
     monkeypatch.setenv("REASONDISTILL_TRACE", "1")
     hooks = Hooks()
     hooks.catalogue
-    assert "register_domains <- local_services" in capsys.readouterr().err
+    hooks.aggregate_reward({"format": 1.0}, {})
+    err = capsys.readouterr().err
+    assert "register_domains <- local_services" in err and "reward_dimensions <- reward_format: ['format']" in err
+
+
+@pytest.mark.parametrize("flag", ["wrapper", "hookwrapper"])
+def test_hook_wrappers_are_refused_naming_the_plugin(rd_hooks, flag):
+    """The facade calls implementations one by one; a wrapper would silently run as a plain one."""
+    from reasondistill import hookimpl
+
+    class Wrap:
+        @hookimpl(**{flag: True})
+        def on_stage_end(self, run, stage, result):
+            yield
+
+    with pytest.raises(PluginError, match="'wrapping'.*'on_stage_end' is a wrapper"):
+        rd_hooks.register(Wrap(), "wrapping")
+    assert "wrapping" not in rd_hooks.implementers()["on_stage_end"]
 
 
 def test_cli_plugins_lists_every_hook_and_builtins(capsys):

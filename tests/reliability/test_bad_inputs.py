@@ -124,3 +124,76 @@ def test_option_out_of_range_names_field(tmp_path):
     with pytest.raises(RecipeError, match=r"stages\[0\]\.options\.noise: .*less than or equal to 0.5"):
         Engine(runs_dir=tmp_path).validate(recipe)
     assert not (tmp_path / "x").exists()
+
+
+class _RaisingDomain(LocalServices):
+    """A third-party domain with a bug in one method (chosen by ``where``)."""
+
+    name = "buggy_domain"
+    where = "generate"
+
+    def generate(self, n, seed, noise=0.05):
+        if self.where == "generate":
+            raise ValueError("no towns today\nsecond line of detail")
+        return super().generate(n, seed, noise)
+
+    def parse_completion(self, text):
+        if self.where == "parse_completion":
+            raise KeyError("verdict")
+        return super().parse_completion(text)
+
+
+def _buggy(register_plugin, monkeypatch, rd_hooks, where):
+    import reasondistill.manager as manager
+
+    class P:
+        @hookimpl
+        def register_domains(self, register):
+            dom = _RaisingDomain()
+            dom.where = where
+            register(dom)
+
+    register_plugin(P(), "buggy_plugin")
+    monkeypatch.setattr(manager, "_DEFAULT", rd_hooks)  # the CLI sees the test's plugin
+
+
+def test_plugin_code_raising_in_a_stage_is_one_line_naming_stage_plugin_and_function(
+        tmp_path, capsys, monkeypatch, rd_hooks, register_plugin):
+    TRIED["n"] += 1
+    _buggy(register_plugin, monkeypatch, rd_hooks, "generate")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "b", "domain": "buggy_domain", "stages": [{"uses": "pairs"}]}))
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["reasondistill: error: stage 'pairs' failed in plugin 'buggy_plugin' "
+                   "(_RaisingDomain.generate): ValueError: no towns today"]
+    assert main(["-v", "run", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "second line of detail" in err and err.rstrip().endswith("no towns today")
+
+
+def test_domain_parse_error_in_annotate_names_the_domain_plugin_and_keeps_the_pairs(
+        rd_engine, monkeypatch, rd_hooks, register_plugin, tiny_teacher):
+    TRIED["n"] += 1
+    from reasondistill import Recipe, step
+    from reasondistill.failures import StageError
+
+    _buggy(register_plugin, monkeypatch, rd_hooks, "parse_completion")
+    recipe = Recipe(name="p", domain="buggy_domain", models={"teacher": str(tiny_teacher)},
+                    stages=[step("pairs", n=20, dev_fraction=0.0),
+                            step("annotate", annotator_options={"max_new_tokens": 8}, shard_size=8)])
+    with pytest.raises(StageError) as exc:
+        rd_engine.run(recipe)
+    assert str(exc.value).startswith("stage 'annotate' failed in plugin 'buggy_plugin' "
+                                     "(_RaisingDomain.parse_completion): KeyError: 'verdict'")
+    assert (rd_engine.runs_dir / "p" / "pairs" / "manifest.json").exists()
+
+
+def test_our_own_errors_inside_a_stage_gain_the_stage_name(rd_engine, tmp_path):
+    TRIED["n"] += 1
+    from reasondistill import Recipe, step
+
+    path = jsonl(tmp_path, [GOOD] * 10 + [{"query": "q", "item": "x", "label": 5}])
+    with pytest.raises(DataError, match=r"^stage 'pairs': .*p\.jsonl"):
+        rd_engine.run(Recipe(name="d", stages=[step("pairs", source=str(path))]))
