@@ -19,7 +19,7 @@ from pydantic import Field
 
 from reasondistill import Annotator, BackendSpec, ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
-from reasondistill.components import validate_nested
+from reasondistill.recipe import validate_nested
 from reasondistill.errors import DataError
 from reasondistill.generators import current_teacher
 from reasondistill.fingerprint import write_atomic

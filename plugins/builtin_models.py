@@ -43,6 +43,20 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
+def _per_domain(cache_dir: Path, base: str, domain, build: Callable[..., Path]) -> Path:
+    """A tiny model whose tokenizer is trained on ``domain``'s text: the demo domain keeps the plain
+    folder; another domain (and its ``domain_options``) gets its own."""
+    from reasondistill.fingerprint import canonical_hash
+    from reasondistill.tiny import DEFAULT_DOMAIN
+
+    settings = domain.settings.model_dump(mode="json")
+    if domain.name == DEFAULT_DOMAIN and not settings:
+        name = base
+    else:
+        name = f"{base}-{domain.name}-{canonical_hash({'domain': domain.name, 'options': settings})[:8]}"
+    return build_once(cache_dir / name, lambda out: build(out, domain=domain))
+
+
 class TinyCausalLM(ModelSource):
     name = "tiny-causal-lm"
     description = "A 2-layer Llama-style causal LM with a trained BPE tokenizer (built offline)."
@@ -52,6 +66,11 @@ class TinyCausalLM(ModelSource):
         from reasondistill.tiny import build_tiny_causal_lm
 
         return build_once(cache_dir / "tiny-causal-lm-v1", build_tiny_causal_lm)
+
+    def materialize_for(self, cache_dir: Path, domain) -> Path:
+        from reasondistill.tiny import build_tiny_causal_lm
+
+        return _per_domain(cache_dir, "tiny-causal-lm-v1", domain, build_tiny_causal_lm)
 
 
 class TinyEncoder(ModelSource):
@@ -63,6 +82,11 @@ class TinyEncoder(ModelSource):
         from reasondistill.tiny import build_tiny_encoder
 
         return build_once(cache_dir / "tiny-encoder-v1", build_tiny_encoder)
+
+    def materialize_for(self, cache_dir: Path, domain) -> Path:
+        from reasondistill.tiny import build_tiny_encoder
+
+        return _per_domain(cache_dir, "tiny-encoder-v1", domain, build_tiny_encoder)
 
 
 class SmolLM2(ModelSource):

@@ -12,19 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from reasondistill import DistillLoss, Options, hookimpl
-
-
-def _view(student, batch: dict[str, Any], prefix: str):
-    return student.forward_view(batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"],
-                                batch.get(f"{prefix}_token_type_ids"))
-
-
-def _both_views(student, batch: dict[str, Any]):
-    """(standard, reasoning) views: one shared pass when the student encoded one, else two."""
-    if "shr_input_ids" in batch:
-        return student.forward_shared(batch["shr_input_ids"], batch["shr_attention_mask"], batch["shr_split"],
-                                      batch.get("shr_token_type_ids"))
-    return _view(student, batch, "std"), _view(student, batch, "rsn")
+from reasondistill.views import STANDARD, forward_view, forward_views
 
 
 def _targets_ce(logits: torch.Tensor, batch: dict[str, Any], soft: bool) -> torch.Tensor:
@@ -43,7 +31,7 @@ class CrossEntropy(DistillLoss):
     Options = CEOptions
 
     def compute(self, student, batch, options: CEOptions):
-        logits, _ = _view(student, batch, "std")
+        logits, _ = forward_view(student, batch, STANDARD)
         loss = _targets_ce(logits, batch, options.soft_targets)
         return {"loss": loss, "ce_std": loss.detach(), "logits": logits}
 
@@ -59,7 +47,7 @@ class LogitKD(DistillLoss):
     Options = KDOptions
 
     def compute(self, student, batch, options: KDOptions):
-        logits, _ = _view(student, batch, "std")
+        logits, _ = forward_view(student, batch, STANDARD)
         ce = F.cross_entropy(logits, batch["labels"])
         if "label_probs" in batch:
             t = options.temperature
@@ -103,7 +91,7 @@ class CRSD(DistillLoss):
             torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, options.projection))}
 
     def compute(self, student, batch, options: CRSDOptions):
-        (logits, cls), (r_logits, r_cls) = _both_views(student, batch)
+        (logits, cls), (r_logits, r_cls) = forward_views(student, batch)
         ce_std = _targets_ce(logits, batch, options.soft_targets)
         ce_rsn = _targets_ce(r_logits, batch, options.soft_targets)
         if options.stop_gradient:

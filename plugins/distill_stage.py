@@ -8,9 +8,10 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
-from reasondistill.components import validate_nested
+from reasondistill.recipe import validate_nested
 from reasondistill.domain import recipe_domain
-from reasondistill.errors import DataError
+from reasondistill.errors import DataError, PluginError
+from reasondistill.views import check_encoding
 
 
 class DistillOptions(Options):
@@ -106,11 +107,10 @@ class DistillStage(Stage):
             raise DataError(f"{options.train_input}: {len(train)} usable rows, fewer than batch_size {options.batch_size}")
         tokenizer = student_c.tokenizer(model_path, trust)
         needs_r = loss_c.needs_reasoning
-        added: list[str] = []
-        if hasattr(student_c, "adapt_tokenizer"):
-            texts = (t for r in train for t in (ctx.domain.query_text(r), ctx.domain.item_text(r),
-                                                 r.get(options.reasoning_column) or "" if needs_r else ""))
-            added = student_c.adapt_tokenizer(tokenizer, texts, s_opts)
+        texts = (t for r in train for t in (ctx.domain.query_text(r), ctx.domain.item_text(r),
+                                             r.get(options.reasoning_column) or "" if needs_r else ""))
+        added = list(student_c.adapt_tokenizer(tokenizer, texts, s_opts) or [])
+        student_plugin = cat.kind("student")[options.student].plugin
 
         def encode(batch):
             rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
@@ -118,17 +118,20 @@ class DistillStage(Stage):
             items = [ctx.domain.item_text(r) for r in rows]
             reasonings = [r.get(options.reasoning_column) or "" for r in rows] if needs_r else None
             out = student_c.encode(tokenizer, queries, items, reasonings, s_opts)
+            check_encoding(out, needs_r, student_plugin)
             out["labels"] = [int(r[options.label_column]) for r in rows]
             return out
 
         keep_probs = "label_probs" in train.column_names
         encoded = train.map(encode, batched=True, remove_columns=[c for c in train.column_names if not (keep_probs and c == "label_probs")],
                             desc="tokenizing")
-        student = student_c.build(model_path, len(labels), s_opts, trust, **({"vocab_size": len(tokenizer)} if added else {}))
-        if hasattr(loss_c, "extra_modules"):
+        student = student_c.build(model_path, len(labels), s_opts, trust, vocab_size=len(tokenizer) if added else None)
+        check_network(student, student_plugin)
+        extra = loss_c.extra_modules(student.hidden_size, l_opts)
+        if extra:
             import torch
 
-            student.extra = torch.nn.ModuleDict(loss_c.extra_modules(student.hidden_size, l_opts))
+            student.extra = torch.nn.ModuleDict(extra)
         ckpt_dir = ctx.dir / "checkpoints"
         args = TrainingArguments(
             output_dir=str(ckpt_dir), num_train_epochs=options.epochs, max_steps=options.max_steps,
@@ -146,8 +149,7 @@ class DistillStage(Stage):
         train_out = trainer.train(resume_from_checkpoint=last)
 
         out_dir = ctx.dir / "student"
-        student.model.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
+        student_c.save(student, tokenizer, out_dir)
         (out_dir / "reasondistill.json").write_text(json.dumps({
             "labels": list(labels), "domain": ctx.domain.name, "domain_options": ctx.domain.settings.model_dump(mode="json"), "max_length": s_opts.max_length,
             "loss": options.loss, "student": options.student, "base_model": model_path}, indent=2))
@@ -167,9 +169,8 @@ class DistillStage(Stage):
                                             predictions_path=ctx.dir / "dev_predictions.json"))
         if ctx.has_input("dev_annotations"):
             from reasondistill.evaluation import retention
-            from reasondistill.serving import Predictor
 
-            predictor = Predictor(out_dir, model=student.model, tokenizer=tokenizer)
+            predictor = student_c.predictor(out_dir, network=student, tokenizer=tokenizer)
             metrics.update({f"vs_teacher_{k}": v for k, v in
                             retention(predictor, ctx.load_dataset("dev_annotations"), ctx.domain).items()})
         import shutil
@@ -179,6 +180,20 @@ class DistillStage(Stage):
         if (ctx.dir / "dev_predictions.json").exists():
             outputs["dev_predictions"] = "dev_predictions.json"
         return StageResult(outputs=outputs, metrics=metrics)
+
+
+def check_network(network: Any, plugin: str) -> None:
+    """What ``Student.build`` returned trains under the losses: a torch module with the
+    :class:`~reasondistill.components.StudentNetwork` members; else one line naming the plugin."""
+    import torch
+
+    from reasondistill.components import StudentNetwork
+
+    if not isinstance(network, torch.nn.Module) or not isinstance(network, StudentNetwork):
+        missing = [m for m in ("forward_view", "hidden_size", "extra") if not hasattr(network, m)]
+        raise PluginError(plugin, "Student.build", f"returned a {type(network).__name__}, not a torch.nn.Module with "
+                          f"forward_view, hidden_size and extra (missing: {', '.join(missing) or 'torch.nn.Module'}); "
+                          "see reasondistill.components.StudentNetwork")
 
 
 @hookimpl

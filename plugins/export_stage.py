@@ -20,19 +20,20 @@ class ExportStage(Stage):
     Options = ExportOptions
 
     def run(self, ctx, options: ExportOptions) -> StageResult:
-        from reasondistill.onnx_export import OnnxPredictor, export_onnx
-        from reasondistill.serving import Predictor, render_items
-        from reasondistill.student_package import finish_package, start_package
+        from reasondistill.onnx_export import OnnxPredictor
+        from reasondistill.serving import render_items
+        from reasondistill.student_package import finish_package, start_package, student_component
 
         student = ctx.input("student")
+        component = student_component(student, ctx.hooks)  # the student that trained it exports it
         onnx_dir = start_package(student, ctx.dir / "model")
-        files = export_onnx(student, onnx_dir, quantize=options.quantize, optimize=options.optimize)
+        files = component.export_onnx(student, onnx_dir, quantize=options.quantize, optimize=options.optimize)
         metrics = {}
         if options.agreement_rows and ctx.has_input("dev"):
             dev = ctx.load_dataset("dev")
             rows = list(dev.select(range(min(options.agreement_rows, len(dev)))))
             queries, items = render_items(rows, ctx.domain)
-            torch_pred = Predictor(student)  # one load serves the reference labels and the latency
+            torch_pred = component.predictor(student)  # one load serves the reference labels and the latency
             ref = torch_pred.predict_proba(queries, items).argmax(-1)
             metrics["latency_ms_student_torch"] = median_ms(torch_pred, queries, items)
             for variant in files:

@@ -113,7 +113,6 @@ class RewardModelOptions(Options):
 
 class RewardModelStage(Stage):
     name = "reward_model"
-    family = "teacher"
     description = "Train a multi-head (one Bradley-Terry head per reward dimension) reward model."
     Options = RewardModelOptions
 

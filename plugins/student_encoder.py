@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 
 from reasondistill import Options, Student, hookimpl
+from reasondistill.views import REASONING, SHARED, STANDARD, prefixed
 
 
 class EncoderOptions(Options):
@@ -145,7 +146,7 @@ class EncoderClassifier(Student):
         second segment, so the reasoning goes before the item, and the query is never cut.
         """
         std = tokenizer(queries, items, truncation="longest_first", max_length=options.max_length)
-        out = {f"std_{k}": v for k, v in std.items()}
+        out = prefixed(STANDARD, std)
         if reasonings is not None and options.reasoning_layout == "shared":
             out.update(_shared_view(tokenizer, std, reasonings, options.reasoning_tokens))
         elif reasonings is not None:
@@ -153,7 +154,7 @@ class EncoderClassifier(Student):
             seconds = [i + sep + (r or "") for i, r in zip(items, reasonings)]
             rsn = tokenizer(queries, seconds, truncation="longest_first",
                             max_length=options.max_length + options.reasoning_tokens)
-            out.update({f"rsn_{k}": v for k, v in rsn.items()})
+            out.update(prefixed(REASONING, rsn))
         return out
 
 
@@ -163,18 +164,18 @@ def _shared_view(tokenizer, std, reasonings: list[str], budget: int) -> dict[str
         raise ValueError("student_options.reasoning_layout='shared' needs a tokenizer with [CLS] and [SEP] tokens")
     cut = max(1, budget - 2)
     rsn = tokenizer([r or "" for r in reasonings], add_special_tokens=False, truncation=True, max_length=cut)["input_ids"]
-    out: dict[str, list] = {"shr_input_ids": [], "shr_attention_mask": [], "shr_split": []}
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "split": []}
     types = "token_type_ids" in std
     if types:
-        out["shr_token_type_ids"] = []
+        out["token_type_ids"] = []
     for i, ids in enumerate(std["input_ids"]):
         tail = rsn[i][:cut] + [tokenizer.sep_token_id]
-        out["shr_input_ids"].append(list(ids) + tail + [tokenizer.cls_token_id])
-        out["shr_attention_mask"].append([1] * (len(ids) + len(tail) + 1))
-        out["shr_split"].append(len(ids))
+        out["input_ids"].append(list(ids) + tail + [tokenizer.cls_token_id])
+        out["attention_mask"].append([1] * (len(ids) + len(tail) + 1))
+        out["split"].append(len(ids))
         if types:
-            out["shr_token_type_ids"].append(list(std["token_type_ids"][i]) + [1] * len(tail) + [0])
-    return out
+            out["token_type_ids"].append(list(std["token_type_ids"][i]) + [1] * len(tail) + [0])
+    return prefixed(SHARED, out)
 
 
 def _has_safetensors(model: str) -> bool | None:

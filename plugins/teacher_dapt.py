@@ -40,7 +40,6 @@ def domain_texts(ctx, options: DaptOptions) -> list[str]:
 
 class DaptStage(Stage):
     name = "dapt"
-    family = "teacher"
     description = "Domain-adaptive pre-training (trl SFTTrainer, language modelling, packing, LoRA)."
     Options = DaptOptions
 

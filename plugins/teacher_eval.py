@@ -19,7 +19,6 @@ class TeacherEvalOptions(Options):
 
 class TeacherEvalStage(Stage):
     name = "teacher_eval"
-    family = "teacher"
     description = "Parse rate, accuracy, macro-F1 and mean reward per dimension of the current teacher."
     Options = TeacherEvalOptions
     generates = True

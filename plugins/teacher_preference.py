@@ -123,7 +123,6 @@ def _label(ctx, text: str) -> int | None:
 
 class PreferenceStage(Stage):
     name = "preference"
-    family = "teacher"
     description = "Sample K chains, rank by the multi-dimensional reward, train trl DPOTrainer (LoRA)."
     Options = PreferenceOptions
     generates = True

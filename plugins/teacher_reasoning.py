@@ -45,7 +45,6 @@ def sft_example(domain, row: dict[str, Any], reasoning: str) -> dict[str, Any]:
 
 class ReasoningDataStage(Stage):
     name = "reasoning"
-    family = "teacher"
     description = "Build reasoning SFT data from given chains, or bootstrap them STaR-style from gold labels."
     Options = ReasoningDataOptions
     generates = True

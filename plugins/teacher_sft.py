@@ -16,7 +16,6 @@ class SFTOptions(TeacherTrainOptions):
 
 class SFTStage(Stage):
     name = "sft"
-    family = "teacher"
     description = "Reasoning SFT (trl SFTTrainer, assistant completion only, LoRA merged into safetensors)."
     Options = SFTOptions
 

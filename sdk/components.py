@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -50,7 +50,6 @@ class Stage(Component):
     """
 
     kind = "stage"
-    family: ClassVar[str] = "pipeline"
     #: the stage makes the teacher write through the recipe's generation backend, so the
     #: recipe's ``backends`` are part of its hash
     generates: ClassVar[bool] = False
@@ -80,14 +79,75 @@ class Annotator(Component):
         """
 
 
+@runtime_checkable
+class StudentNetwork(Protocol):
+    """What :meth:`Student.build` returns and the losses train (a ``torch.nn.Module``).
+
+    ``forward_view`` runs one view and returns ``(logits [n, labels], cls [n, hidden])``: the
+    logits of the one classifier head, and the vector the contrastive term aligns. ``extra`` is a
+    ``torch.nn.ModuleDict`` where the distill stage puts the loss's own parameters
+    (:meth:`DistillLoss.extra_modules`), so they train and checkpoint with the network. A student
+    that encodes the shared layout (``shr_*``) also implements
+    ``forward_shared(input_ids, attention_mask, split, token_type_ids=None)`` returning both views.
+    """
+
+    hidden_size: int
+    extra: Any
+
+    def forward_view(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> tuple[Any, Any]: ...
+
+
 class Student(Component):
-    """Builds and loads the fast relevance model."""
+    """Builds, encodes for, saves and serves the fast relevance model.
+
+    The ``distill`` stage calls, in this order: :meth:`tokenizer`, :meth:`adapt_tokenizer`,
+    :meth:`encode` (batch layout: :mod:`reasondistill.views`), :meth:`build` (a
+    :class:`StudentNetwork`), trains it with the loss, then :meth:`save`. Dev evaluation, export and
+    ``serve`` ask the student for :meth:`predictor` and :meth:`export_onnx`; the defaults fit a
+    network whose ``model`` is a transformers ``AutoModelForSequenceClassification``.
+    """
 
     kind = "student"
 
     @abstractmethod
-    def build(self, model: str, num_labels: int, options: Any) -> Any:
-        """Return a trainable student (a ``torch.nn.Module``) initialised from ``model``."""
+    def tokenizer(self, model: str, trust_remote_code: bool = False) -> Any:
+        """The tokenizer for the base model ``model`` (a local folder or hub id)."""
+
+    def adapt_tokenizer(self, tokenizer: Any, texts: Iterable[str], options: Any) -> list[str]:
+        """Add tokens the training text needs (read ``texts`` only if you use them); returns the
+        tokens added, and :meth:`build` then gets ``vocab_size``. Default: add nothing."""
+        return []
+
+    @abstractmethod
+    def encode(self, tokenizer: Any, queries: list[str], items: list[str], reasonings: list[str] | None,
+               options: Any) -> dict[str, list]:
+        """Token lists of the standard view (``std_*``) and, when ``reasonings`` is given, of the
+        reasoning view (``rsn_*`` or ``shr_*``): see :mod:`reasondistill.views`."""
+
+    @abstractmethod
+    def build(self, model: str, num_labels: int, options: Any, trust_remote_code: bool = False,
+              vocab_size: int | None = None) -> StudentNetwork:
+        """A trainable :class:`StudentNetwork` initialised from ``model``, with ``num_labels``
+        outputs and, when given, input embeddings for ``vocab_size`` tokens."""
+
+    def save(self, network: Any, tokenizer: Any, folder: Path) -> None:
+        """Write the trained network and its tokenizer so :meth:`predictor` can load them."""
+        network.model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    def predictor(self, folder: Path, network: Any = None, tokenizer: Any = None, batch_size: int = 64) -> Any:
+        """An object with ``predict_proba(queries, items) -> ndarray [n, labels]`` for the saved
+        student in ``folder`` (or the in-memory ``network``): the standard view only."""
+        from .serving import Predictor
+
+        return Predictor(folder, batch_size=batch_size, model=getattr(network, "model", None), tokenizer=tokenizer)
+
+    def export_onnx(self, folder: Path, out_dir: Path, quantize: bool = True, optimize: bool = True) -> dict[str, str]:
+        """Write the standard view as ONNX to ``out_dir`` (``model.onnx``, optionally
+        ``model.int8.onnx``, and the tokenizer); returns ``{"fp32": name, "int8": name}``."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(folder, out_dir, quantize=quantize, optimize=optimize)
 
 
 class DistillLoss(Component):
@@ -101,18 +161,31 @@ class DistillLoss(Component):
 
     @abstractmethod
     def compute(self, student: Any, batch: dict[str, Any], options: Any) -> dict[str, Any]:
-        """Return ``{"loss": total, "<term>": value, ...}``; each term is logged on its own."""
+        """Return ``{"loss": total, "logits": standard-view logits, "<term>": value, ...}``; each
+        term is logged on its own. Read the views with :func:`reasondistill.views.forward_views`."""
+
+    def extra_modules(self, hidden_size: int, options: Any) -> dict[str, Any]:
+        """Parameters the loss trains with the student (a projection head), by name; they land in
+        ``student.extra``. Default: none."""
+        return {}
 
 
 class ModelSource(Component):
     """A named model that materialises offline into a local folder (weights + tokenizer)."""
 
     kind = "model"
-    model_kind: ClassVar[str] = "causal-lm"  # or "encoder"
+    #: ``causal-lm`` (fits the ``teacher`` role) or ``encoder`` (fits ``student``); ``validate``
+    #: refuses a recipe that gives a role a model of the other kind
+    model_kind: ClassVar[str] = "causal-lm"
 
     @abstractmethod
     def materialize(self, cache_dir: Path) -> Path:
         """Create (once) and return the folder ``from_pretrained`` loads."""
+
+    def materialize_for(self, cache_dir: Path, domain: Any) -> Path:
+        """The folder for a run in ``domain``; by default the same for every domain. Override
+        where the model depends on the domain's text (the tiny models train their tokenizer on it)."""
+        return self.materialize(cache_dir)
 
 
 def ComponentRef(kind: str) -> Any:
@@ -133,23 +206,3 @@ def ComponentRef(kind: str) -> Any:
         return value
 
     return Annotated[str, AfterValidator(check)]
-
-
-def validate_nested(context: dict | None, kind: str, name: str, raw: dict[str, Any], field: str) -> Any:
-    """Validate ``raw`` with the ``Options`` of component ``kind``/``name``; errors name ``field``."""
-    from pydantic import ValidationError
-
-    from .errors import RecipeError
-    from .recipe import recipe_error
-
-    catalogue = (context or {}).get("catalogue")
-    if catalogue is None:
-        from .manager import get_hooks
-
-        catalogue = get_hooks().catalogue
-    component = catalogue.get(kind, name, field)
-    try:
-        return component.options(raw, context=context)
-    except ValidationError as exc:
-        err = recipe_error(exc, prefix=field)
-        raise RecipeError(err.field, err.message) from None

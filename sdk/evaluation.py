@@ -21,7 +21,10 @@ def evaluate_student(model_dir, dev, domain, reasoning_column: str = "reasoning"
     rows, gold = _gold_rows(dev)
     if not rows:
         return {}
-    predictor = Predictor(model_dir, model=student.model if student is not None else None, tokenizer=tokenizer)
+    if student_component is not None:
+        predictor = student_component.predictor(model_dir, network=student, tokenizer=tokenizer)
+    else:
+        predictor = Predictor(model_dir, model=student.model if student is not None else None, tokenizer=tokenizer)
     queries, items = render_items(rows, domain)
     probs = predictor.predict_proba(queries, items)
     out = {prefix + k: round(v, 5) for k, v in classification_metrics(gold, probs.argmax(-1), domain.labels, probs, queries).items()}
@@ -38,26 +41,26 @@ def evaluate_student(model_dir, dev, domain, reasoning_column: str = "reasoning"
 
 
 def reasoning_view_proba(student, tokenizer, component, options, queries, items, reasonings, batch_size: int = 64) -> np.ndarray:
+    """Label probabilities of the student's reasoning view (layout: :mod:`reasondistill.views`)."""
     import torch
 
-    from reasondistill.training import PairCollator
+    from .training import PairCollator
+    from .views import forward_reasoning, key, reasoning_view
 
     enc = component.encode(tokenizer, queries, items, reasonings, options)
-    view = "shr" if "shr_input_ids" in enc else "rsn"
+    view = reasoning_view(enc)
     keys = [k for k in enc if k.startswith(view + "_")]
     collate = PairCollator(tokenizer, (view,))
-    out = np.zeros((len(queries), student.model.config.num_labels), dtype=np.float32)
+    out: np.ndarray | None = None
     student.eval()
     with torch.inference_mode():
-        for idx in length_buckets([len(x) for x in enc[f"{view}_input_ids"]], batch_size):
-            b = collate([{k: enc[k][i] for k in keys} for i in idx])
-            if view == "shr":
-                _, (logits, _) = student.forward_shared(b["shr_input_ids"], b["shr_attention_mask"], b["shr_split"],
-                                                        b.get("shr_token_type_ids"))
-            else:
-                logits, _ = student.forward_view(b["rsn_input_ids"], b["rsn_attention_mask"], b.get("rsn_token_type_ids"))
-            out[idx] = torch.softmax(logits, -1).numpy()
-    return out
+        for idx in length_buckets([len(x) for x in enc[key(view, "input_ids")]], batch_size):
+            logits, _ = forward_reasoning(student, collate([{k: enc[k][i] for k in keys} for i in idx]))
+            probs = torch.softmax(logits.float(), -1).numpy()
+            if out is None:
+                out = np.zeros((len(queries), probs.shape[1]), dtype=np.float32)
+            out[idx] = probs
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def retention(student_predictor, dev_annotations, domain) -> dict[str, float]:

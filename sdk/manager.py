@@ -216,6 +216,10 @@ class Hooks:
             raise PluginError(plugin, hook, f"registered {comp!r} without a string 'name'")
         if getattr(comp, "kind", kind) != kind:
             raise PluginError(plugin, hook, f"{name!r} is a {comp.kind}, but {hook} takes a {kind}")
+        base = kind_bases().get(kind)
+        if base is not None and not isinstance(comp, base):
+            raise PluginError(plugin, hook, f"{name!r} is a {type(comp).__name__}, not a reasondistill"
+                              f".{base.__name__}: subclass it, so the contract's methods are checked")
         bucket = cat.entries.setdefault(kind, {})
         if name in bucket:
             raise PluginError(plugin, hook, f"{kind} {name!r} is already registered by plugin {bucket[name].plugin!r}")
@@ -249,6 +253,16 @@ class Hooks:
     def on_stage_end(self, run: Any, stage: str, result: Any) -> None:
         for _ in self._each("on_stage_end", run=run, stage=stage, result=result):
             pass
+
+
+def kind_bases() -> dict[str, type]:
+    """The base class each component kind must subclass (its written contract)."""
+    from .components import Annotator, DistillLoss, ModelSource, Stage, Student
+    from .domain import Domain
+    from .generators import GenerationBackend
+
+    return {"stage": Stage, "annotator": Annotator, "backend": GenerationBackend, "student": Student,
+            "loss": DistillLoss, "domain": Domain, "model": ModelSource}
 
 
 def checked_score(plugin: str, dim: str, value: Any) -> float:

@@ -14,8 +14,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("REASONDISTILL_CACHE", Path.home() / ".cache" / "reasondistill"))
 
 
-def resolve_model(ref: str, hooks: Any = None) -> str:
-    """A path ``from_pretrained`` can load: materialise a registered model, else pass through."""
+#: the model kind each role needs, checked in ``validate`` for registered model names
+ROLE_KINDS = {"teacher": "causal-lm", "student": "encoder"}
+
+
+def resolve_model(ref: str, hooks: Any = None, domain: Any = None) -> str:
+    """A path ``from_pretrained`` can load: materialise a registered model (for ``domain`` when
+    given, see :meth:`ModelSource.materialize_for`), else pass through."""
     if hooks is None:
         from .manager import get_hooks
 
@@ -25,7 +30,8 @@ def resolve_model(ref: str, hooks: Any = None) -> str:
         target = cache_dir() / "models"
         target.mkdir(parents=True, exist_ok=True)
         try:
-            return str(entry.component.materialize(target))
+            source = entry.component
+            return str(source.materialize(target) if domain is None else source.materialize_for(target, domain))
         except ModelError:
             raise
         except Exception as exc:

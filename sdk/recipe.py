@@ -209,10 +209,24 @@ def check_reward_weights(recipe: Recipe, catalogue: Any, source: str | None = No
                               source)
 
 
+def check_model_roles(recipe: Recipe, catalogue: Any, source: str | None = None) -> None:
+    """A registered model of the wrong kind for its role (an encoder as teacher) fails here, not
+    after the stages before the one that loads it have run."""
+    from .models import ROLE_KINDS
+
+    for role, ref in recipe.models.items():
+        entry = catalogue.kind("model").get(ref)
+        need = ROLE_KINDS.get(role)
+        if entry is not None and need and entry.component.model_kind != need:
+            raise RecipeError(f"models.{role}", f"{ref!r} is a {entry.component.model_kind} model "
+                              f"(plugin {entry.plugin!r}); the {role} needs a {need} model", source)
+
+
 def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[ResolvedStage]:
     """Look up each stage's component and validate its options; the first error is raised."""
     resolve_domain(recipe, catalogue, source)
     check_reward_weights(recipe, catalogue, source)
+    check_model_roles(recipe, catalogue, source)
     out = []
     context = {"catalogue": catalogue, "recipe": recipe}
     for role, spec in recipe.backends.items():
@@ -237,3 +251,18 @@ def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[R
                 raise RecipeError(f"stages[{i}].inputs.{key}", f"no earlier stage named {producer!r}", source)
         out.append(ResolvedStage(spec, component, options))
     return out
+
+
+def validate_nested(context: dict | None, kind: str, name: str, raw: dict[str, Any], field: str) -> Any:
+    """Validate ``raw`` with the ``Options`` of component ``kind``/``name``; errors name ``field``."""
+    catalogue = (context or {}).get("catalogue")
+    if catalogue is None:
+        from .manager import get_hooks
+
+        catalogue = get_hooks().catalogue
+    component = catalogue.get(kind, name, field)
+    try:
+        return component.options(raw, context=context)
+    except ValidationError as exc:
+        err = recipe_error(exc, prefix=field)
+        raise RecipeError(err.field, err.message) from None

@@ -155,7 +155,7 @@ class StageContext:
             from .errors import RecipeError
 
             raise RecipeError(f"models.{role}", f"stage {self.name!r} needs a {role} model; set models.{role}")
-        return resolve_model(ref, self.hooks)
+        return resolve_model(ref, self.hooks, self.domain)
 
     def progress(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it") -> Any:
         from tqdm.auto import tqdm

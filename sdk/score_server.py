@@ -27,6 +27,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import ReasonDistillError
+
 log = logging.getLogger("reasondistill")
 
 
@@ -67,8 +69,13 @@ class Scorer:
         self.domain = self._domain(self.meta.get("domain"))
         if variant == "torch":
             from .serving import Predictor
+            from .student_package import student_component
 
-            self.predictor: Any = Predictor(self.folder, batch_size=batch_size)
+            try:
+                self.predictor: Any = student_component(self.folder).predictor(self.folder, batch_size=batch_size)
+            except ReasonDistillError as exc:  # its student plugin is not installed here
+                log.warning("%s; loading it as a sequence classifier", exc)
+                self.predictor = Predictor(self.folder, batch_size=batch_size)
         else:
             from .onnx_export import OnnxPredictor
 

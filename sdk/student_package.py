@@ -193,3 +193,13 @@ def find_package(target: str | Path, runs_dir: str | Path = "runs") -> Path:
                     return candidate / name / manifest["outputs"]["model"]["path"]
             raise ArtifactError(f"{candidate}: no finished stage wrote a student package (run an export stage)")
     raise ArtifactError(f"{target}: neither a student package folder nor a run (looked in {runs_dir} too)")
+
+
+def student_component(model_dir: str | Path, hooks: Any = None) -> Any:
+    """The registered :class:`~reasondistill.Student` that trained the student in ``model_dir``
+    (named in its ``reasondistill.json``): it supplies the predictor and the ONNX export."""
+    from .manager import get_hooks
+    from .serving import META, student_meta
+
+    name = student_meta(model_dir).get("student") or "encoder-classifier"
+    return (hooks or get_hooks()).catalogue.get("student", name, f"{Path(model_dir) / META}: student")

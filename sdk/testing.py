@@ -76,6 +76,6 @@ def tiny_encoder(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_pairs():
     from reasondistill.data import rows_to_pairs
-    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.tiny import default_domain
 
-    return rows_to_pairs(generate_pairs(n=64, seed=0), "tiny_pairs", num_labels=3)
+    return rows_to_pairs(default_domain().generate(n=64, seed=0), "tiny_pairs", num_labels=3)

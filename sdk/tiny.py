@@ -2,12 +2,37 @@
 
 They back the test kit and the ``tiny`` recipe profile: real transformers architectures
 (Llama-style causal LM, BERT encoder) small enough that a training step takes milliseconds.
+The tokenizer is trained on a domain's own text (its prompts and, when it has a generator, its
+pairs and chains): a 600-token vocabulary trained on another domain splits a new domain's words
+into characters, and the tiny teacher then never learns its answer format.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+DEFAULT_DOMAIN = "local_services"
+
+
+def default_domain() -> Domain:
+    """The embedded demo domain, from the catalogue (the core never imports a plugin)."""
+    from .manager import get_hooks
+
+    return get_hooks().catalogue.get("domain", DEFAULT_DOMAIN)
+
+
+def domain_examples(domain: Domain, n: int, seed: int, noise: float = 0.05) -> list[tuple[dict[str, Any], str]]:
+    """``(row, reasoning)`` from the domain's generator, the reasoning from :meth:`Domain.rationale`
+    or the row's ``rationale`` column; empty for a domain without a generator."""
+    if not domain.can_generate:
+        return []
+    rows = domain.generate(n=n, seed=seed, noise=noise)
+    return [(r, domain.rationale(r, r["label"]) if domain.writes_rationale else str(r.get("rationale") or ""))
+            for r in rows]
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -21,20 +46,17 @@ CAUSAL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def corpus(extra: Iterable[str] = ()) -> list[str]:
-    """Training text for tiny tokenizers: the demo domain, its prompts and some extra text."""
-    from reasondistill.plugins.local_services import LocalServices, generate_pairs
-
-    dom = LocalServices()
-    rows = generate_pairs(n=400, seed=1)
+def corpus(extra: Iterable[str] = (), domain: Domain | None = None) -> list[str]:
+    """Training text for tiny tokenizers: a domain (default: the demo one), its prompts and some extra text."""
+    dom = domain or default_domain()
     texts = [dom.system_prompt(), *extra]
-    for r in rows:
-        texts += [dom.user_prompt(r), dom.format_completion(r["rationale"], r["label"])]
+    for r, reasoning in domain_examples(dom, n=400, seed=1):
+        texts += [dom.user_prompt(r), dom.format_completion(reasoning, r["label"])]
     texts += ["The product is a tool for the garden. Query: drill bits, paint, faucet, lumber, 2x4 in. x 8 ft."]
     return texts
 
 
-def train_causal_tokenizer(out_dir: Path, vocab_size: int = 600, extra: Iterable[str] = ()):
+def train_causal_tokenizer(out_dir: Path, vocab_size: int = 600, extra: Iterable[str] = (), domain: Domain | None = None):
     """A byte-level BPE tokenizer with ChatML specials and a chat template with generation marks."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -44,7 +66,7 @@ def train_causal_tokenizer(out_dir: Path, vocab_size: int = 600, extra: Iterable
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CAUSAL_SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(extra), trainer)
+    tok.train_from_iterator(corpus(extra, domain), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<pad>", unk_token="<|endoftext|>")
     fast.chat_template = CHAT_TEMPLATE
@@ -52,7 +74,7 @@ def train_causal_tokenizer(out_dir: Path, vocab_size: int = 600, extra: Iterable
     return fast
 
 
-def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterable[str] = ()):
+def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterable[str] = (), domain: Domain | None = None):
     """A lowercasing WordPiece tokenizer with BERT's specials and pair template."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -61,7 +83,7 @@ def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterabl
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(corpus(extra), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS))
+    tok.train_from_iterator(corpus(extra, domain), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
@@ -71,13 +93,14 @@ def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterabl
     return fast
 
 
-def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2,
+                         domain: Domain | None = None) -> Path:
     """Save a tiny Llama-style causal LM + tokenizer to ``out_dir`` (fp32 safetensors)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
-    tok = train_causal_tokenizer(out)
+    tok = train_causal_tokenizer(out, domain=domain)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
@@ -90,13 +113,14 @@ def build_tiny_causal_lm(out_dir: str | Path, seed: int = 0, hidden: int = 64, l
     return out
 
 
-def build_tiny_encoder(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, num_labels: int = 3) -> Path:
+def build_tiny_encoder(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, num_labels: int = 3,
+                       domain: Domain | None = None) -> Path:
     """Save a tiny BERT encoder + WordPiece tokenizer to ``out_dir``."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     out = Path(out_dir)
-    tok = train_encoder_tokenizer(out)
+    tok = train_encoder_tokenizer(out, domain=domain)
     config = BertConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                         num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
                         pad_token_id=tok.pad_token_id, num_labels=num_labels)
@@ -105,8 +129,9 @@ def build_tiny_encoder(out_dir: str | Path, seed: int = 0, hidden: int = 64, lay
     return out
 
 
-def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0) -> Path:
-    """A tiny causal LM taught the ``local_services`` answer format, so greedy decoding writes
+def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0, domain: Domain | None = None) -> Path:
+    """A tiny causal LM taught a domain's answer format (default ``local_services``; the domain needs
+    a generator), so greedy decoding writes
     ``Reasoning: ...`` and a label that varies with the pair (about 20 s on 2 CPU cores).
 
     The untrained tiny model writes the same blank lines for every prompt, so every label, label
@@ -122,19 +147,20 @@ def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reasondistill.plugins.local_services import LocalServices, generate_pairs
-
+    dom = domain or default_domain()
+    pairs = domain_examples(dom, n=2000, seed=11, noise=0.0)
+    if not pairs:
+        raise ValueError(f"domain {dom.name!r} has no generator to teach the tiny teacher from")
     out = Path(out_dir)
-    build_tiny_causal_lm(out, seed=seed)
+    build_tiny_causal_lm(out, seed=seed, domain=dom)
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    dom = LocalServices()
     examples = []
-    for i, row in enumerate(generate_pairs(n=2000, seed=11, noise=0.0)):
+    for i, (row, reasoning) in enumerate(pairs):
         # one in four prompts carries STaR's hint, so rationalization prompts are answered in format too
         chat = dom.rationalize_prompt(row, row["label"]) if i % 4 == 0 else dom.messages(row)
         prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        answer = dom.format_completion(row["rationale"], row["label"]) + tok.eos_token
+        answer = dom.format_completion(reasoning, row["label"]) + tok.eos_token
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
         examples.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))

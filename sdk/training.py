@@ -12,15 +12,14 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-
-VIEWS = ("std", "rsn", "shr")  # standard, reasoning, and both in one shared sequence
+from .views import key, present, unprefixed
 
 
 class PairCollator:
     """Pads each view dynamically (to the longest row of the batch), keeps labels and soft targets.
 
-    ``views`` defaults to every view prefix found in the rows; per-row integers of a view (the
-    shared view's ``split``) become a 1-D tensor.
+    ``views`` defaults to every view found in the rows (layout: :mod:`reasondistill.views`);
+    per-row integers of a view (the shared view's ``split``) become a 1-D tensor.
     """
 
     def __init__(self, tokenizer: Any, views: tuple[str, ...] | None = None):
@@ -28,14 +27,14 @@ class PairCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
-        views = self.views or tuple(v for v in VIEWS if any(k.startswith(v + "_") for k in rows[0]))
+        views = self.views or present(rows[0])
         for view in views:
-            feats = [{k[len(view) + 1:]: r[k] for k in r if k.startswith(view + "_")} for r in rows]
+            feats = [unprefixed(view, r) for r in rows]
             scalars = [k for k in feats[0] if not isinstance(feats[0][k], (list, tuple))]
-            for key in scalars:
-                batch[f"{view}_{key}"] = torch.tensor([f.pop(key) for f in feats])
+            for name in scalars:
+                batch[key(view, name)] = torch.tensor([f.pop(name) for f in feats])
             padded = self.tokenizer.pad(feats, return_tensors="pt")
-            batch.update({f"{view}_{k}": v for k, v in padded.items()})
+            batch.update({key(view, k): v for k, v in padded.items()})
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
         if rows[0].get("label_probs") is not None:

@@ -83,3 +83,11 @@ def test_mkdocs_build_strict(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_options_reference_is_current():
+    """docs/options.md is generated from the Options models; a changed option must regenerate it."""
+    from reasondistill.options_doc import options_markdown
+
+    assert (ROOT / "docs" / "options.md").read_text(encoding="utf-8") == options_markdown(), (
+        "regenerate: python -m reasondistill.options_doc > docs/options.md")

@@ -212,7 +212,13 @@ def test_hook_register_students(rd_hooks, register_plugin):
     class Mine(Student):
         name = "mine"
 
-        def build(self, model, num_labels, options):
+        def tokenizer(self, model, trust_remote_code=False):
+            return None
+
+        def encode(self, tokenizer, queries, items, reasonings, options):
+            return {}
+
+        def build(self, model, num_labels, options, trust_remote_code=False, vocab_size=None):
             return None
 
     class P:
@@ -222,6 +228,27 @@ def test_hook_register_students(rd_hooks, register_plugin):
 
     register_plugin(P(), "p")
     assert rd_hooks.catalogue.kind("student")["mine"].plugin == "p"
+
+    # the contract is checked at registration: an incomplete subclass, or a look-alike, names its plugin
+    class Half(Student):
+        name = "half"
+
+        def build(self, model, num_labels, options, trust_remote_code=False, vocab_size=None):
+            return None
+
+    class LookAlike:
+        kind, name = "student", "look-alike"
+
+    for bad, message in ((Half, "abstract methods encode, tokenizer"), (LookAlike, "not a reasondistill.Student")):
+        class Q:
+            @hookimpl
+            def register_students(self, register, bad=bad):
+                register(bad())
+
+        register_plugin(Q(), "bad_student")
+        with pytest.raises(PluginError, match=f"'bad_student'.*{message}"):
+            rd_hooks.catalogue
+        rd_hooks.unregister("bad_student")
 
 
 def test_hook_register_distill_losses(rd_hooks, register_plugin):

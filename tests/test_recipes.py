@@ -31,6 +31,7 @@ GOOD = {"name": "good", "models": {"student": "tiny-encoder"},
     ({"seed": "abc"}, "seed"),
     ({"domain": "mars"}, "domain"),
     ({"domain_options": {"typo": 1}}, "domain_options.typo"),
+    ({"models": {"student": "tiny-causal-lm"}}, "models.student"),  # a causal LM cannot be the student
     ({"reward_weights": {"labl_agreement": 2.0}}, "reward_weights.labl_agreement"),
     ({"domain": "product_search"}, "stages[0].options.source"),  # no generator behind source: generate
     ({"stages": [{"uses": "pairs"}, {"uses": "reasoning", "options": {"source": "domain"}}]},
