@@ -6,11 +6,20 @@ dev annotations), reward dimensions before and after DPO, teacher vs student lat
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 from reasondistill import hookimpl
 from reasondistill.report import run_stages, run_table
+
+
+#: fonts with CJK glyphs, most common first (system fonts, or the ``cjk`` extra's ``mplfonts``)
+CJK_FAMILIES = ("Noto Sans CJK SC", "Source Han Sans SC", "Noto Sans SC", "SimHei", "WenQuanYi Zen Hei",
+                "WenQuanYi Micro Hei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "Noto Sans CJK JP", "IPAexGothic")
+_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
 def _plt():
@@ -22,7 +31,49 @@ def _plt():
     return plt
 
 
-def confusion_png(gold, pred, labels, title: str, path: Path) -> None:
+@functools.lru_cache(maxsize=1)
+def cjk_font() -> str | None:
+    """A font family with CJK glyphs, or None. Fonts of the optional ``mplfonts`` package
+    (``pip install 'reasondistill[cjk]'``) are registered first."""
+    from matplotlib import font_manager
+
+    spec = importlib.util.find_spec("mplfonts")  # its files only: importing it needs more packages
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for font in sorted((Path(folder) / "fonts").glob("*.[ot]tf")):
+            font_manager.fontManager.addfont(str(font))
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    return next((n for n in CJK_FAMILIES if n in names), None)
+
+
+def plot_labels(labels: list[str]) -> tuple[list[str], str | None]:
+    """Tick labels the plot can draw, and a note for the report when they had to change.
+
+    DejaVu Sans (matplotlib's default) has no CJK glyphs: Chinese labels came out as empty boxes
+    and the QBQTC report was unreadable. With a CJK font installed the labels are drawn as they
+    are (the font is a fallback after DejaVu); without one they are numbered, and the report's
+    text, which any viewer renders, says which number is which label.
+    """
+    if not any(_CJK.search(str(label)) for label in labels) or cjk_font():
+        return [str(label) for label in labels], None
+    note = ", ".join(f"{i} = {label}" for i, label in enumerate(labels))
+    return [str(i) for i in range(len(labels))], f"Labels: {note} (for CJK glyphs in plots: pip install 'reasondistill[cjk]')"
+
+
+def _font_context():
+    plt = _plt()
+    font = cjk_font()
+    return plt.rc_context({"font.family": ["DejaVu Sans", font]} if font else {})
+
+
+def confusion_png(gold, pred, labels, title: str, path: Path) -> str | None:
+    """Write the confusion matrix; returns the label note :func:`plot_labels` made, if any."""
+    labels, note = plot_labels(labels)
+    with _font_context():
+        _confusion_png(gold, pred, labels, title, path)
+    return note
+
+
+def _confusion_png(gold, pred, labels, title: str, path: Path) -> None:
     import numpy as np
 
     plt = _plt()
@@ -107,8 +158,9 @@ def write_report(run_dir: Path) -> Path:
         preds = folder / "dev_predictions.json"
         if preds.exists():
             p = json.loads(preds.read_text())
-            confusion_png(p["gold"], p["pred"], p["labels"], f"{name}: student on dev", plots / f"{name}_confusion.png")
+            note = confusion_png(p["gold"], p["pred"], p["labels"], f"{name}: student on dev", plots / f"{name}_confusion.png")
             lines += [f"## {name}: student confusion (dev)", "", f"![confusion](plots/{name}_confusion.png)", ""]
+            lines += [note, ""] if note else []
         dev_ann = folder / "dev_annotations"
         if dev_ann.exists():
             from datasets import load_from_disk
@@ -116,8 +168,10 @@ def write_report(run_dir: Path) -> Path:
             ds = load_from_disk(str(dev_ann))
             labels = json.loads((run_dir / "recipe.json").read_text()).get("domain")
             names = _labels(run_dir, labels)
-            confusion_png(ds["gold_label"], ds["label"], names, f"{name}: teacher on dev", plots / f"{name}_teacher_confusion.png")
+            note = confusion_png(ds["gold_label"], ds["label"], names, f"{name}: teacher on dev",
+                                 plots / f"{name}_teacher_confusion.png")
             lines += [f"## {name}: teacher confusion (dev)", "", f"![teacher confusion](plots/{name}_teacher_confusion.png)", ""]
+            lines += [note, ""] if note else []
         before = {k[len("before_reward_"):]: v for k, v in m.items() if k.startswith("before_reward_")}
         after = {k[len("after_reward_"):]: v for k, v in m.items() if k.startswith("after_reward_")}
         if before and bars_png({"before DPO": before, "after DPO": after}, f"{name}: reward on held-out prompts",
