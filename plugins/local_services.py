@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from reasondistill import Domain, Options, hookimpl
 
 FAMILIES: dict[str, list[str]] = {
@@ -138,10 +140,11 @@ class LocalServices(Domain):
     item_fields: ClassVar[tuple[str, ...]] = ("district", "price", "hours")
 
     class Options(Options):
-        pass
+        queries: int | None = Field(None, ge=1, description="distinct queries the generator draws "
+                                                             "(default: one per six pairs, at least 10)")
 
     def generate(self, n: int, seed: int, noise: float = 0.05) -> list[dict[str, Any]]:
-        return generate_pairs(n=n, seed=seed, noise=noise)
+        return generate_pairs(n=n, seed=seed, noise=noise, queries=self.settings.queries)
 
 
 @hookimpl

@@ -24,8 +24,21 @@ class SFTStage(Stage):
 
         data = ctx.load_dataset(options.input).select_columns(["prompt", "completion"])
         model, tok = load_causal_lm(teacher_source(ctx), ctx.recipe.trust_remote_code)
+        check_prompt_room(tok, data["prompt"], options.max_length, options.input)
         args = SFTConfig(**common_args(ctx, options), completion_only_loss=True)
         return sft_stage_result(ctx, options, data, args, tok, model, {"examples": len(data)})
+
+
+def check_prompt_room(tok, prompts, max_length: int, source: str) -> None:
+    """Fail before training when a prompt fills ``max_length``: its answer would be cut away and
+    the example would train nothing (trl fails deep inside, or the loss is NaN)."""
+    from reasondistill.errors import DataError
+
+    lengths = [len(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)) for p in prompts]
+    full = [n for n in lengths if n >= max_length]
+    if full:
+        raise DataError(f"{source}: {len(full)} of {len(lengths)} prompts are {min(full)}-{max(full)} tokens, which leaves "
+                        f"their answers no room in max_length {max_length}; raise max_length above {max(lengths) + 64}")
 
 
 @hookimpl

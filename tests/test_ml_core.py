@@ -186,7 +186,7 @@ def _hashes(rd_engine, tmp_path, **change):
 
 @pytest.mark.parametrize("field, value", [
     ("seed", 1), ("models", {"teacher": "other", "student": "tiny-encoder"}), ("domain", "product_search"),
-    ("domain_options", {"x": 1}), ("reward_weights", {"format": 2.0}), ("trust_remote_code", True),
+    ("domain_options", {"queries": 7}), ("reward_weights", {"format": 2.0}), ("trust_remote_code", True),
 ])
 def test_every_shared_setting_changes_every_stage_hash(rd_engine, tmp_path, field, value):
     base = _hashes(rd_engine, tmp_path)
@@ -320,6 +320,10 @@ def test_reward_scores_outside_0_1_name_the_plugin_and_dimension(rd_hooks, regis
 
     class Bad:
         @hookimpl
+        def reward_dimensions(self):
+            return ["vibes"]
+
+        @hookimpl
         def score_reasoning(self, example, completion, domain):
             return {"vibes": value}
 
@@ -335,6 +339,10 @@ def test_failure_after_training_keeps_the_teacher_and_the_rerun_reuses_it(rd_eng
     from reasondistill import PluginError, hookimpl
 
     class Broken:
+        @hookimpl
+        def reward_dimensions(self):
+            return ["down"]
+
         @hookimpl
         def score_reasoning(self, example, completion, domain):
             raise RuntimeError("scorer down")

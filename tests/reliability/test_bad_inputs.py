@@ -197,3 +197,16 @@ def test_our_own_errors_inside_a_stage_gain_the_stage_name(rd_engine, tmp_path):
     path = jsonl(tmp_path, [GOOD] * 10 + [{"query": "q", "item": "x", "label": 5}])
     with pytest.raises(DataError, match=r"^stage 'pairs': .*p\.jsonl"):
         rd_engine.run(Recipe(name="d", stages=[step("pairs", source=str(path))]))
+
+
+def test_sft_max_length_shorter_than_the_prompts_fails_before_training(rd_engine):
+    TRIED["n"] += 1
+    from reasondistill import Recipe, step
+
+    recipe = Recipe(name="s", models={"teacher": "tiny-causal-lm"},
+                    stages=[step("pairs", n=40), step("reasoning", source="column"),
+                            step("sft", max_steps=2, lora=False, max_length=48)])
+    with pytest.raises(DataError, match=r"^stage 'sft': sft_data: (\d+) of \1 prompts are \d+-\d+ tokens, which leaves "
+                                        r"their answers no room in max_length 48; raise max_length above \d+"):
+        rd_engine.run(recipe)
+    assert not (rd_engine.runs_dir / "s" / "sft" / "checkpoints").exists()
