@@ -131,6 +131,10 @@ def register_generation_backends(register: Callable[[GenerationBackend], None]) 
 def register_students(register: Callable[[Student], None]) -> None:
     """Add student model builders (the fast model that serves relevance at inference).
 
+    Each must subclass :class:`~reasondistill.components.Student`, whose abstract methods are the
+    contract (tokenize, encode the views of :mod:`reasondistill.views`, build a
+    :class:`~reasondistill.components.StudentNetwork`); anything else is refused at registration.
+
     :param register: call ``register(student)`` for each :class:`~reasondistill.components.Student`.
     :return: nothing.
     """
