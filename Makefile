@@ -4,7 +4,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test docs bench
+.PHONY: setup demo test docs bench mutants
 
 setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
@@ -17,3 +17,9 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+# Mutation testing of the core modules (not part of CI; hours for all of them on 2 cores).
+# MUTANTS="--modules metrics,recipe --max 0" narrows it; see benchmarks/mutants.py.
+mutants: setup
+	$(PYTHON) -m pip install -q cosmic-ray
+	$(PYTHON) benchmarks/mutants.py $(MUTANTS)

@@ -145,6 +145,8 @@ class Engine:
         if dist.is_main():
             if not resuming:
                 clear_dir(stage_dir)
+            for stale in stage_dir.glob(".*.tmp"):  # a killed run's half-written atomic files
+                stale.unlink(missing_ok=True)
             write_json_atomic(stage_dir / STATE, {"hash": digest, "status": "running"})
         dist.barrier()
         ctx = StageContext(stage.name, stage_dir, run, self.hooks, domain, resuming, dict(produced),

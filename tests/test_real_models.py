@@ -26,8 +26,18 @@ def test_smollm2_through_dapt_sft_preference_and_reload(rd_engine):
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.model_type == "llama" and model.dtype.is_floating_point
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True)
-    out = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=3, do_sample=False)
-    assert out.shape[1] > 3
+    inputs = tok(prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1]:]
+    assert len(new) >= 1 and tok.decode(new, skip_special_tokens=True).strip(), "the reloaded teacher writes text"
+    from safetensors.torch import load_file
+
+    from reasondistill.models import resolve_model
+
+    base = load_file(f"{resolve_model('smollm2-135m-instruct', rd_engine.hooks)}/model.safetensors")
+    tuned = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in tuned if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not (tuned[key] == base[key]).all(), "the saved teacher is the trained one, not the base model"
 
 
 def test_minilm_student_trains_and_exports(rd_engine):

@@ -56,30 +56,39 @@ def test_sigkill_during_training_resumes_to_the_same_model(tmp_path, stage, opti
         assert m["metrics"]["dev_macro_f1"] == pytest.approx(ref["metrics"]["dev_macro_f1"], abs=1e-6)
 
 
-def test_sigkill_during_manifest_write_leaves_no_half_manifest(tmp_path, monkeypatch, rd_engine):
-    """Die between writing the temp file and renaming it: the old state stays, the rerun completes."""
+def test_sigkill_during_manifest_write_leaves_no_half_manifest(tmp_path, rd_engine):
+    """A child process SIGKILLed between writing the manifest's temp file and renaming it (a real
+    kill: no ``finally``, no cleanup): no manifest, the rerun completes and sweeps the leftover."""
     import os
+    import signal
+    import subprocess
+    import sys
 
     from reasondistill import Recipe, step
 
-    recipe = Recipe(name="m", stages=[step("pairs", n=40)])
-    real_replace = os.replace
-
-    def die(src, dst):
-        if str(dst).endswith(MANIFEST):
-            raise KeyboardInterrupt("killed mid-write")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", die)
-    with pytest.raises(KeyboardInterrupt):
-        rd_engine.run(recipe)
+    runs = rd_engine.runs_dir
+    child = f"""
+import os, signal
+from reasondistill import Recipe, step
+from reasondistill.engine import Engine
+real = os.replace
+def die(src, dst):
+    if str(dst).endswith("{MANIFEST}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst)
+os.replace = die
+Engine(runs_dir={str(runs)!r}).run(Recipe(name="m", stages=[step("pairs", n=40)]))
+"""
+    proc = subprocess.run([sys.executable, "-c", child], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     FAULTS["injected"] += 1
-    stage_dir = rd_engine.runs_dir / "m" / "pairs"
+    stage_dir = runs / "m" / "pairs"
     assert not (stage_dir / MANIFEST).exists()
-    assert not list(stage_dir.glob(".manifest.json.*")), "the temp file is cleaned up"
-    monkeypatch.setattr(os, "replace", real_replace)
-    res = rd_engine.run(recipe)
+    assert list(stage_dir.glob(f".{MANIFEST}.*")), "a real kill leaves the temp file behind"
+    res = rd_engine.run(Recipe(name="m", stages=[step("pairs", n=40)]))
     assert not res["pairs"].skipped and (stage_dir / MANIFEST).exists()
+    assert not list(stage_dir.glob(f".{MANIFEST}.*")), "the rerun sweeps the dead run's temp files"
 
 
 def test_truncated_shard_is_detected_and_redone(tmp_path):
