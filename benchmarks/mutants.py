@@ -78,7 +78,7 @@ def outcomes(db: Path) -> dict[str, list[str]]:
     con = sqlite3.connect(db)
     out: dict[str, list[str]] = {}
     for outcome, diff in con.execute("SELECT test_outcome, diff FROM work_results"):
-        out.setdefault(outcome or "none", []).append(diff or "")
+        out.setdefault((outcome or "none").lower(), []).append(diff or "")
     con.close()
     return out
 
