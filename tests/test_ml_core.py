@@ -136,6 +136,48 @@ def test_crsd_stop_gradient_keeps_alignment_out_of_the_reasoning_view():
     assert float(student.views["rsn"][1].grad.abs().sum()) > 0
 
 
+
+def test_loss_defaults_are_the_documented_ones():
+    """The defaults docs/options.md documents (the paper's CRSD settings, Hinton KD); change one
+    only on 3-seed evidence, and this test with it."""
+    from reasondistill.manager import get_hooks
+
+    cat = get_hooks().catalogue
+    kd = cat.get("loss", "kd").options({})
+    assert (kd.alpha, kd.temperature) == (0.5, 2.0)
+    crsd = cat.get("loss", "crsd").options({})
+    assert (crsd.temperature, crsd.w_std, crsd.w_reasoning, crsd.w_nce, crsd.w_point) == (0.1, 1.0, 1.0, 0.5, 0.0)
+    assert not (crsd.symmetric or crsd.stop_gradient or crsd.soft_targets) and crsd.projection == 0
+
+
+def test_soft_targets_average_over_rows_not_labels():
+    """Two rows, three labels (a square batch would hide the axis): mean over rows of -sum p log q."""
+    from reasondistill.manager import get_hooks
+
+    loss = get_hooks().catalogue.get("loss", "ce")
+    student = FixedViews({"std": (LOGITS[:2], CLS[:2])})
+    batch = {"std_input_ids": "std", "std_attention_mask": None, "labels": torch.tensor(LABELS[:2]),
+             "label_probs": torch.tensor(PROBS[:2])}
+    out = loss.compute(student, batch, loss.options({"soft_targets": True}))
+    assert float(out["loss"]) == pytest.approx(_soft_ce(LOGITS[:2], PROBS[:2]), abs=1e-6)
+
+
+def test_crsd_projection_head_is_built_and_used():
+    from reasondistill.manager import get_hooks
+
+    loss = get_hooks().catalogue.get("loss", "crsd")
+    assert loss.extra_modules(2, loss.options({})) == {}
+    opts = loss.options({"projection": 4})
+    head = loss.extra_modules(2, opts)["crsd_projection"]
+    assert head(torch.zeros(1, 2)).shape == (1, 4)
+    student, batch = _batch()
+    student.extra = {"crsd_projection": head}
+    out = loss.compute(student, batch, opts)
+    with torch.no_grad():
+        projected = _nce(head(torch.tensor(CLS)).numpy(), head(torch.tensor(R_CLS)).numpy(), 0.1)
+    assert float(out["infonce"]) == pytest.approx(projected, abs=1e-5)
+    assert float(out["infonce"]) != pytest.approx(_nce(CLS, R_CLS, 0.1), abs=1e-3)
+
 # --- metrics on hand-made cases --------------------------------------------------------------
 
 
@@ -360,3 +402,39 @@ def test_failure_after_training_keeps_the_teacher_and_the_rerun_reuses_it(rd_eng
     m = rd_engine.run(recipe)["sft"].metrics
     assert m["resumed_from"] == "trained" and m["steps"] == 2
     assert weights.stat().st_mtime_ns == trained_at and "teacher_macro_f1" in m
+
+
+def test_metrics_edge_cases_against_independent_references():
+    """What the hand-computed case leaves open: which queries count for NDCG, the k of each key,
+    a class nobody predicts, AUC only where both sides exist (references: sklearn, by hand)."""
+    from sklearn.metrics import ndcg_score
+
+    from reasondistill.metrics import classification_metrics, ndcg_per_query
+
+    labels = ("irrelevant", "partly relevant", "relevant")
+    # a class absent from gold and predictions scores F1 0, not 1 (zero_division=0)
+    m = classification_metrics([0, 2, 2, 0], [0, 2, 0, 0], labels)
+    assert m["f1_partly_relevant"] == 0.0
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 0.0) / 3)
+    # no relevant gold: AUC is undefined and left out (not an error); with both sides it is there
+    probs = np.full((4, 3), 1 / 3)
+    assert "auc_relevant" not in classification_metrics([0, 1, 1, 0], [0, 1, 1, 0], labels, probs=probs)
+    # one query of 12 items with distinct scores: ndcg@5 and @10 equal sklearn's at exactly those k
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 12)
+    score = rng.permutation(12) / 12.0
+    probs = np.stack([1 - score, np.zeros(12), score], 1)  # expected grade = 2 * score
+    m = classification_metrics(gold, gold, labels, probs=probs, queries=["q"] * 12)
+    for k in (5, 10):
+        want = ndcg_score([2.0 ** gold - 1], [score], k=k)
+        assert m[f"ndcg@{k}"] == pytest.approx(want), k
+        assert want != pytest.approx(ndcg_score([2.0 ** gold - 1], [score], k=k - 1)), "the case tells k from k-1"
+    # which queries count: one-item queries and all-irrelevant queries are skipped, two-item ones count,
+    # and a skipped query first does not stop the others from counting
+    g = np.array([2, 0, 2, 0, 0, 1, 2])
+    s = np.array([0.5, 0.1, 0.9, 0.2, 0.8, 0.9, 0.1])
+    q = ["single", "zero", "two", "zero", "two", "three", "three"]
+    ndcg_two = (3 / math.log2(2)) / (3 / math.log2(2))  # relevant item ranked first
+    ndcg_three = (1 / math.log2(2) + 3 / math.log2(3)) / (3 / math.log2(2) + 1 / math.log2(3))
+    assert ndcg_per_query(g, s, q, 10) == pytest.approx((ndcg_two + ndcg_three) / 2)
+    assert math.isnan(ndcg_per_query(np.array([1]), np.array([0.3]), ["alone"], 10))

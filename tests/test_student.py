@@ -342,3 +342,34 @@ def test_a_student_breaking_the_contract_is_named_before_training(rd_engine, reg
     with pytest.raises(PluginError, match="^stage 'distill': plugin " + __import__("re").escape(message)):
         rd_engine.run(recipe)
     assert not (rd_engine.runs_dir / "bad" / "distill" / "checkpoints").exists()
+
+
+def test_view_layout_checks_and_reasoning_view_forward(tiny_encoder):
+    """reasondistill.views: what a student's encoding must carry, and which logits are the reasoning view."""
+    from reasondistill import PluginError
+    from reasondistill.views import check_encoding, forward_reasoning, forward_view, forward_views
+
+    std = {"std_input_ids": [[1]], "std_attention_mask": [[1]]}
+    check_encoding({**std, "labels": [0]}, with_reasoning=False, student="s")  # labels may ride along
+    bad = [({**std, "rsn_input_ids": [[1]], "shr_input_ids": [[1]], "shr_split": [1]}, "both rsn_\\* and shr_\\*"),
+           ({**std, "shr_input_ids": [[1]], "shr_attention_mask": [[1]]}, "needs shr_split"),
+           ({**std, "extra_ids": [[1]]}, "keys outside the view layout: extra_ids"),
+           ({"std_input_ids": [[1]]}, "returned no std_input_ids/std_attention_mask"),
+           (std, "needs the reasoning view")]
+    for encoding, message in bad:
+        with pytest.raises(PluginError, match=f"'s' failed in hook 'Student.encode': .*{message}"):
+            check_encoding(encoding, with_reasoning=message == "needs the reasoning view", student="s")
+
+    comp = EncoderClassifier()
+    tok = comp.tokenizer(str(tiny_encoder))
+    for layout in ("separate", "shared"):
+        opts = comp.options({"max_length": 32, "reasoning_tokens": 16, "reasoning_layout": layout})
+        net = comp.build(str(tiny_encoder), 3, opts).eval()
+        enc = comp.encode(tok, ["cheap pizza", "hair salon"], ["Blue Door: pizza", "Cut: barber"],
+                          ["pizza is what was asked", "a barber, not a salon"], opts)
+        batch = PairCollator(tok)([{k: v[i] for k, v in enc.items()} for i in range(2)])
+        with torch.no_grad():
+            (s_logits, _), (r_logits, _) = forward_views(net, batch)
+            assert torch.allclose(forward_reasoning(net, batch)[0], r_logits)
+            assert torch.allclose(forward_view(net, batch, "std")[0], s_logits, atol=1e-5)
+            assert not torch.allclose(r_logits, s_logits), "the reasoning view is not the standard one"
