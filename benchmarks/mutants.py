@@ -39,7 +39,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "runstore": ("sdk/runstore.py", "tests/test_engine.py"),
     "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py -k hash"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
-    "distill_losses": ("plugins/distill_losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient'"),
+    "distill_losses": ("plugins/distill_losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
     "rewards": ("plugins/rewards.py", "tests/test_ml_core.py tests/test_teacher.py -k reward"),
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py"),
     "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),

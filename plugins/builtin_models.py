@@ -103,11 +103,11 @@ class SmolLM2(ModelSource):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=self.gguf_name)
-            gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=self.gguf_name, dtype=torch.float32)
+            gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=self.gguf_name, dtype=torch.float32)  # runtime: stored as fp32
             config = gguf.config
             if hasattr(config, "quantization_config"):
                 del config.quantization_config  # the weights below are dequantized fp32
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # runtime: stored as fp32
             model.load_state_dict(gguf.state_dict())
             model.generation_config = gguf.generation_config
             model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -90,6 +90,7 @@ class DistillStage(Stage):
         from transformers import TrainingArguments
         from transformers.trainer_utils import get_last_checkpoint
 
+        from reasondistill.runtime import current
         from reasondistill.training import DistillTrainer, PairCollator
 
         cat = ctx.hooks.catalogue
@@ -138,9 +139,9 @@ class DistillStage(Stage):
             per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
             weight_decay=options.weight_decay, warmup_steps=options.warmup_ratio, logging_steps=options.logging_steps,
             save_steps=options.save_steps, save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed,
-            report_to=options.report_to or "none", remove_unused_columns=False, bf16=False, fp16=False,
+            report_to=options.report_to or "none", remove_unused_columns=False,
             dataloader_num_workers=0, disable_tqdm=False, dataloader_drop_last=True,
-            dataloader_pin_memory=_cuda(),
+            **current().training_args(),
         )
         trainer = DistillTrainer(model=student, args=args, train_dataset=encoded,
                                  data_collator=PairCollator(tokenizer),
@@ -200,8 +201,3 @@ def check_network(network: Any, plugin: str) -> None:
 def register_stages(register):
     register(DistillStage())
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -56,9 +56,12 @@ class MultiHeadRewardModel(torch.nn.Module):
 
         folder = Path(folder)
         dims = json.loads((folder / META).read_text())["dims"]
-        model = cls(AutoModel.from_pretrained(folder, dtype=torch.float32), dims)
+        from reasondistill.runtime import current
+
+        runtime = current()
+        model = cls(AutoModel.from_pretrained(folder, **runtime.model_kwargs(inference=True)), dims)
         model.heads.load_state_dict(load_file(str(folder / HEADS)))
-        return model.eval(), AutoTokenizer.from_pretrained(folder)
+        return runtime.place(model, inference=True).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,7 @@ class RewardCollator:
         for side in ("chosen", "rejected"):
             feats = [{k[len(side) + 1:]: r[k] for k in r if k.startswith(side + "_")} for r in rows]
             batch.update({f"{side}_{k}": v for k, v in self.tokenizer.pad(feats, return_tensors="pt").items()})
-        batch["sign"] = torch.tensor([r["sign"] for r in rows], dtype=torch.float32)
+        batch["sign"] = torch.tensor([r["sign"] for r in rows], dtype=torch.float32)  # runtime: a target
         return batch
 
 
@@ -140,12 +143,15 @@ class RewardModelStage(Stage):
         cut = max(1, int(len(rows) * (1 - options.heldout_fraction))) if len(rows) > 1 else len(rows)
         train, held = rows[:cut], rows[cut:]
         torch.manual_seed(ctx.seed)
-        model = MultiHeadRewardModel(AutoModel.from_pretrained(encoder_path, dtype=torch.float32), dims)
+        from reasondistill.runtime import current
+
+        runtime = current()
+        model = MultiHeadRewardModel(AutoModel.from_pretrained(encoder_path, **runtime.model_kwargs()), dims)
         args = TrainingArguments(output_dir=str(ctx.dir / "checkpoints"), num_train_epochs=options.epochs,
                                  max_steps=options.max_steps, per_device_train_batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, seed=ctx.seed, report_to="none",
-                                 remove_unused_columns=False, logging_steps=5, save_steps=100, bf16=False,
-                                 dataloader_pin_memory=torch.cuda.is_available())
+                                 remove_unused_columns=False, logging_steps=5, save_steps=100,
+                                 **runtime.training_args())
         trainer = make_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(train),
                                        data_collator=RewardCollator(tok))
         trainer.train()
@@ -165,7 +171,8 @@ def pairwise_accuracy(model, tok, rows, dims) -> dict[str, float]:
     if not rows:
         return {}
     model.eval()
-    batch = RewardCollator(tok)(rows)
+    device = next(model.parameters()).device  # trained on a GPU, it is still there
+    batch = {k: v.to(device) for k, v in RewardCollator(tok)(rows).items()}
     rc, rr = model(**_view(batch, "chosen")), model(**_view(batch, "rejected"))
     out = {}
     for j, d in enumerate(dims):
@@ -190,8 +197,9 @@ class LearnedRewardScorer:
     def score_reasoning(self, example, completion, domain):
         prompt = domain.user_prompt(example)
         enc = self.tok(prompt, completion or "", truncation=True, max_length=self.max_length, return_tensors="pt")
+        device = next(self.model.parameters()).device
         with torch.inference_mode():
-            rewards = torch.sigmoid(self.model(**enc))[0]
+            rewards = torch.sigmoid(self.model(**{k: v.to(device) for k, v in enc.items()}).float())[0]
         return {f"learned_{d}": float(v) for d, v in zip(self.model.dims, rewards)}
 
 

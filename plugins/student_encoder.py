@@ -110,9 +110,11 @@ class EncoderClassifier(Student):
             for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
                 if hasattr(config, key):
                     setattr(config, key, options.dropout)
+        from reasondistill.runtime import current
+
         net = AutoModelForSequenceClassification.from_pretrained(
-            model, config=config, dtype=torch.float32, ignore_mismatched_sizes=True,
-            trust_remote_code=trust_remote_code, use_safetensors=_has_safetensors(model))
+            model, config=config, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code,
+            use_safetensors=_has_safetensors(model), **current().model_kwargs())
         if vocab_size is not None and vocab_size > net.get_input_embeddings().num_embeddings:
             net.resize_token_embeddings(vocab_size)  # tokens added by adapt_tokenizer
         return EncoderStudent(net)

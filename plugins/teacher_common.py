@@ -40,15 +40,15 @@ def teacher_source(ctx) -> str:
 
 
 def common_args(ctx, o: TeacherTrainOptions) -> dict[str, Any]:
-    """TrainingArguments fields; bf16 and activation checkpointing off (3-4x slower on CPU)."""
-    import torch
+    """TrainingArguments fields. Precision and device come from the run's runtime (bf16 on GPUs that
+    have it, fp32 on CPUs); activation checkpointing stays off (3-4x slower on CPU)."""
+    from reasondistill.runtime import current
 
     return dict(output_dir=str(ctx.dir / "checkpoints"), num_train_epochs=o.epochs, max_steps=o.max_steps,
                 per_device_train_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum,
                 learning_rate=o.learning_rate, logging_steps=o.logging_steps, save_steps=o.save_steps,
                 save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed, report_to=o.report_to or "none",
-                bf16=False, fp16=False, activation_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available(),
-                max_length=o.max_length)
+                activation_checkpointing=False, max_length=o.max_length, **current().training_args())
 
 
 def peft_config(o: TeacherTrainOptions):
@@ -61,13 +61,14 @@ def peft_config(o: TeacherTrainOptions):
 
 
 def load_causal_lm(path: str, trust: bool = False):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reasondistill.runtime import current
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust, **current().model_kwargs())
     return model, tok
 
 

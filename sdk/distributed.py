@@ -33,6 +33,12 @@ def world() -> int:
     return s.num_processes if s else 1
 
 
+def local_rank() -> int:
+    """This process's index on its machine (which GPU it takes)."""
+    s = state()
+    return s.local_process_index if s else 0
+
+
 def is_main() -> bool:
     return rank() == 0
 

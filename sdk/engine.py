@@ -19,6 +19,8 @@ from .fingerprint import canonical_hash, fingerprint, write_json_atomic
 from .generators import BackendSpec, hash_view
 from .manager import Catalogue, Hooks, get_hooks
 from .recipe import Recipe, ResolvedStage, resolve, resolve_domain
+from .runtime import current as current_runtime
+from .runtime import resolve_runtime, using
 from .runstore import (
     STATE,
     RunInfo,
@@ -44,6 +46,8 @@ def stage_hash(recipe: Recipe, stage: ResolvedStage, previous: str, inputs: dict
     """
     shared = recipe.model_dump(mode="json", include={"domain", "domain_options", "models", "seed",
                                                         "reward_weights", "trust_remote_code"})
+    if recipe.runtime.dtype != "auto":  # what auto resolves to, and where it runs, never rerun a stage
+        shared["runtime"] = recipe.runtime.hash_view()
     if getattr(stage.component, "generates", False) and recipe.backends:
         shared["backends"] = {role: spec.hash_view(catalogue) for role, spec in sorted(recipe.backends.items())}
     return canonical_hash({
@@ -94,6 +98,13 @@ class Engine:
         if recipe.trust_remote_code:
             log.warning("recipe %s sets trust_remote_code: code shipped with models will run", recipe.name)
         domain = resolve_domain(recipe, self.hooks.catalogue, source)
+        runtime = resolve_runtime(recipe.runtime, processes=dist.world(), local_rank=dist.local_rank())
+        log.info("runtime: %s", runtime)
+        with using(runtime), runtime.threads_applied():
+            return self._run_stages(recipe, stages, force, name, domain)
+
+    def _run_stages(self, recipe: Recipe, stages: list[ResolvedStage], force: set[str], name: str | None,
+                    domain) -> dict[str, StageResult]:
         run = RunInfo(name or recipe.name, self.runs_dir / (name or recipe.name), recipe)
         if dist.is_main():
             run.dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +195,7 @@ class Engine:
             "versions": package_versions(),
             "timings": {"started": started, "ended": started + seconds, "seconds": seconds},
             "processes": dist.world(),
+            "runtime": current_runtime().manifest(),
         })
         (stage_dir / STATE).unlink(missing_ok=True)
         dist.barrier()

@@ -52,11 +52,13 @@ def reasoning_view_proba(student, tokenizer, component, options, queries, items,
     keys = [k for k in enc if k.startswith(view + "_")]
     collate = PairCollator(tokenizer, (view,))
     out: np.ndarray | None = None
+    device = next(student.parameters()).device  # after training on a GPU the student is there
     student.eval()
     with torch.inference_mode():
         for idx in length_buckets([len(x) for x in enc[key(view, "input_ids")]], batch_size):
-            logits, _ = forward_reasoning(student, collate([{k: enc[k][i] for k in keys} for i in idx]))
-            probs = torch.softmax(logits.float(), -1).numpy()
+            batch = collate([{k: enc[k][i] for k in keys} for i in idx])
+            logits, _ = forward_reasoning(student, {k: v.to(device) for k, v in batch.items()})
+            probs = torch.softmax(logits.float(), -1).cpu().numpy()
             if out is None:
                 out = np.zeros((len(queries), probs.shape[1]), dtype=np.float32)
             out[idx] = probs

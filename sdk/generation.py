@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from reasondistill.generators import Generation
-from reasondistill.slot_decoding import SlotDecoder, supports_slots
+from reasondistill.slot_decoding import SlotDecoder, on_model_device, supports_slots
 
 
 def shared_prefix(sequences: Sequence[Sequence[int]], minimum: int = 8) -> list[int]:
@@ -82,8 +82,13 @@ class TeacherGenerator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                                   trust_remote_code=trust_remote_code)
+        if model is None:
+            from .runtime import current
+
+            runtime = current()
+            model = runtime.place(AutoModelForCausalLM.from_pretrained(
+                model_path, trust_remote_code=trust_remote_code, **runtime.model_kwargs(inference=True)), inference=True)
+        self.model = model
         self.model.eval()
         if int8:
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -114,6 +119,14 @@ class TeacherGenerator:
         if self.engine == "slots":
             return self._generate_slots(prefix, suffixes, do_sample, temperature, top_p, n, seed, progress,
                                         stops, budget)
+        with on_model_device(self.model):  # the prefix cache and batches live with the model
+            return self._generate_plain(prefix, suffixes, do_sample, temperature, top_p, n, seed, progress,
+                                        stops, budget)
+
+    def _generate_plain(self, prefix: list[int], suffixes: list[list[int]], do_sample: bool, temperature: float,
+                        top_p: float, n: int, seed: int | None, progress: Any, stops: tuple[str, ...],
+                        budget: int) -> list[list[Generation]]:
+        texts = suffixes
         cache = self._prefix_cache(prefix) if prefix else None
         order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))
         results: list[list[Generation]] = [[] for _ in texts]

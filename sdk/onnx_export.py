@@ -28,7 +28,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = Tru
     model_dir, out = Path(model_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(  # runtime: ONNX traces the fp32 CPU model
+        model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     sample = tok(["a query", "another query here"], ["an item title", "a longer item title for the example"],
                  return_tensors="pt", padding=True)
     names = [k for k in INPUTS if k in sample]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .components import Stage
 from .errors import RecipeError
 from .generators import BackendSpec
+from .runtime import RuntimeSpec
 
 MAX_RECIPE_BYTES = 1_000_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -55,6 +56,8 @@ class Recipe(BaseModel):
     reward_weights: dict[str, float] = Field(default_factory=dict)
     #: role -> generation backend (``teacher``: how the teacher runs; default ``transformers``)
     backends: dict[str, BackendSpec] = Field(default_factory=dict)
+    #: device, precision, attention kernel and threads (see :mod:`reasondistill.runtime`)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     #: never run code shipped with a model unless the recipe says so (and the run logs it)
     trust_remote_code: bool = False
     stages: list[StageSpec] = Field(min_length=1)

@@ -110,6 +110,13 @@ class StageContext:
     def seed(self) -> int:
         return self.run.recipe.seed
 
+    @property
+    def runtime(self) -> Any:
+        """Device, dtype, attention kernel and threads of this run (:mod:`reasondistill.runtime`)."""
+        from .runtime import current
+
+        return current()
+
     def has_input(self, name: str) -> bool:
         try:
             self.input(name)

@@ -43,10 +43,17 @@ class Predictor:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from .runtime import current
+
         self.meta = student_meta(model_dir) if model_dir else {}
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
-        self.model = model or AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+        if model is None:
+            runtime = current()
+            model = runtime.place(AutoModelForSequenceClassification.from_pretrained(
+                model_dir, **runtime.model_kwargs(inference=True)), inference=True)
+        self.model = model
         self.model.eval()
+        self.device = next(self.model.parameters()).device
         self.batch_size = batch_size
         self.max_length = max_length or self.meta.get("max_length", 128)
         self.labels = self.meta.get("labels")
@@ -63,8 +70,8 @@ class Predictor:
         with torch.inference_mode():
             for idx in length_buckets([len(x) for x in enc["input_ids"]], self.batch_size):
                 batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
-                logits = self.model(**batch).logits
-                out[idx] = torch.softmax(logits.float(), -1).numpy()
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
+                out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
         return out
 
     def predict(self, rows: Sequence[dict[str, Any]], domain: Any | None = None) -> list[int]:

@@ -128,6 +128,24 @@ class SlotCache:
         self._all = torch.arange(len(rows))
 
 
+def model_device(model: Any) -> torch.device:
+    """Where the model's weights live."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def on_model_device(model: Any) -> Any:
+    """Factories (zeros, arange, tensor) create on the model's device inside this context, so the
+    slot loop's cache, index and mask tensors live with a CUDA model. A no-op on the CPU:
+    ``torch.device`` as a context is a Python-level function mode that every op would pass through."""
+    import contextlib
+
+    device = model_device(model)
+    return contextlib.nullcontext() if device.type == "cpu" else torch.device(device)
+
+
 def _kv_shape(model: Any) -> tuple[int, int, int]:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads = cfg.num_attention_heads
@@ -175,9 +193,10 @@ def supports_slots(model: Any, ids: Sequence[int]) -> bool:
         ids = list(ids)[:16]
         if len(ids) < 3:
             return False
-        ref = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-        with slot_attention(model):
-            return _probe(model, ids, ref, layers, kv_heads, head_dim, dtype)
+        with on_model_device(model):
+            ref = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            with slot_attention(model):
+                return _probe(model, ids, ref, layers, kv_heads, head_dim, dtype)
     except Exception:  # any model the loop cannot drive falls back to generate()
         return False
 
@@ -229,7 +248,7 @@ class SlotDecoder:
     def run(self, prefix: list[int], suffixes: list[list[int]], do_sample: bool = False, temperature: float = 1.0,
             top_p: float = 1.0, seed: int | None = None, on_done: Callable[[int], None] | None = None) -> list[SlotRow]:
         """Rows in the order of ``suffixes`` (callers sort them by length so refills pad little)."""
-        with slot_attention(self.model):
+        with slot_attention(self.model), on_model_device(self.model):
             return self._run(prefix, suffixes, do_sample, temperature, top_p, seed, on_done)
 
     @torch.inference_mode()

@@ -38,7 +38,7 @@ class PairCollator:
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
         if rows[0].get("label_probs") is not None:
-            batch["label_probs"] = torch.tensor([r["label_probs"] for r in rows], dtype=torch.float32)
+            batch["label_probs"] = torch.tensor([r["label_probs"] for r in rows], dtype=torch.float32)  # runtime: a target
         return batch
 
 

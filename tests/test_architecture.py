@@ -60,3 +60,54 @@ def test_sdk_has_no_import_cycle():
     for node in sorted(graph):
         visit(node)
     assert not cycles, "import cycles in sdk/: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# --- device and precision have one home (reasondistill.runtime) ----------------------------------
+ROOTS = [SDK, SDK.parent / "plugins"]
+MARK = "# runtime:"  # a deliberate fixed precision says why on its line, e.g. "# runtime: ONNX export is fp32"
+FLOAT_DTYPES = {"float32", "float16", "bfloat16", "half", "float", "double", "float64"}
+
+
+def _hard_coded(path):
+    """Lines that fix a device or a float dtype outside the runtime module."""
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        line = lines[node.lineno - 1]
+        if MARK in line:
+            continue
+        for kw in node.keywords:
+            value = kw.value
+            if kw.arg == "device" and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                found.append(f"{path.name}:{node.lineno}: device={value.value!r}")
+            if kw.arg in ("dtype", "torch_dtype") and isinstance(value, ast.Attribute) and value.attr in FLOAT_DTYPES \
+                    and isinstance(value.value, ast.Name) and value.value.id == "torch":
+                found.append(f"{path.name}:{node.lineno}: {kw.arg}=torch.{value.attr}")
+            if kw.arg in ("bf16", "fp16") and isinstance(value, ast.Constant):
+                found.append(f"{path.name}:{node.lineno}: {kw.arg}={value.value}")
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "cuda" and not node.args:
+            found.append(f"{path.name}:{node.lineno}: .cuda()")
+        if isinstance(func, ast.Attribute) and func.attr == "to" and node.args and isinstance(node.args[0], ast.Constant) \
+                and str(node.args[0].value).startswith(("cuda", "cpu")):
+            found.append(f"{path.name}:{node.lineno}: .to({node.args[0].value!r})")
+    return found
+
+
+def test_no_model_load_or_tensor_fixes_device_or_precision_outside_the_runtime_module():
+    """Model loads, trainer configs and tensor factories take device and dtype from
+    reasondistill.runtime; a deliberate exception carries a '# runtime: <why>' comment."""
+    offenders = [hit for root in ROOTS for path in sorted(root.glob("*.py")) if path.name != "runtime.py"
+                 for hit in _hard_coded(path)]
+    assert not offenders, "hard-coded device/precision (use reasondistill.runtime):\n" + "\n".join(offenders)
+
+
+def test_the_device_check_catches_what_it_names(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\nm = M.from_pretrained('x', dtype=torch.float32)\nt = torch.zeros(2, device='cuda')\n"
+                   "args = A(bf16=False)\nm.cuda()\nok = torch.zeros(2, dtype=torch.float32)  # runtime: a label target\n")
+    assert [h.split(": ", 1)[1] for h in _hard_coded(bad)] == [
+        "dtype=torch.float32", "device='cuda'", "bf16=False", ".cuda()"]

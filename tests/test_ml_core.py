@@ -150,6 +150,24 @@ def test_loss_defaults_are_the_documented_ones():
     assert not (crsd.symmetric or crsd.stop_gradient or crsd.soft_targets) and crsd.projection == 0
 
 
+
+def test_loss_option_bounds_and_which_losses_read_the_reasoning_view():
+    from pydantic import ValidationError
+
+    from reasondistill.manager import get_hooks
+
+    cat = get_hooks().catalogue
+    crsd = cat.get("loss", "crsd")
+    for weight in ("w_std", "w_reasoning", "w_nce", "w_point"):
+        with pytest.raises(ValidationError):
+            crsd.options({weight: -0.1})
+        assert getattr(crsd.options({weight: 0.0}), weight) == 0.0
+    assert crsd.options({"w_nce": 0.3, "projection": 0}).w_nce == 0.3
+    for bad in ({"temperature": 0.0}, {"projection": -1}):
+        with pytest.raises(ValidationError):
+            crsd.options(bad)
+    assert crsd.needs_reasoning and not cat.get("loss", "ce").needs_reasoning and not cat.get("loss", "kd").needs_reasoning
+
 def test_soft_targets_average_over_rows_not_labels():
     """Two rows, three labels (a square batch would hide the axis): mean over rows of -sum p log q."""
     from reasondistill.manager import get_hooks

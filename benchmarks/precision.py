@@ -1,0 +1,96 @@
+"""fp32 against bf16 on this CPU, side by side in one run: teacher annotation and student scoring.
+
+Prints one table: speed (teacher tokens/s, student pairs/s) and label agreement with fp32 (the
+share of pairs whose parsed teacher label, or student argmax, is the same). It is the measurement
+behind ``reasondistill.runtime``'s rule that ``auto`` stays fp32 on a CPU until a stage checks
+agreement itself.
+
+    python benchmarks/precision.py --pairs 64 --student-pairs 512
+
+Teacher: SmolLM2-135M-Instruct (real weights, ``make setup``), greedy, the slot engine, on
+``local_services`` prompts. Student: all-MiniLM-L6-v2 with a seeded classifier head (untrained:
+agreement then measures numerics, not quality). Falls back to the tiny models with ``--tiny``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def teacher_run(path: str, domain, rows, dtype, batch: int, new_tokens: int) -> tuple[list, float, int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reasondistill.generation import TeacherGenerator
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    gen = TeacherGenerator(path, domain, batch_size=batch, max_new_tokens=new_tokens, model=model)
+    messages = [domain.messages(r) for r in rows]
+    gen.generate(messages[:2], max_new_tokens=4)  # warm-up
+    start = time.perf_counter()
+    out = gen.generate(messages)
+    seconds = time.perf_counter() - start
+    labels = [domain.parse_completion(g[0].text).label for g in out]
+    return labels, seconds, sum(g[0].tokens for g in out)
+
+
+def student_run(path: str, queries, items, dtype) -> tuple[list, float]:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from reasondistill.serving import Predictor
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, dtype=getattr(torch, dtype))
+    pred = Predictor(None, model=model, tokenizer=__import__("transformers").AutoTokenizer.from_pretrained(path),
+                     batch_size=64, max_length=64)
+    pred.predict_proba(queries[:8], items[:8])  # warm-up
+    start = time.perf_counter()
+    labels = pred.predict_proba(queries, items).argmax(-1).tolist()
+    return labels, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--student-pairs", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--tiny", action="store_true", help="tiny models instead of SmolLM2/MiniLM")
+    args = parser.parse_args()
+
+    from reasondistill.models import resolve_model
+    from reasondistill.runtime import cpu_bf16_speedup
+    from reasondistill.tiny import default_domain
+
+    domain = default_domain()
+    rows = domain.generate(n=max(args.pairs, args.student_pairs), seed=3)
+    teacher = resolve_model("tiny-causal-lm" if args.tiny else "smollm2-135m-instruct")
+    student = resolve_model("tiny-encoder" if args.tiny else "all-minilm-l6-v2")
+    queries = [domain.query_text(r) for r in rows[:args.student_pairs]]
+    items = [domain.item_text(r) for r in rows[:args.student_pairs]]
+
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        t_labels, t_sec, t_tok = teacher_run(teacher, domain, rows[:args.pairs], dtype, args.batch, args.new_tokens)
+        s_labels, s_sec = student_run(student, queries, items, dtype)
+        results[dtype] = (t_labels, t_tok / t_sec, s_labels, len(queries) / s_sec)
+    ref_t, _, ref_s, _ = results["float32"]
+    print(f"bf16 matmul probe: {cpu_bf16_speedup():.2f}x fp32 on this CPU")
+    print(f"teacher: {os.path.basename(teacher)}, {args.pairs} prompts, {args.new_tokens} new tokens, batch {args.batch}; "
+          f"student: {os.path.basename(student)}, {len(queries)} pairs\n")
+    print("| dtype | teacher tokens/s | teacher parse rate | teacher labels = fp32 | student pairs/s | student labels = fp32 |")
+    print("|---|---|---|---|---|---|")
+    for dtype, (t_labels, t_speed, s_labels, s_speed) in results.items():
+        parsed = sum(x is not None for x in t_labels) / len(t_labels)
+        t_agree = sum(a == b for a, b in zip(t_labels, ref_t)) / len(ref_t)
+        s_agree = sum(a == b for a, b in zip(s_labels, ref_s)) / len(ref_s)
+        print(f"| {dtype} | {t_speed:.0f} | {parsed:.2f} | {t_agree:.3f} | {s_speed:.0f} | {s_agree:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

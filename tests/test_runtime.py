@@ -1,0 +1,91 @@
+"""reasondistill.runtime: one place resolves device, precision, attention kernel and threads."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from reasondistill import Recipe, RecipeError, load_recipe, step
+from reasondistill.cli import main
+from reasondistill.runtime import Runtime, RuntimeSpec, resolve_runtime
+
+CUDA = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
+NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+
+
+@NO_CUDA
+def test_auto_on_this_cpu_is_fp32_and_says_why():
+    rt = resolve_runtime()
+    assert (rt.device, rt.dtype, rt.inference_dtype, rt.threads) == ("cpu", "float32", "float32", None)
+    assert "device auto -> cpu" in rt.reason and "bf16 matmul" in rt.reason
+    assert rt.training_args() == {"bf16": False, "fp16": False, "use_cpu": True, "dataloader_pin_memory": False}
+
+
+def test_explicit_choices_are_honoured():
+    rt = resolve_runtime(RuntimeSpec(device="cpu", dtype="bfloat16", attn_implementation="eager", threads=3))
+    assert (rt.device, rt.dtype, rt.inference_dtype, rt.attn_implementation, rt.threads) == \
+        ("cpu", "bfloat16", "bfloat16", "eager", 3)
+    import torch
+
+    assert rt.model_kwargs(inference=True) == {"dtype": torch.bfloat16, "attn_implementation": "eager"}
+    assert rt.model_kwargs() == {"dtype": torch.float32, "attn_implementation": "eager"}  # fp32 master weights
+    assert rt.training_args()["bf16"] is True and rt.training_args()["fp16"] is False
+
+
+def test_threads_split_the_cores_between_processes():
+    assert resolve_runtime(RuntimeSpec(device="cpu"), processes=2).threads == max(1, (os.cpu_count() or 1) // 2)
+    assert resolve_runtime(RuntimeSpec(device="cpu"), processes=1).threads is None
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"device": "gpu"}, "runtime.device: Value error, must be auto, cpu, cuda or cuda:N"),
+    ({"dtype": "fp8"}, "runtime.dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
+    ({"threads": 0}, "runtime.threads"),
+    ({"devcie": "cpu"}, "runtime.devcie: unknown option"),
+])
+def test_invalid_runtime_values_name_the_field(tmp_path, capsys, raw, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "rt", "runtime": raw, "stages": [{"uses": "pairs"}]}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+@NO_CUDA
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_gpu_that_is_not_there_fails_before_anything_is_written(tmp_path, capsys, device):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "rt", "runtime": {"device": device}, "stages": [{"uses": "pairs"}]}))
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "runtime.device" in err and "torch sees no GPU" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_manifest_records_the_runtime_and_only_dtype_changes_the_hash(rd_engine):
+    def run(**runtime):
+        recipe = Recipe(name="rt", runtime=runtime, stages=[step("pairs", n=20)])
+        rd_engine.run(recipe)
+        return json.loads((rd_engine.runs_dir / "rt" / "pairs" / "manifest.json").read_text())
+
+    first = run()
+    assert first["runtime"]["device"] in ("cpu", "cuda:0") and first["runtime"]["reason"]
+    same = run(device="cpu", threads=1, attn_implementation="eager")  # placement, not computation
+    assert same["hash"] == first["hash"] and same["timings"] == first["timings"], "skipped, not recomputed"
+    assert run(dtype="float32")["hash"] != first["hash"]
+
+
+def test_yaml_and_python_runtime_alike():
+    recipe = load_recipe({"name": "y", "runtime": {"device": "cpu", "dtype": "float32"}, "stages": [{"uses": "pairs"}]})
+    assert recipe.runtime == RuntimeSpec(device="cpu", dtype="float32")
+    assert Runtime().manifest()["device"] == "cpu"
+
+
+@CUDA
+def test_auto_on_a_gpu_is_bf16_where_supported():
+    import torch
+
+    rt = resolve_runtime()
+    assert rt.device == "cuda:0"
+    assert rt.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
