@@ -50,20 +50,16 @@ TARGETS: dict[str, tuple[str, str]] = {
 
 
 def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """Where the file's type annotations are. With ``from __future__ import annotations`` they are
-    never evaluated, so a mutant inside one (``str | None`` -> ``str << None``) is equivalent:
-    no test can kill it, and counting it would only lower the score."""
+    """Where the file's function annotations are. With ``from __future__ import annotations`` they
+    are never evaluated, so a mutant inside one (``str | None`` -> ``str << None``) is equivalent:
+    no test can kill it. Class-level annotations are kept: pydantic evaluates them."""
     spans = []
     for node in ast.walk(ast.parse(source)):
-        notes = []
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            notes.append(node.returns)
             args = node.args
-            for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
-                notes.append(getattr(arg, "annotation", None))
-        elif isinstance(node, ast.AnnAssign):
-            notes.append(node.annotation)
-        spans += [((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset)) for n in notes if n is not None]
+            notes = [node.returns] + [getattr(a, "annotation", None) for a in
+                                      [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]]
+            spans += [((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset)) for n in notes if n is not None]
     return spans
 
 

@@ -9,7 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from reasondistill import Options, Stage, StageResult, hookimpl
 from reasondistill.data import load_pairs, rows_to_pairs
-from reasondistill.domain import recipe_domain
+from reasondistill.domain import require_ability
 from reasondistill.errors import DataError
 from reasondistill.fingerprint import fingerprint
 
@@ -33,9 +33,8 @@ class PairsOptions(Options):
     @field_validator("source")
     @classmethod
     def _domain_generates(cls, value: str, info: ValidationInfo) -> str:
-        domain = recipe_domain(info.context)
-        if value == "generate" and domain is not None and not domain.can_generate:
-            raise ValueError(f"domain {domain.name!r} has no generator (Domain.generate); give a file or folder")
+        if value == "generate":
+            require_ability(info.context, "can_generate", "give a file or folder")
         return value
 
 

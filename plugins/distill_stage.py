@@ -9,7 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill.recipe import validate_nested
-from reasondistill.domain import recipe_domain
+from reasondistill.domain import require_ability
 from reasondistill.errors import DataError, PluginError
 from reasondistill.views import check_encoding
 
@@ -38,9 +38,8 @@ class DistillOptions(Options):
     @field_validator("domain_rationale")
     @classmethod
     def _domain_writes(cls, value: bool, info: ValidationInfo) -> bool:
-        domain = recipe_domain(info.context)
-        if value and domain is not None and not domain.writes_rationale:
-            raise ValueError(f"domain {domain.name!r} writes no rationale (Domain.rationale)")
+        if value:
+            require_ability(info.context, "writes_rationale", "")
         return value
 
 

@@ -48,7 +48,7 @@ def common_args(ctx, o: TeacherTrainOptions) -> dict[str, Any]:
                 per_device_train_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum,
                 learning_rate=o.learning_rate, logging_steps=o.logging_steps, save_steps=o.save_steps,
                 save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed, report_to=o.report_to or "none",
-                activation_checkpointing=False, max_length=o.max_length, **current().training_args())
+                max_length=o.max_length, **current().training_args())  # activation checkpointing: off by default
 
 
 def peft_config(o: TeacherTrainOptions):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from reasondistill import BackendSpec, Options, Stage, StageResult, hookimpl
-from reasondistill.domain import recipe_domain
+from reasondistill.domain import require_ability
 from reasondistill.errors import DataError
 
 
@@ -30,9 +30,8 @@ class ReasoningDataOptions(Options):
     @field_validator("source")
     @classmethod
     def _domain_writes(cls, value: str, info: ValidationInfo) -> str:
-        domain = recipe_domain(info.context)
-        if value == "domain" and domain is not None and not domain.writes_rationale:
-            raise ValueError(f"domain {domain.name!r} writes no rationale (Domain.rationale); use column or rationalize")
+        if value == "domain":
+            require_ability(info.context, "writes_rationale", "use column or rationalize")
         return value
 
 

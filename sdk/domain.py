@@ -203,6 +203,18 @@ def recipe_domain(context: dict | None) -> Domain | None:
     return entry.component if entry is not None else None
 
 
+ABILITIES = {"can_generate": "has no generator (Domain.generate)",
+             "writes_rationale": "writes no rationale (Domain.rationale)"}
+
+
+def require_ability(context: dict | None, ability: str, fix: str) -> None:
+    """In an option validator: the recipe's domain must have ``ability`` (a key of
+    :data:`ABILITIES`), else a ``ValueError`` that pydantic reports under the option's path."""
+    domain = recipe_domain(context)
+    if domain is not None and not getattr(domain, ability):
+        raise ValueError(f"domain {domain.name!r} {ABILITIES[ability]}{'; ' + fix if fix else ''}")
+
+
 _SENTENCE = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？\n]+|$)\s*")
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from reasondistill.generators import Generation
-from reasondistill.slot_decoding import SlotDecoder, on_model_device, supports_slots
+from reasondistill.slot_decoding import SlotDecoder, cache_argument, on_model_device, supports_slots
 
 
 def shared_prefix(sequences: Sequence[Sequence[int]], minimum: int = 8) -> list[int]:
@@ -177,7 +177,9 @@ class TeacherGenerator:
     def _prefix_cache(self, prefix: list[int]) -> Any:
         """KV cache of the prompt prefix every row shares (the system prompt), computed once."""
         try:
-            return self.model(torch.tensor([prefix]), use_cache=True).cache
+            out = self.model(torch.tensor([prefix]), use_cache=True)
+            cache = getattr(out, "cache", None)
+            return cache if cache is not None else out.past_key_values
         except Exception:  # a model without a reusable cache: plain generation
             return None
 
@@ -206,7 +208,7 @@ class TeacherGenerator:
         if cache is not None:
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(n)
-            kwargs["cache"] = batch_cache
+            kwargs[cache_argument(self.model)] = batch_cache
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:

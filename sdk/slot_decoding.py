@@ -128,6 +128,16 @@ class SlotCache:
         self._all = torch.arange(len(rows))
 
 
+def cache_argument(model: Any) -> str:
+    """The name the model's ``forward`` takes its KV cache by: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values`` (earlier, e.g. 5.17, where a ``cache=`` keyword was silently ignored and the
+    slot loop's attention saw one key instead of the whole buffer)."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def model_device(model: Any) -> torch.device:
     """Where the model's weights live."""
     try:
@@ -156,7 +166,8 @@ def _kv_shape(model: Any) -> tuple[int, int, int]:
 def _forward(model: Any, cache: SlotCache, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits of each row's last position."""
     with _active(cache):
-        out = model(input_ids=ids, position_ids=positions, attention_mask=mask[:, None], cache=cache, use_cache=True,
+        out = model(input_ids=ids, position_ids=positions, attention_mask=mask[:, None], use_cache=True,
+                    **{cache_argument(model): cache},
                     logits_to_keep=1)
     return out.logits[:, -1].float()
 

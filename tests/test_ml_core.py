@@ -166,6 +166,11 @@ def test_loss_option_bounds_and_which_losses_read_the_reasoning_view():
     for bad in ({"temperature": 0.0}, {"projection": -1}):
         with pytest.raises(ValidationError):
             crsd.options(bad)
+    kd = cat.get("loss", "kd")
+    for bad in ({"temperature": 0.0}, {"alpha": -0.1}, {"alpha": 1.1}):
+        with pytest.raises(ValidationError):
+            kd.options(bad)
+    assert kd.options({"alpha": 0.0, "temperature": 0.5}).alpha == 0.0
     assert crsd.needs_reasoning and not cat.get("loss", "ce").needs_reasoning and not cat.get("loss", "kd").needs_reasoning
 
 def test_soft_targets_average_over_rows_not_labels():

@@ -32,6 +32,8 @@ GOOD = {"name": "good", "models": {"student": "tiny-encoder"},
     ({"domain": "mars"}, "domain"),
     ({"domain_options": {"typo": 1}}, "domain_options.typo"),
     ({"models": {"student": "tiny-causal-lm"}}, "models.student"),  # a causal LM cannot be the student
+    ({"models": {"teacher": "tiny-encoder", "student": "tiny-encoder"}}, "models.teacher"),
+    ({"stages": [{"uses": "pairs"}, {"uses": "distill", "inputs": {"pairs": "nowhere"}}]}, "stages[1].inputs.pairs"),
     ({"reward_weights": {"labl_agreement": 2.0}}, "reward_weights.labl_agreement"),
     ({"domain": "product_search"}, "stages[0].options.source"),  # no generator behind source: generate
     ({"stages": [{"uses": "pairs"}, {"uses": "reasoning", "options": {"source": "domain"}}]},
@@ -76,13 +78,31 @@ def test_profile_merges_models_and_stage_options():
 
 
 def test_yaml_is_safe_loaded_and_size_limited(tmp_path):
-    with pytest.raises(RecipeError, match="not valid YAML"):
+    with pytest.raises(RecipeError, match="not valid YAML: could not determine a constructor"):
         load_recipe(write(tmp_path, "name: !!python/object/apply:os.system ['echo hi']\nstages: []"))
     big = write(tmp_path, "name: x\n" + "#" * 1_100_000, "big.yaml")
-    with pytest.raises(RecipeError, match="larger than"):
+    with pytest.raises(RecipeError, match="larger than 1000000 bytes"):
         load_recipe(big)
+    limit = write(tmp_path, "name: x\nstages: [{uses: pairs}]\n#" + "#" * (1_000_000 - 33), "limit.yaml")
+    assert limit.stat().st_size == 1_000_000 and load_recipe(limit).name == "x"  # the limit itself is allowed
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(write(tmp_path, "- a\n- b\n", "list.yaml"))
+
+
+def test_profiles_merge_nested_mappings_and_replace_the_rest():
+    raw = {"name": "p", "models": {"teacher": "a", "student": "b"}, "seed": 1,
+           "stages": [{"uses": "pairs", "options": {"n": 50, "noise": 0.1}}],
+           "profiles": {"small": {"models": {"student": "c"}, "seed": [2],
+                                  "stages": {"pairs": {"options": {"n": 20}}}}}}
+    merged = __import__("reasondistill.recipe", fromlist=["apply_profile"]).apply_profile(raw, "small")
+    assert merged["models"] == {"teacher": "a", "student": "c"} and merged["seed"] == [2]
+    assert merged["stages"][0]["options"] == {"n": 20, "noise": 0.1}
+
+
+def test_long_bad_values_are_shortened_in_the_error():
+    with pytest.raises(RecipeError) as exc:
+        load_recipe({"name": "x", "seed": "s" * 200, "stages": [{"uses": "pairs"}]})
+    assert "(got '" + "s" * 59 + "...)" in str(exc.value) and len(str(exc.value)) < 200
 
 
 def test_duplicate_stage_names_rejected():
