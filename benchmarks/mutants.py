@@ -33,7 +33,7 @@ PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 
 #: module -> (file, the tests that exercise it)
 TARGETS: dict[str, tuple[str, str]] = {
-    "metrics": ("sdk/metrics.py", "tests/test_ml_core.py -k metrics"),
+    "metrics": ("sdk/metrics.py", "tests/test_metrics.py"),
     "fingerprint": ("sdk/fingerprint.py", "tests/test_engine.py"),
     "recipe": ("sdk/recipe.py", "tests/test_recipes.py tests/test_hooks.py"),
     "runstore": ("sdk/runstore.py", "tests/test_engine.py"),
