@@ -186,7 +186,10 @@ class Hooks:
         for hook, (kind, family) in REGISTER_HOOKS.items():
             for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
                 collected: list[Any] = []
-                self._call(impl, hook, {"register": collected.append})
+                returned = self._call(impl, hook, {"register": collected.append})
+                if returned is not None:  # components returned instead of registered would vanish
+                    raise PluginError(impl.plugin_name, hook, f"returned {type(returned).__name__}; call "
+                                      "register(component) for each component and return nothing")
                 for comp in collected:
                     self._add(cat, kind, family, comp, impl.plugin_name, hook)
         self._add_dimensions(cat)
@@ -220,6 +223,9 @@ class Hooks:
         if base is not None and not isinstance(comp, base):
             raise PluginError(plugin, hook, f"{name!r} is a {type(comp).__name__}, not a reasondistill"
                               f".{base.__name__}: subclass it, so the contract's methods are checked")
+        problem = contract_problem(comp)
+        if problem:
+            raise PluginError(plugin, hook, f"{name!r}: {problem}")
         bucket = cat.entries.setdefault(kind, {})
         if name in bucket:
             raise PluginError(plugin, hook, f"{kind} {name!r} is already registered by plugin {bucket[name].plugin!r}")
@@ -253,6 +259,23 @@ class Hooks:
     def on_stage_end(self, run: Any, stage: str, result: Any) -> None:
         for _ in self._each("on_stage_end", run=run, stage=stage, result=result):
             pass
+
+
+def contract_problem(comp: Any) -> str | None:
+    """What a registered component gets wrong that would otherwise pass silently, or None."""
+    from .components import Options
+
+    opts = getattr(comp, "Options", None)
+    if not (isinstance(opts, type) and issubclass(opts, Options)):
+        return "its Options must subclass reasondistill.Options (unknown recipe keys are then errors, not ignored)"
+    labels = getattr(comp, "labels", None)
+    if getattr(comp, "kind", "") == "domain":
+        if len(labels or ()) < 2 or len(set(labels)) != len(labels):
+            return f"labels must be two or more distinct names, got {labels!r}"
+        if len(comp.label_descriptions) != len(labels):
+            return (f"{len(comp.label_descriptions)} label_descriptions for {len(labels)} labels; "
+                    "the teacher's prompt pairs each label with its description")
+    return None
 
 
 def kind_bases() -> dict[str, type]:

@@ -32,7 +32,10 @@ def free_port() -> int:
 
 def start_transformers_serve(model: Path, port: int, log: Path) -> subprocess.Popen:
     """``transformers serve`` on 127.0.0.1 with ``model`` preloaded; returns once it answers."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # transformers 5.17's GET /v1/models scans the hub cache and fails where the folder does not exist
+    cache = log.parent / "hf-hub-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_CACHE": str(cache)}
     cli = Path(sys.executable).with_name("transformers")
     cmd = [str(cli) if cli.exists() else "transformers", "serve", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "float32", "--log-level", "warning"]

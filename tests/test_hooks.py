@@ -273,6 +273,7 @@ def test_hook_register_domains(rd_hooks, register_plugin):
     class Recipes(Domain):
         name = "recipes"
         labels = ("bad", "good")
+        label_descriptions = ("not the dish asked for", "the dish asked for")
 
     class P:
         @hookimpl
@@ -282,6 +283,38 @@ def test_hook_register_domains(rd_hooks, register_plugin):
     register_plugin(P(), "p")
     dom = rd_hooks.catalogue.get("domain", "recipes")
     assert dom.parse_completion("Label: good").label == 1
+
+
+def test_register_mistakes_name_the_plugin(rd_hooks, register_plugin):
+    """Mistakes that used to pass silently: two labels with the base class's three descriptions
+    (the prompt lost a label's meaning), Options that ignore unknown keys, components returned
+    from a register hook instead of registered (they vanished)."""
+    from pydantic import BaseModel
+
+    class TwoLabels(Domain):
+        name = "two"
+        labels = ("bad", "good")
+
+    class LooseOptions(BaseModel):
+        x: int = 1
+
+    class Loose(Domain):
+        name = "loose"
+        Options = LooseOptions
+
+    cases = [(lambda register: register(TwoLabels()), "'two': 3 label_descriptions for 2 labels"),
+             (lambda register: register(Loose()), "'loose': its Options must subclass reasondistill.Options"),
+             (lambda register: [TwoLabels()], "returned list; call register\\(component\\)")]
+    for body, message in cases:
+        class P:
+            @hookimpl
+            def register_domains(self, register, body=body):
+                return body(register)
+
+        register_plugin(P(), "careless")
+        with pytest.raises(PluginError, match=f"'careless' failed in hook 'register_domains': {message}"):
+            rd_hooks.catalogue
+        rd_hooks.unregister("careless")
 
 
 def test_hook_register_models(rd_hooks, register_plugin, tmp_path):
