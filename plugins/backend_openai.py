@@ -152,6 +152,12 @@ class OpenAIGenerator:
         name = self.options.model
         if name == "auto" and len(entries) == 1:
             name = next(iter(entries))
+        if not entries and name != "auto":
+            # some servers list nothing they were not downloaded for (transformers serve 5.17 lists
+            # only hub-cache models, not the local folder it serves): trust the recipe's name
+            log.warning("backend 'openai' at %s lists no models; using %r as configured", self.options.base_url, name)
+            self.model = name
+            return f"served:{name}"
         entry = entries.get(name)
         if entry is None:
             raise self._fail(f"model {name!r} is not served{' (auto needs exactly one)' if name == 'auto' else ''}; "

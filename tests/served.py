@@ -66,7 +66,8 @@ class FaultServer:
     then silence), ``trickle`` (one byte every 50 ms, forever), ``401``. Prompts containing any of
     ``fail_queries`` always get HTTP 500. ``key``: the Bearer key required (401 otherwise)."""
 
-    def __init__(self, model: str = "teacher-7b", key: str | None = None):
+    def __init__(self, model: str = "teacher-7b", key: str | None = None, unlisted: bool = False):
+        self.unlisted = unlisted  # GET /v1/models answers an empty list
         self.model, self.key = model, key
         self.script: list[str] = []
         self.fail_queries: set[str] = set()
@@ -117,8 +118,8 @@ class FaultServer:
             def do_GET(self):
                 if not self._authorized():
                     return
-                data = {"object": "list", "data": [{"id": server.model, "object": "model", "owned_by": "test",
-                                                    "root": f"/models/{server.model}"}]}
+                data = {"object": "list", "data": [] if server.unlisted else [
+                    {"id": server.model, "object": "model", "owned_by": "test", "root": f"/models/{server.model}"}]}
                 self._send(200, json.dumps(data).encode())
 
             def do_POST(self):

@@ -103,6 +103,18 @@ def test_wrong_model_name_is_one_line_naming_backend_and_url(fault):
     assert "\n" not in msg and "'openai'" in msg and fault.url in msg and "teacher-7b" in msg
 
 
+def test_a_server_that_lists_no_models_is_trusted_with_the_configured_name():
+    """transformers serve 5.17 lists only hub-cache models, never the local folder it serves."""
+    server = FaultServer(unlisted=True)
+    try:
+        gen = OpenAIGenerator(DOM, OpenAIBackendOptions(model="my-folder", base_url=server.url, **FAST))
+        assert gen.identity == "served:my-folder"
+        with pytest.raises(BackendError, match="'auto' is not served|model 'auto' is not served"):
+            OpenAIGenerator(DOM, OpenAIBackendOptions(model="auto", base_url=server.url, **FAST))
+    finally:
+        server.close()
+
+
 def test_unreachable_server_and_refused_key():
     port = free_port()
     with pytest.raises(BackendError, match="cannot list models"):
