@@ -101,7 +101,6 @@ def main() -> None:
         for name, tokens, secs in rows_out:
             print(f"| {name} | {tokens} | {secs:.2f} | {tokens / secs:.0f} | {tokens / secs / base:.2f}x |")
 
-        del model
         student_steps(runtime, sync, domain, rows)
 
 

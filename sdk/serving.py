@@ -40,7 +40,6 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64, max_length: int | None = None, model: Any = None,
                  tokenizer: Any = None):
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from .runtime import current

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .views import key, present, unprefixed
+from .views import key as view_key
+from .views import present, unprefixed
 
 
 class PairCollator:
@@ -32,9 +33,9 @@ class PairCollator:
             feats = [unprefixed(view, r) for r in rows]
             scalars = [k for k in feats[0] if not isinstance(feats[0][k], (list, tuple))]
             for name in scalars:
-                batch[key(view, name)] = torch.tensor([f.pop(name) for f in feats])
+                batch[view_key(view, name)] = torch.tensor([f.pop(name) for f in feats])
             padded = self.tokenizer.pad(feats, return_tensors="pt")
-            batch.update({key(view, k): v for k, v in padded.items()})
+            batch.update({view_key(view, k): v for k, v in padded.items()})
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
         if rows[0].get("label_probs") is not None:

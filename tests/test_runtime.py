@@ -6,7 +6,7 @@ import os
 import pytest
 import yaml
 
-from reasondistill import Recipe, RecipeError, load_recipe, step
+from reasondistill import Recipe, load_recipe, step
 from reasondistill.cli import main
 from reasondistill.runtime import Runtime, RuntimeSpec, resolve_runtime
 
