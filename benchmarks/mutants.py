@@ -10,9 +10,12 @@ many of how many ran. Survivors are listed with their diff under ``--show-surviv
     python benchmarks/mutants.py                        # every module, 60 mutants each
     python benchmarks/mutants.py --modules metrics,recipe --max 0   # all mutants of two modules
 
-Needs ``pip install cosmic-ray`` (``make mutants`` installs it). Never run it on a dirty tree:
-cosmic-ray restores each file after its mutant, but an interrupted run can leave one mutated
-(``git checkout sdk plugins`` repairs it).
+Needs ``pip install cosmic-ray`` (``make mutants`` installs it). The tests import the package
+from the tree this script lives in (whatever ``pip install -e`` points at), so a run in a separate
+``git worktree`` leaves the working copy free for editing. Never run it on a dirty tree: cosmic-ray
+restores each file after its mutant, but an interrupted run can leave one mutated (``git checkout
+sdk plugins`` repairs it). The tiny model fixtures and materialised models are built once into
+``.mutants-cache/`` and reused by every mutant's session.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -34,18 +38,25 @@ PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 #: module -> (file, the tests that exercise it)
 TARGETS: dict[str, tuple[str, str]] = {
     "metrics": ("sdk/metrics.py", "tests/test_metrics.py"),
-    "fingerprint": ("sdk/fingerprint.py", "tests/test_engine.py"),
+    "fingerprint": ("sdk/fingerprint.py", "tests/test_engine.py tests/test_ml_core.py -k 'hash or manifest or recomputed'"),
     "recipe": ("sdk/recipe.py", "tests/test_recipes.py tests/test_hooks.py"),
-    "runstore": ("sdk/runstore.py", "tests/test_engine.py"),
-    "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py -k hash"),
+    "runstore": ("sdk/runstore.py", "tests/test_engine.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest"),
+    "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
+               "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
     "distill_losses": ("plugins/distill_losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
-    "rewards": ("plugins/rewards.py", "tests/test_ml_core.py tests/test_teacher.py -k reward"),
-    "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py"),
-    "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
+    "rewards": ("plugins/rewards.py", "tests/test_teacher.py tests/test_ml_core.py -k 'reward or malformed or claims or chosen'"),
+    "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
+    "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
+                   "-k 'slot or star or stop_strings or contract or engines'"),
     "annotate": ("plugins/annotate.py", "tests/test_annotate.py"),
-    "distill_stage": ("plugins/distill_stage.py", "tests/test_student.py"),
-    "teacher_sft": ("plugins/teacher_sft.py", "tests/test_teacher.py -k sft"),
+    "distill_stage": ("plugins/distill_stage.py", "tests/test_student.py tests/test_ml_core.py -k 'distill or saved_student or hide_verdict or loss'"),
+    "teacher_common": ("plugins/teacher_common.py", "tests/test_teacher.py tests/test_ml_core.py -k 'teacher or star'"),
+    "teacher_sft": ("plugins/teacher_sft.py", "tests/test_teacher.py tests/test_ml_core.py tests/reliability/test_bad_inputs.py "
+                    "-k 'sft or teacher_stage or star or max_length'"),
+    "teacher_preference": ("plugins/teacher_preference.py", "tests/test_teacher.py tests/test_ml_core.py -k 'preference or chosen or prompts or teacher_stage'"),
+    "teacher_reasoning": ("plugins/teacher_reasoning.py", "tests/test_teacher.py tests/test_ml_core.py -k 'star or sft_data or teacher_stage'"),
+    "teacher_dapt": ("plugins/teacher_dapt.py", "tests/test_teacher.py tests/test_ml_core.py -k 'dapt or teacher_stage'"),
 }
 
 
@@ -111,10 +122,31 @@ def outcomes(db: Path) -> dict[str, list[str]]:
     return out
 
 
+def test_environment(work: Path) -> dict[str, str]:
+    """The environment of every test session: this tree's package first on the path (a
+    ``reasondistill`` folder of links to ``sdk/``, ``plugins/`` and ``recipes/``), no bytecode
+    (two mutants of one size written within a second would share a stale ``.pyc``), and
+    persistent model caches."""
+    package = work / "path" / "reasondistill"
+    if not package.exists():
+        package.mkdir(parents=True)
+        for entry in (ROOT / "sdk").iterdir():
+            if entry.name != "__pycache__":
+                (package / entry.name).symlink_to(entry)
+        for sub in ("plugins", "recipes"):
+            (package / sub).symlink_to(ROOT / sub)
+    cache = ROOT / ".mutants-cache"
+    cache.mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONPATH": str(package.parent), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
+            "REASONDISTILL_FIXTURE_CACHE": str(cache / "fixtures"), "REASONDISTILL_CACHE": str(cache / "models")}
+
+
 def run_module(name: str, limit: int, seed: int, work: Path, show: bool) -> dict:
     file, tests = TARGETS[name]
+    env = test_environment(work)
+    subprocess.run(f"{PYTEST} {tests}", shell=True, cwd=ROOT, capture_output=True, env=env)  # fills the caches
     started = time.time()
-    baseline = subprocess.run(f"{PYTEST} {tests}", shell=True, cwd=ROOT, capture_output=True, text=True)
+    baseline = subprocess.run(f"{PYTEST} {tests}", shell=True, cwd=ROOT, capture_output=True, text=True, env=env)
     if baseline.returncode != 0:
         return {"module": name, "error": "its tests fail without a mutant:\n" + baseline.stdout[-1500:]}
     seconds = time.time() - started
@@ -129,10 +161,10 @@ test-command = "{PYTEST} {tests}"
 [cosmic-ray.distributor]
 name = "local"
 """)
-    subprocess.run(["cosmic-ray", "init", str(config), str(db)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(["cosmic-ray", "init", str(config), str(db)], cwd=ROOT, check=True, capture_output=True, env=env)
     equivalent = drop_equivalent(db, (ROOT / file).read_text(encoding="utf-8"))
     kept, total = sample(db, limit, seed)
-    subprocess.run(["cosmic-ray", "exec", str(config), str(db)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(["cosmic-ray", "exec", str(config), str(db)], cwd=ROOT, check=True, capture_output=True, env=env)
     res = outcomes(db)
     killed, survived = len(res.get("killed", [])), len(res.get("survived", []))
     incompetent = len(res.get("incompetent", []))  # timeouts and mutants that do not import
@@ -142,7 +174,8 @@ name = "local"
             print(f"--- survived in {file}\n{diff}")
     return {"module": name, "file": file, "mutants": total, "in_annotations": equivalent, "ran": kept, "killed": killed, "survived": survived,
             "incompetent": incompetent, "score": round(killed / done, 3) if done else None,
-            "minutes": round((time.time() - started) / 60, 1)}
+            "minutes": round((time.time() - started) / 60, 1), "slice_seconds": round(seconds, 1),
+            "survivors": res.get("survived", [])}
 
 
 def main() -> None:
@@ -158,7 +191,9 @@ def main() -> None:
         for name in [m.strip() for m in args.modules.split(",") if m.strip()]:
             row = run_module(name, args.max, args.seed, Path(tmp), args.show_survivors)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "survivors"}), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1))
     print("\n| module | mutants ran (of all, not counting those in annotations) | killed | survived | timeouts/unimportable | score | minutes |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

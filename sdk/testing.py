@@ -13,7 +13,10 @@ Fixtures:
 - ``tiny_pairs``: 64 graded pairs from the embedded ``local_services`` generator.
 
 All imports of the ML stack happen inside fixtures, so installing reasondistill never slows down
-an unrelated pytest session.
+an unrelated pytest session. With ``REASONDISTILL_FIXTURE_CACHE=<folder>`` the three model fixtures
+are built once into that folder and reused by later sessions (keyed by the source of
+``reasondistill.tiny`` and the transformers version); mutation testing starts hundreds of short
+sessions and would otherwise rebuild the tiny teacher (~20 s) in each.
 """
 
 from __future__ import annotations
@@ -52,25 +55,52 @@ def rd_engine(rd_hooks, tmp_path):
     return Engine(rd_hooks, runs_dir=tmp_path / "runs")
 
 
+def _built(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build`` into a fresh session folder, or once into ``REASONDISTILL_FIXTURE_CACHE``."""
+    import os
+
+    cache = os.environ.get("REASONDISTILL_FIXTURE_CACHE")
+    if not cache:
+        return build(tmp_path_factory.mktemp(name))
+    import hashlib
+    import shutil
+
+    import transformers
+
+    from reasondistill import tiny
+
+    key = hashlib.sha256((Path(tiny.__file__).read_text() + transformers.__version__).encode()).hexdigest()[:12]
+    final = Path(cache) / f"{name}-{key}"
+    if not final.exists():
+        scratch = build(tmp_path_factory.mktemp(name))
+        staged = final.with_name(final.name + f".{os.getpid()}.tmp")
+        shutil.copytree(scratch, staged)
+        try:
+            staged.rename(final)
+        except OSError:  # another session got there first
+            shutil.rmtree(staged, ignore_errors=True)
+    return final
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory) -> Path:
     from reasondistill.tiny import build_tiny_causal_lm
 
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+    return _built(tmp_path_factory, "tiny-causal-lm", build_tiny_causal_lm)
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     from reasondistill.tiny import build_tiny_teacher
 
-    return build_tiny_teacher(tmp_path_factory.mktemp("tiny-teacher"))
+    return _built(tmp_path_factory, "tiny-teacher", build_tiny_teacher)
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     from reasondistill.tiny import build_tiny_encoder
 
-    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+    return _built(tmp_path_factory, "tiny-encoder", build_tiny_encoder)
 
 
 @pytest.fixture
