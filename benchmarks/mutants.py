@@ -38,9 +38,9 @@ PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 #: module -> (file, the tests that exercise it)
 TARGETS: dict[str, tuple[str, str]] = {
     "metrics": ("sdk/metrics.py", "tests/test_metrics.py"),
-    "fingerprint": ("sdk/fingerprint.py", "tests/test_engine.py tests/test_ml_core.py -k 'hash or manifest or recomputed'"),
+    "fingerprint": ("sdk/fingerprint.py", "tests/test_fingerprint.py tests/test_engine.py tests/test_ml_core.py -k 'fingerprint or hash or manifest or recomputed'"),
     "recipe": ("sdk/recipe.py", "tests/test_recipes.py tests/test_hooks.py"),
-    "runstore": ("sdk/runstore.py", "tests/test_engine.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest"),
+    "runstore": ("sdk/runstore.py", "tests/test_fingerprint.py tests/test_engine.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest"),
     "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
                "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
