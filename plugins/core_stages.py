@@ -85,14 +85,17 @@ class PairsStage(Stage):
         if options.hide_labels and "label" in pairs.column_names:
             pairs = pairs.rename_column("label", "gold_label")
         pairs.save_to_disk(str(ctx.dir / "pairs"))
-        dev.save_to_disk(str(ctx.dir / "dev"))
+        outputs = {"pairs": "pairs"}
+        if len(dev):  # an empty dev split is no output: a later `dev` then means an earlier stage's
+            dev.save_to_disk(str(ctx.dir / "dev"))  # (datasets cannot read an empty one back)
+            outputs["dev"] = "dev"
         metrics: dict[str, Any] = {"pairs": len(pairs), "dev": len(dev)}
         if "label" in pairs.column_names:
             for i, name in enumerate(ctx.domain.labels):
                 metrics[f"share_{name.replace(' ', '_')}"] = round(sum(1 for x in pairs["label"] if x == i) / max(1, len(pairs)), 4)
         if repairs:
             metrics["repairs"] = repairs
-        return StageResult(outputs={"pairs": "pairs", "dev": "dev"}, metrics=metrics)
+        return StageResult(outputs=outputs, metrics=metrics)
 
 
 @hookimpl

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from reasondistill import DistillLoss, Options, hookimpl
-from reasondistill.views import STANDARD, forward_view, forward_views
+from reasondistill.views import STANDARD, forward_view, forward_views, weighted_mean
 
 
 def _targets_ce(logits: torch.Tensor, batch: dict[str, Any], soft: bool) -> torch.Tensor:
     if soft and "label_probs" in batch:
-        return -(batch["label_probs"] * F.log_softmax(logits, -1)).sum(-1).mean()
-    return F.cross_entropy(logits, batch["labels"])
+        return weighted_mean(-(batch["label_probs"] * F.log_softmax(logits, -1)).sum(-1), batch)
+    return weighted_mean(F.cross_entropy(logits, batch["labels"], reduction="none"), batch)
 
 
 class CEOptions(Options):
@@ -48,12 +48,12 @@ class LogitKD(DistillLoss):
 
     def compute(self, student, batch, options: KDOptions):
         logits, _ = forward_view(student, batch, STANDARD)
-        ce = F.cross_entropy(logits, batch["labels"])
+        ce = _targets_ce(logits, batch, soft=False)
         if "label_probs" in batch:
             t = options.temperature
             teacher = batch["label_probs"].clamp_min(1e-8) ** (1.0 / t)
             teacher = teacher / teacher.sum(-1, keepdim=True)
-            kl = F.kl_div(F.log_softmax(logits / t, -1), teacher, reduction="batchmean") * t * t
+            kl = weighted_mean(F.kl_div(F.log_softmax(logits / t, -1), teacher, reduction="none").sum(-1), batch) * t * t
         else:  # no teacher probabilities: KD reduces to CE
             kl = torch.zeros((), device=logits.device)
         loss = options.alpha * ce + (1 - options.alpha) * kl
@@ -66,6 +66,8 @@ class CRSDOptions(Options):
     w_reasoning: float = Field(1.0, ge=0, description="weight of CE on the reasoning view")
     w_nce: float = Field(0.5, ge=0, description="weight of the in-batch InfoNCE")
     w_point: float = Field(0.0, ge=0, description="weight of a pointwise (1 - cosine) alignment term")
+    w_kl: float = Field(0.0, ge=0, description="weight of KL(p(.|x,r) || p(.|x)): the standard view's label "
+                        "distribution pulled towards the reasoning view's (a detached target)")
     symmetric: bool = Field(False, description="average InfoNCE over both directions")
     stop_gradient: bool = Field(False, description="no alignment gradient into the reasoning view")
     projection: int = Field(0, ge=0, description="size of a projection head before InfoNCE (0 = none)")
@@ -102,13 +104,17 @@ class CRSD(DistillLoss):
         z, zr = F.normalize(cls, dim=-1), F.normalize(r_cls, dim=-1)
         sim = z @ zr.T / options.temperature
         target = torch.arange(sim.size(0), device=sim.device)
-        nce = F.cross_entropy(sim, target)
+        nce = F.cross_entropy(sim, target, reduction="none")
         if options.symmetric:
-            nce = 0.5 * (nce + F.cross_entropy(sim.T, target))
-        point = (1 - (z * zr).sum(-1)).mean()
-        loss = options.w_std * ce_std + options.w_reasoning * ce_rsn + options.w_nce * nce + options.w_point * point
+            nce = 0.5 * (nce + F.cross_entropy(sim.T, target, reduction="none"))
+        nce = weighted_mean(nce, batch)
+        point = weighted_mean(1 - (z * zr).sum(-1), batch)
+        kl = weighted_mean(F.kl_div(F.log_softmax(logits, -1), F.log_softmax(r_logits.detach(), -1), reduction="none",
+                                    log_target=True).sum(-1), batch)
+        loss = (options.w_std * ce_std + options.w_reasoning * ce_rsn + options.w_nce * nce + options.w_point * point
+                + options.w_kl * kl)
         return {"loss": loss, "ce_std": ce_std.detach(), "ce_reasoning": ce_rsn.detach(), "infonce": nce.detach(),
-                "pointwise": point.detach(), "logits": logits}
+                "pointwise": point.detach(), "kl_views": kl.detach(), "logits": logits}
 
 
 @hookimpl

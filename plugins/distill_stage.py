@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill.recipe import validate_nested
 from reasondistill.domain import require_ability
 from reasondistill.errors import DataError, PluginError
+from reasondistill.plugins.distill_sources import TrainSource, load_source, merge_sources, source_key
 from reasondistill.views import check_encoding
 
 
@@ -19,7 +20,11 @@ class DistillOptions(Options):
     student_options: dict[str, Any] = Field(default_factory=dict)
     loss: ComponentRef("loss") = "crsd"
     loss_options: dict[str, Any] = Field(default_factory=dict)
-    train_input: str = Field("annotations", description="the earlier output to train on")
+    train_input: str = Field("annotations", description="the earlier output to train on (one source; see sources)")
+    sources: list[TrainSource] = Field(default_factory=list, description="several training inputs, each with a "
+                                       "weight and filters (teacher annotations + gold pairs); replaces train_input")
+    gate: str | None = Field(None, description="a quality gate's verdict (an earlier output, e.g. `verdict`): when "
+                             "it falls back, the sources whose labels are the teacher's are dropped")
     reasoning_column: str = "reasoning"
     domain_rationale: bool = Field(False, description="reasoning from the domain's rule-written rationale(row, label)")
     hide_verdict: bool = Field(False, description="drop the reasoning's sentences that name a label "
@@ -42,28 +47,53 @@ class DistillOptions(Options):
             require_ability(info.context, "writes_rationale", "")
         return value
 
+    @field_validator("sources")
+    @classmethod
+    def _sources_domain_writes(cls, value: list[TrainSource], info: ValidationInfo) -> list[TrainSource]:
+        if any(s.reasoning == "domain" for s in value):
+            require_ability(info.context, "writes_rationale", "set the source's reasoning: column")
+        return value
 
-def _rows(ds, options: DistillOptions, source: str, needs_reasoning: bool, domain=None):
-    cols = ds.column_names
-    if options.domain_rationale:
-        if not domain.writes_rationale:
-            raise DataError(f"domain {domain.name!r} writes no rationale; unset domain_rationale")
-        if options.label_column in cols:
-            ds = ds.map(lambda r: {options.reasoning_column: domain.rationale(r, r[options.label_column])
-                                   if r[options.label_column] is not None and r[options.label_column] >= 0 else ""})
-            cols = ds.column_names
-    if options.label_column not in cols:
-        raise DataError(f"{source}: no column {options.label_column!r} to train on (columns: {', '.join(cols)})")
-    if needs_reasoning and options.reasoning_column not in cols:
-        raise DataError(f"{source}: loss needs reasoning, but there is no column {options.reasoning_column!r} "
-                        f"(columns: {', '.join(cols)}); set reasoning_column")
-    if needs_reasoning:
-        ds = _hide_verdict(ds, options, domain)
-    keep = [i for i, lab in enumerate(ds[options.label_column]) if lab is not None and lab >= 0]
-    if "parse_ok" in cols:
-        ok = ds["parse_ok"]
-        keep = [i for i in keep if ok[i]]
-    return ds.select(keep)
+    @model_validator(mode="after")
+    def _one_way_to_name_inputs(self) -> "DistillOptions":
+        if self.sources and "train_input" in self.model_fields_set:
+            raise ValueError("give train_input or sources, not both")
+        return self
+
+    def train_sources(self) -> list[TrainSource]:
+        return self.sources or [TrainSource(input=self.train_input)]
+
+
+def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
+    """The merged training dataset and per-source metrics (:mod:`.distill_sources`); with a gate
+    that fell back, the teacher-labelled sources are left out."""
+    verdict = read_verdict(ctx, options.gate) if options.gate else None
+    strip = ctx.domain.strip_verdict if options.hide_verdict and needs_reasoning else (lambda text: text)
+    chunks, metrics = [], {}
+    for source in options.train_sources():
+        rows, m, teacher = load_source(ctx, source, label_column=options.label_column,
+                                       reasoning_column=options.reasoning_column,
+                                       default_reasoning="domain" if options.domain_rationale else "column",
+                                       needs_reasoning=needs_reasoning, strip=strip)
+        if verdict is not None and verdict["verdict"] == "fallback" and teacher:
+            metrics[f"source_{source_key(source)}_dropped_by_gate"] = len(rows)
+            continue
+        chunks.append(rows)
+        metrics.update(m)
+    if verdict is not None:
+        metrics["gate_verdict"] = verdict["verdict"]
+        if not chunks:
+            raise DataError(f"gate {options.gate!r} fell back to gold, but every source of this stage is teacher-labelled; "
+                            "add the gold pairs as a source (sources: [{input: annotations}, {input: gold.pairs}])")
+    return merge_sources(chunks, len(ctx.domain.labels)), metrics
+
+
+def read_verdict(ctx, name: str) -> dict[str, Any]:
+    path = ctx.input(name)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"gate: {path}: not a gate verdict ({exc})") from None
 
 
 def _hide_verdict(ds, options: DistillOptions, domain):
@@ -101,14 +131,14 @@ class DistillStage(Stage):
         trust = ctx.recipe.trust_remote_code
         labels = ctx.domain.labels
 
-        train = _rows(ctx.load_dataset(options.train_input), options, options.train_input, loss_c.needs_reasoning,
-                      ctx.domain)
-        if len(train) < options.batch_size:
-            raise DataError(f"{options.train_input}: {len(train)} usable rows, fewer than batch_size {options.batch_size}")
-        tokenizer = student_c.tokenizer(model_path, trust)
         needs_r = loss_c.needs_reasoning
+        train, source_metrics = training_rows(ctx, options, needs_r)
+        if len(train) < options.batch_size:
+            names = ", ".join(s.input for s in options.train_sources())
+            raise DataError(f"{names}: {len(train)} usable rows, fewer than batch_size {options.batch_size}")
+        tokenizer = student_c.tokenizer(model_path, trust)
         texts = (t for r in train for t in (ctx.domain.query_text(r), ctx.domain.item_text(r),
-                                             r.get(options.reasoning_column) or "" if needs_r else ""))
+                                             r.get("reasoning") or "" if needs_r else ""))
         added = list(student_c.adapt_tokenizer(tokenizer, texts, s_opts) or [])
         student_plugin = cat.kind("student")[options.student].plugin
 
@@ -116,15 +146,14 @@ class DistillStage(Stage):
             rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
             queries = [ctx.domain.query_text(r) for r in rows]
             items = [ctx.domain.item_text(r) for r in rows]
-            reasonings = [r.get(options.reasoning_column) or "" for r in rows] if needs_r else None
+            reasonings = [r.get("reasoning") or "" for r in rows] if needs_r else None
             out = student_c.encode(tokenizer, queries, items, reasonings, s_opts)
             check_encoding(out, needs_r, student_plugin)
             out["labels"] = [int(r[options.label_column]) for r in rows]
             return out
 
-        keep_probs = "label_probs" in train.column_names
-        encoded = train.map(encode, batched=True, remove_columns=[c for c in train.column_names if not (keep_probs and c == "label_probs")],
-                            desc="tokenizing")
+        encoded = train.map(encode, batched=True, desc="tokenizing",
+                            remove_columns=[c for c in train.column_names if c not in ("label_probs", "weight")])
         student = student_c.build(model_path, len(labels), s_opts, trust, vocab_size=len(tokenizer) if added else None)
         check_network(student, student_plugin)
         extra = loss_c.extra_modules(student.hidden_size, l_opts)
@@ -155,7 +184,7 @@ class DistillStage(Stage):
             "loss": options.loss, "student": options.student, "base_model": model_path}, indent=2))
         history = [h for h in trainer.state.log_history if "loss" in h]
         (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))
-        metrics: dict[str, Any] = {"train_rows": len(train), "steps": trainer.state.global_step,
+        metrics: dict[str, Any] = {"train_rows": len(train), **source_metrics, "steps": trainer.state.global_step,
                                    "train_loss": round(float(train_out.training_loss), 5),
                                    "step_seconds": round(train_out.metrics["train_runtime"] / max(1, trainer.state.global_step), 4),
                                    "resumed_from": last.rsplit("-", 1)[-1] if last else None,

@@ -69,12 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from .engine import Engine
     from .recipe import find_recipe, load_recipe
+    from .report import verdict_lines
 
     recipe = load_recipe(args.recipe, args.profile)
     results = Engine(runs_dir=args.runs_dir).run(recipe, force=args.force, source=str(find_recipe(args.recipe)), name=args.name)
     ran = [n for n, r in results.items() if not r.skipped]
-    print(f"run {args.name or recipe.name}: {len(ran)} stage(s) ran, {len(results) - len(ran)} up to date -> "
-          f"{Path(args.runs_dir) / (args.name or recipe.name)}")
+    run_dir = Path(args.runs_dir) / (args.name or recipe.name)
+    print(f"run {args.name or recipe.name}: {len(ran)} stage(s) ran, {len(results) - len(ran)} up to date -> {run_dir}")
+    for line in verdict_lines(run_dir):
+        print(line)
     return 0
 
 
@@ -132,10 +135,12 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report import run_table
+    from .report import run_table, verdict_lines
 
     folder = Path(args.run) if Path(args.run).is_dir() and (Path(args.run) / "recipe.json").exists() else Path(args.runs_dir) / args.run
     print(run_table(folder))
+    for line in verdict_lines(folder):
+        print(line)
     return 0
 
 

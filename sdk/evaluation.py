@@ -65,6 +65,13 @@ def reasoning_view_proba(student, tokenizer, component, options, queries, items,
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
+def teacher_labels(rows: list[dict[str, Any]], num_labels: int) -> tuple[list[int], list[int]]:
+    """Gold and teacher labels of annotated gold pairs; an unparsable teacher answer counts as wrong."""
+    gold = [int(r["gold_label"]) for r in rows]
+    return gold, [r["label"] if r["label"] is not None and r["label"] >= 0 else (g + 1) % num_labels
+                  for r, g in zip(rows, gold)]
+
+
 def retention(student_predictor, dev_annotations, domain) -> dict[str, float]:
     """Student vs teacher on the same gold pairs (the teacher's dev annotations).
 
@@ -74,9 +81,7 @@ def retention(student_predictor, dev_annotations, domain) -> dict[str, float]:
     rows = [r for r in dev_annotations if r.get("gold_label") is not None and r["gold_label"] >= 0]
     if not rows:
         return {}
-    k = len(domain.labels)
-    gold = [int(r["gold_label"]) for r in rows]
-    teacher = [r["label"] if r["label"] >= 0 else (g + 1) % k for r, g in zip(rows, gold)]
+    gold, teacher = teacher_labels(rows, len(domain.labels))
     queries, items = render_items(rows, domain)
     student = student_predictor.predict_proba(queries, items).argmax(-1).tolist()
     t = classification_metrics(gold, teacher, domain.labels)

@@ -25,6 +25,12 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def verdict_lines(run_dir: Path) -> list[str]:
+    """The one-line verdicts stages left in their metrics (``verdict_line``: the quality gate)."""
+    return [m["metrics"]["verdict_line"] for _, m in run_stages(run_dir)
+            if m and isinstance(m.get("metrics", {}).get("verdict_line"), str)]
+
+
 def run_table(run_dir: Path) -> str:
     """A plain-text table: stage, component, seconds and scalar metrics."""
     rows = [("stage", "uses", "status", "seconds", "metrics")]

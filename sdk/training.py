@@ -40,6 +40,8 @@ class PairCollator:
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
         if rows[0].get("label_probs") is not None:
             batch["label_probs"] = torch.tensor([r["label_probs"] for r in rows], dtype=torch.float32)  # runtime: a target
+        if rows[0].get("weight") is not None:
+            batch["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)  # runtime: a loss weight
         return batch
 
 

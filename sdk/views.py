@@ -11,7 +11,10 @@ knows the prefixes:
   for students that implement ``forward_shared``. An encoding has ``rsn_*`` or ``shr_*``, not both.
 
 Each view carries ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` when the tokenizer
-makes them); per-row integers (``shr_split``) become 1-D tensors.
+makes them); per-row integers (``shr_split``) become 1-D tensors. Beside the views a batch has
+``labels``, ``label_probs`` when the training rows have them (one-hot for gold rows mixed with
+teacher rows), and ``weight`` when the rows' loss weights differ (``distill`` sources; mean 1 over
+the training set): a loss averages its per-row terms with :func:`weighted_mean`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,18 @@ from typing import Any, Mapping
 
 STANDARD, REASONING, SHARED = "std", "rsn", "shr"
 VIEWS = (STANDARD, REASONING, SHARED)
+
+
+def weighted_mean(values: Any, batch: Mapping[str, Any]) -> Any:
+    """The batch mean of per-row loss terms, each row scaled by its ``weight`` when the batch has one.
+
+    Weights are scaled to mean 1 over the training rows (not per batch), so a batch of
+    down-weighted rows contributes less, and uniform weights give the plain mean.
+    """
+    weight = batch.get("weight")
+    if weight is None:
+        return values.mean()
+    return (values * weight.to(values.dtype)).mean()
 
 
 def key(view: str, name: str) -> str:

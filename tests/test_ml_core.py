@@ -145,7 +145,7 @@ def test_loss_defaults_are_the_documented_ones():
     kd = cat.get("loss", "kd").options({})
     assert (kd.alpha, kd.temperature) == (0.5, 2.0)
     crsd = cat.get("loss", "crsd").options({})
-    assert (crsd.temperature, crsd.w_std, crsd.w_reasoning, crsd.w_nce, crsd.w_point) == (0.1, 1.0, 1.0, 0.5, 0.0)
+    assert (crsd.temperature, crsd.w_std, crsd.w_reasoning, crsd.w_nce, crsd.w_point, crsd.w_kl) == (0.1, 1.0, 1.0, 0.5, 0.0, 0.0)
     assert not (crsd.symmetric or crsd.stop_gradient or crsd.soft_targets) and crsd.projection == 0
 
 

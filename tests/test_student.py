@@ -119,15 +119,20 @@ def test_distill_stage_trains_evaluates_and_logs_terms(rd_engine):
 
 
 def test_hide_verdict_strips_label_sentences_from_train_and_dev_reasoning(rd_engine):
+    from types import SimpleNamespace
+
     from datasets import Dataset
 
-    from reasondistill.plugins.distill_stage import DistillOptions, _rows
+    from reasondistill.plugins.distill_stage import DistillOptions, training_rows
 
     rows = [{"query": "q", "item": "i", "label": k, "rationale": f"Open late. So it is {DOM.labels[k]}."} for k in range(3)]
-    hidden = _rows(Dataset.from_list(rows), DistillOptions(reasoning_column="rationale", hide_verdict=True), "t", True, DOM)
-    assert hidden["rationale"] == ["Open late."] * 3
-    kept = _rows(Dataset.from_list(rows), DistillOptions(reasoning_column="rationale"), "t", True, DOM)
-    assert kept["rationale"] == [r["rationale"] for r in rows]
+    ctx = SimpleNamespace(load_dataset=lambda name: Dataset.from_list(rows), domain=DOM)
+    hidden, _ = training_rows(ctx, DistillOptions(reasoning_column="rationale", hide_verdict=True), True)
+    assert hidden["reasoning"] == ["Open late."] * 3
+    kept, _ = training_rows(ctx, DistillOptions(reasoning_column="rationale"), True)
+    assert kept["reasoning"] == [r["rationale"] for r in rows]
+    plain, _ = training_rows(ctx, DistillOptions(reasoning_column="rationale", hide_verdict=True), False)
+    assert plain["reasoning"] == [r["rationale"] for r in rows]  # a loss without the reasoning view: nothing stripped
     m = rd_engine.run(distill_recipe(max_steps=4, hide_verdict=True))["distill"].metrics
     assert 0 <= m["dev_reasoning_view_macro_f1"] <= 1
 
