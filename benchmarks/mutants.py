@@ -35,13 +35,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 
-#: module -> (file, the tests that exercise it)
+#: module -> (its file, or several separated by spaces, and the tests that exercise it)
 TARGETS: dict[str, tuple[str, str]] = {
     "metrics": ("sdk/metrics.py", "tests/test_metrics.py"),
     "fingerprint": ("sdk/fingerprint.py", "tests/test_fingerprint.py tests/test_engine.py tests/test_ml_core.py -k 'fingerprint or hash or manifest or recomputed'"),
     "recipe": ("sdk/recipe.py", "tests/test_recipes.py tests/test_hooks.py"),
     "runstore": ("sdk/runstore.py", "tests/test_fingerprint.py tests/test_engine.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest"),
-    "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
+    "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py tests/test_runtime.py tests/test_annotate.py::test_two_processes_equal_one "
+               "tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
                "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
     "distill_losses": ("plugins/distill_losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
@@ -51,12 +52,9 @@ TARGETS: dict[str, tuple[str, str]] = {
                    "-k 'slot or star or stop_strings or contract or engines'"),
     "annotate": ("plugins/annotate.py", "tests/test_annotate.py"),
     "distill_stage": ("plugins/distill_stage.py", "tests/test_student.py tests/test_ml_core.py -k 'distill or saved_student or hide_verdict or loss'"),
-    "teacher_common": ("plugins/teacher_common.py", "tests/test_teacher.py tests/test_ml_core.py -k 'teacher or star'"),
-    "teacher_sft": ("plugins/teacher_sft.py", "tests/test_teacher.py tests/test_ml_core.py tests/reliability/test_bad_inputs.py "
-                    "-k 'sft or teacher_stage or star or max_length'"),
-    "teacher_preference": ("plugins/teacher_preference.py", "tests/test_teacher.py tests/test_ml_core.py -k 'preference or chosen or prompts or teacher_stage'"),
-    "teacher_reasoning": ("plugins/teacher_reasoning.py", "tests/test_teacher.py tests/test_ml_core.py -k 'star or sft_data or teacher_stage'"),
-    "teacher_dapt": ("plugins/teacher_dapt.py", "tests/test_teacher.py tests/test_ml_core.py -k 'dapt or teacher_stage'"),
+    "teacher_stages": ("plugins/teacher_common.py plugins/teacher_dapt.py plugins/teacher_reasoning.py plugins/teacher_sft.py "
+                       "plugins/teacher_preference.py", "tests/test_teacher.py tests/test_ml_core.py "
+                       "tests/reliability/test_bad_inputs.py -k 'teacher or star or sft or preference or dapt or chosen or prompts or max_length'"),
 }
 
 
@@ -74,12 +72,12 @@ def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]
     return spans
 
 
-def drop_equivalent(db: Path, source: str) -> int:
+def drop_equivalent(db: Path) -> int:
     """Remove mutants inside annotations (see :func:`annotation_spans`); returns how many."""
-    spans = annotation_spans(source)
     con = sqlite3.connect(db)
-    rows = con.execute("SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs").fetchall()
-    drop = [(job,) for job, row, col in rows if any(a <= (row, col) < b for a, b in spans)]
+    rows = con.execute("SELECT job_id, module_path, start_pos_row, start_pos_col FROM mutation_specs").fetchall()
+    spans = {path: annotation_spans(Path(path).read_text(encoding="utf-8")) for path in {r[1] for r in rows}}
+    drop = [(job,) for job, path, row, col in rows if any(a <= (row, col) < b for a, b in spans[path])]
     con.executemany("DELETE FROM mutation_specs WHERE job_id = ?", drop)
     con.executemany("DELETE FROM work_items WHERE job_id = ?", drop)
     con.commit()
@@ -90,13 +88,13 @@ def drop_equivalent(db: Path, source: str) -> int:
 def sample(db: Path, limit: int, seed: int) -> tuple[int, int]:
     """Keep ``limit`` mutants of the session (all when 0), spread over sites; (kept, total)."""
     con = sqlite3.connect(db)
-    rows = con.execute("SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs ORDER BY job_id").fetchall()
+    rows = con.execute("SELECT job_id, module_path, start_pos_row, start_pos_col FROM mutation_specs ORDER BY job_id").fetchall()
     total = len(rows)
     if limit and total > limit:
         rng = random.Random(seed)
-        by_site: dict[tuple[int, int], list[str]] = {}
-        for job, row, col in rows:
-            by_site.setdefault((row, col), []).append(job)
+        by_site: dict[tuple[str, int, int], list[str]] = {}
+        for job, path, row, col in rows:
+            by_site.setdefault((path, row, col), []).append(job)
         sites = list(by_site.values())
         rng.shuffle(sites)
         keep: list[str] = []
@@ -104,7 +102,7 @@ def sample(db: Path, limit: int, seed: int) -> tuple[int, int]:
             for jobs in sites:
                 if jobs and len(keep) < limit:
                     keep.append(jobs.pop(rng.randrange(len(jobs))))
-        drop = [(j,) for j, _, _ in rows if j not in set(keep)]
+        drop = [(j,) for j, _, _, _ in rows if j not in set(keep)]
         con.executemany("DELETE FROM mutation_specs WHERE job_id = ?", drop)
         con.executemany("DELETE FROM work_items WHERE job_id = ?", drop)
         con.commit()
@@ -153,7 +151,7 @@ def run_module(name: str, limit: int, seed: int, work: Path, show: bool) -> dict
     config = work / f"{name}.toml"
     db = work / f"{name}.sqlite"
     config.write_text(f"""[cosmic-ray]
-module-path = "{ROOT / file}"
+module-path = {json.dumps([str(ROOT / f) for f in file.split()])}
 timeout = {max(30.0, 4 * seconds):.0f}
 excluded-modules = []
 test-command = "{PYTEST} {tests}"
@@ -162,7 +160,7 @@ test-command = "{PYTEST} {tests}"
 name = "local"
 """)
     subprocess.run(["cosmic-ray", "init", str(config), str(db)], cwd=ROOT, check=True, capture_output=True, env=env)
-    equivalent = drop_equivalent(db, (ROOT / file).read_text(encoding="utf-8"))
+    equivalent = drop_equivalent(db)
     kept, total = sample(db, limit, seed)
     subprocess.run(["cosmic-ray", "exec", str(config), str(db)], cwd=ROOT, check=True, capture_output=True, env=env)
     res = outcomes(db)

@@ -40,6 +40,8 @@ def main() -> None:
     for name, label in (("student_crsd", "student, crsd on teacher annotations"),
                         ("student_ce", "student, ce on teacher annotations"),
                         ("student_gold_ce", "student, ce on gold pairs only"),
+                        ("student_mix_crsd", "student, crsd on gold + annotations (confidence-weighted)"),
+                        ("student_mix_ce", "student, ce on gold + annotations (confidence >= 0.5)"),
                         ("student_gold_ce_english_vocab", "student, ce on gold pairs only, vocabulary as shipped")):
         if name not in res:
             continue
@@ -52,6 +54,8 @@ def main() -> None:
           f"(parse rate {ann.get('parse_rate')}, {ann.get('pairs_per_s')} pairs/s)")
     print(table(("system", "teacher-annotated dev pairs", "macro-F1 there", "accuracy there",
                  "macro-F1, whole dev", "accuracy, whole dev", "retention (student / teacher macro-F1)"), rows))
+    if "gate" in res:
+        print("\n" + res["gate"].metrics["verdict_line"])
     print("\nwall time per stage (seconds, as run)")
     print(table(("stage", "seconds"), [(name, round(r.seconds, 1)) for name, r in res.items()]
                 + [("total", round(sum(r.seconds for r in res.values()), 1))]))

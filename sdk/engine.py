@@ -48,7 +48,7 @@ def stage_hash(recipe: Recipe, stage: ResolvedStage, previous: str, inputs: dict
                                                         "reward_weights", "trust_remote_code"})
     if recipe.runtime.dtype != "auto":  # what auto resolves to, and where it runs, never rerun a stage
         shared["runtime"] = recipe.runtime.hash_view()
-    if getattr(stage.component, "generates", False) and recipe.backends:
+    if stage.component.generates and recipe.backends:
         shared["backends"] = {role: spec.hash_view(catalogue) for role, spec in sorted(recipe.backends.items())}
     return canonical_hash({
         "uses": stage.spec.uses,

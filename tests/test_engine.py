@@ -5,7 +5,7 @@ import json
 import pytest
 
 from reasondistill import Recipe, RecipeError, step
-from reasondistill.runstore import MANIFEST
+from reasondistill.runstore import MANIFEST, STATE
 
 from .counting import CALLS, CountingPlugin
 
@@ -63,6 +63,21 @@ def test_changed_hash_discards_partial_work(engine):
     engine.run(three(b=7))
     assert CALLS["b:resumed_at_1"] == 0
     assert sorted(p.read_text() for p in (engine.runs_dir / "count3" / "b" / "parts").iterdir()) == ["7:a=1"] * 3
+
+
+@pytest.mark.parametrize("state", ["{not json", '{"hash": "another"}', ""])
+def test_unreadable_or_foreign_state_discards_partial_work(engine, state):
+    """Only a state file naming this stage's hash lets a run resume; anything else starts over."""
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(three(fail_at=2))
+    state_path = engine.runs_dir / "count3" / "b" / STATE
+    if state:
+        state_path.write_text(state)
+    else:
+        state_path.unlink()
+    engine.run(three())
+    assert CALLS["b:resumed_at_2"] == 0
+    assert len(list((engine.runs_dir / "count3" / "b" / "parts").iterdir())) == 3
 
 
 def test_corrupted_output_is_recomputed(engine):
