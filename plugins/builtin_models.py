@@ -27,16 +27,25 @@ def _package_dir(package: str, pip_hint: str) -> Path:
 
 
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """Build into a temporary sibling and rename, so an interrupted build never looks complete."""
+    """Build into a temporary sibling and rename, so an interrupted build never looks complete.
+
+    Several processes may build at once (every rank of a ``torchrun`` job, two runs sharing the
+    cache): the first rename wins and the others discard their copy; a finished folder is never
+    removed, since another process may be loading it.
+    """
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         build(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        if target.exists() and not (target / "config.json").exists():
+            shutil.rmtree(target, ignore_errors=True)  # left by an old non-atomic build
+        try:
+            tmp.rename(target)
+        except OSError:  # another process renamed its build first
+            if not (target / "config.json").exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

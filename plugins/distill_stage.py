@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
+from reasondistill import distributed as dist
 from reasondistill.recipe import validate_nested
 from reasondistill.domain import require_ability
 from reasondistill.errors import DataError, PluginError
@@ -108,6 +109,7 @@ class DistillStage(Stage):
     name = "distill"
     description = "Train the student (CRSD, CE or KD) with transformers.Trainer; outputs `student`."
     Options = DistillOptions
+    distributed = True
 
     def options(self, raw=None, context=None) -> DistillOptions:
         opts = DistillOptions.model_validate(raw or {}, context=context)
@@ -176,6 +178,8 @@ class DistillStage(Stage):
                                  loss=loss_c, loss_options=l_opts)
         last = get_last_checkpoint(str(ckpt_dir)) if ctx.resuming and ckpt_dir.exists() else None
         train_out = trainer.train(resume_from_checkpoint=last)
+        if not dist.is_main():  # every rank trained (DDP); the main process saves and evaluates
+            return StageResult()
 
         out_dir = ctx.dir / "student"
         student_c.save(student, tokenizer, out_dir)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from reasondistill import Options, Stage, StageResult, hookimpl
+from reasondistill import distributed as dist
 from reasondistill.errors import DataError
 
 HEADS = "heads.safetensors"
@@ -118,6 +119,7 @@ class RewardModelStage(Stage):
     name = "reward_model"
     description = "Train a multi-head (one Bradley-Terry head per reward dimension) reward model."
     Options = RewardModelOptions
+    distributed = True
 
     def run(self, ctx, options: RewardModelOptions) -> StageResult:
         from datasets import Dataset
@@ -155,6 +157,8 @@ class RewardModelStage(Stage):
         trainer = make_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(train),
                                        data_collator=RewardCollator(tok))
         trainer.train()
+        if not dist.is_main():  # every rank trained (DDP); the main process writes the model
+            return StageResult()
         model.save(ctx.dir / "reward_model", tok)
         metrics: dict[str, Any] = {"pairs": len(prefs), "dims": len(dims), "steps": trainer.state.global_step}
         for name, part in (("train", train), ("heldout", held)):

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from reasondistill import Options
+from reasondistill import distributed as dist
 
 
 class TeacherTrainOptions(Options):
@@ -91,6 +92,9 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
     ckpt = ctx.dir / "checkpoints"
     last = get_last_checkpoint(str(ckpt)) if ctx.resuming and ckpt.exists() else None
     result = trainer.train(resume_from_checkpoint=last)
+    trained = {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5)}
+    if not dist.is_main():  # every rank trained (DDP); the main process writes the teacher
+        return trained
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -99,7 +103,6 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))
     shutil.rmtree(ckpt, ignore_errors=True)
-    trained = {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5)}
     write_atomic(done, json.dumps(trained))
     return {**trained, "resumed_from": last.rsplit("-", 1)[-1] if last else None}
 
@@ -179,6 +182,8 @@ def sft_stage_result(ctx, options: TeacherTrainOptions, data, config, tokenizer,
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config(options))
     metrics = {**metrics, **train_and_save(ctx, trainer, tokenizer, ctx.dir / "teacher")}
+    if not dist.is_main():
+        return StageResult()
     rows = dev_rows(ctx, options.eval_rows)
     if rows:
         metrics.update(evaluate_teacher(ctx, rows, options.eval_max_new_tokens, trained=str(ctx.dir / "teacher")))

@@ -42,6 +42,7 @@ class DaptStage(Stage):
     name = "dapt"
     description = "Domain-adaptive pre-training (trl SFTTrainer, language modelling, packing, LoRA)."
     Options = DaptOptions
+    distributed = True
 
     def input_fingerprints(self, options: DaptOptions) -> dict[str, str]:
         from reasondistill.fingerprint import fingerprint

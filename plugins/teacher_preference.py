@@ -19,6 +19,8 @@ from typing import Any
 from pydantic import Field
 
 from reasondistill import BackendSpec, Stage, StageResult, hookimpl
+from reasondistill import distributed as dist
+from reasondistill.generators import load_generator
 from reasondistill.errors import DataError
 
 from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluate_teacher, load_causal_lm,
@@ -126,6 +128,7 @@ class PreferenceStage(Stage):
     description = "Sample K chains, rank by the multi-dimensional reward, train trl DPOTrainer (LoRA)."
     Options = PreferenceOptions
     generates = True
+    distributed = True
 
     def run(self, ctx, options: PreferenceOptions) -> StageResult:
         if options.learned_reward:
@@ -144,9 +147,34 @@ class PreferenceStage(Stage):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from reasondistill.generators import load_generator
-
         source = teacher_source(ctx)
+        # the teacher samples once, on the main process; every rank then trains DPO on its pairs
+        pairs, metrics = dist.on_main(lambda: self._preferences(ctx, options, source))
+        prefs = Dataset.from_list(pairs)
+        model, tok = load_causal_lm(source, ctx.recipe.trust_remote_code)
+        losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, options.sft_weight]} if options.sft_weight else {}
+        args = DPOConfig(**common_args(ctx, options), beta=options.beta, **losses)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=prefs.select_columns(["prompt", "chosen", "rejected"]),
+                             processing_class=tok, peft_config=peft_config(options))
+        metrics.update(train_and_save(ctx, trainer, tok, ctx.dir / "teacher"))
+        if not dist.is_main():
+            return StageResult()
+        heldout = dev_rows(ctx, options.heldout_prompts)
+        if heldout:
+            after = load_generator(ctx, options.backend, model=str(ctx.dir / "teacher"), trained=True,
+                                   batch_size=options.gen_batch_size, max_new_tokens=options.max_new_tokens)
+            metrics.update({f"after_{k}": v for k, v in self._heldout_rewards(ctx, after, heldout, options).items()})
+        rows_eval = dev_rows(ctx, options.eval_rows)
+        if rows_eval:
+            metrics.update(evaluate_teacher(ctx, rows_eval, options.eval_max_new_tokens, trained=str(ctx.dir / "teacher")))
+        return StageResult(outputs={"teacher": "teacher", "preferences": "preferences",
+                                    "loss_history": "loss_history.json"}, metrics=metrics)
+
+    def _preferences(self, ctx, options: PreferenceOptions, source: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Sample candidates, rank them by reward into (chosen, rejected) pairs, save them; with the
+        sampled rewards on held-out prompts before training."""
+        from datasets import Dataset
+
         pool = ctx.load_dataset(options.input)
         rows = pick_prompts(list(pool), options.prompts, options.balance_labels)
         gen = load_generator(ctx, options.backend, model=source, batch_size=options.gen_batch_size,
@@ -170,22 +198,7 @@ class PreferenceStage(Stage):
             metrics[f"pairs_gold_{name.replace(' ', '_')}"] = sum(gold_of.get(p["pair_id"]) == label_id for p in pairs)
         if heldout:
             metrics.update({f"before_{k}": v for k, v in self._heldout_rewards(ctx, gen, heldout, options).items()})
-        del gen
-        model, tok = load_causal_lm(source, ctx.recipe.trust_remote_code)
-        losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, options.sft_weight]} if options.sft_weight else {}
-        args = DPOConfig(**common_args(ctx, options), beta=options.beta, **losses)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=prefs.select_columns(["prompt", "chosen", "rejected"]),
-                             processing_class=tok, peft_config=peft_config(options))
-        metrics.update(train_and_save(ctx, trainer, tok, ctx.dir / "teacher"))
-        if heldout:
-            after = load_generator(ctx, options.backend, model=str(ctx.dir / "teacher"), trained=True,
-                                   batch_size=options.gen_batch_size, max_new_tokens=options.max_new_tokens)
-            metrics.update({f"after_{k}": v for k, v in self._heldout_rewards(ctx, after, heldout, options).items()})
-        rows_eval = dev_rows(ctx, options.eval_rows)
-        if rows_eval:
-            metrics.update(evaluate_teacher(ctx, rows_eval, options.eval_max_new_tokens, trained=str(ctx.dir / "teacher")))
-        return StageResult(outputs={"teacher": "teacher", "preferences": "preferences",
-                                    "loss_history": "loss_history.json"}, metrics=metrics)
+        return pairs, metrics
 
     @staticmethod
     def _heldout_rewards(ctx, gen, rows, options) -> dict[str, float]:

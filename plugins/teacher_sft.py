@@ -18,6 +18,7 @@ class SFTStage(Stage):
     name = "sft"
     description = "Reasoning SFT (trl SFTTrainer, assistant completion only, LoRA merged into safetensors)."
     Options = SFTOptions
+    distributed = True
 
     def run(self, ctx, options: SFTOptions) -> StageResult:
         from trl import SFTConfig

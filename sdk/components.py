@@ -53,6 +53,10 @@ class Stage(Component):
     #: the stage makes the teacher write through the recipe's generation backend, so the
     #: recipe's ``backends`` are part of its hash
     generates: ClassVar[bool] = False
+    #: under ``torchrun``/``accelerate launch`` every rank runs the stage (it trains with DDP or
+    #: splits its work by rank); otherwise only the main process runs it while the others wait.
+    #: A distributed stage writes its outputs from the main process only.
+    distributed: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, ctx: StageContext, options: Any) -> StageResult:

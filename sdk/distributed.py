@@ -1,7 +1,8 @@
 """Multi-process helpers: under ``torchrun``/``accelerate launch`` every rank runs the recipe.
 
-Stages marked ``distributed = True`` split their work across ranks; every other stage runs on
-the main process while the others wait. On CPU the process group uses gloo
+Stages marked ``distributed = True`` run on every rank (training stages: DDP through the
+Trainer; annotation: shards split by rank) and write their outputs from the main process; every
+other stage runs on the main process while the others wait. On CPU the process group uses gloo
 (``PartialState(cpu=True)``; without it each CPU rank believes it is alone).
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=1)
@@ -47,3 +50,29 @@ def barrier() -> None:
     s = state()
     if s is not None:
         s.wait_for_everyone()
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on the main process only, its (picklable) result handed to every rank.
+
+    For the single-process part of a distributed stage: sampling preference candidates with the
+    teacher before DPO trains on every rank. Without processes it is just ``fn()``.
+    """
+    if state() is None:
+        return fn()
+    import torch.distributed as tdist
+
+    failure: BaseException | None = None
+    box: list[Any] = [None]
+    if is_main():
+        try:
+            box = [("ok", fn())]
+        except BaseException as exc:  # the other ranks must not wait for a result that never comes
+            failure, box = exc, [("failed", f"{type(exc).__name__}: {exc}")]
+    tdist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    status, value = box[0]
+    if status == "failed":
+        raise RuntimeError(f"the main process failed: {value}")
+    return value

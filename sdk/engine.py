@@ -165,7 +165,7 @@ class Engine:
         log.info("stage %s: %s", stage.name, "resuming" if resuming else "running")
         started = time.time()
         result = None
-        if dist.is_main() or getattr(stage.component, "distributed", False):
+        if dist.is_main() or stage.component.distributed:
             seed_everything(run.recipe.seed)
             with stage_failures(stage.name, self.hooks):
                 result = stage.component.run(ctx, stage.options)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from .views import ReplicatedStudent
 from .views import key as view_key
 from .views import present, unprefixed
 
@@ -54,6 +55,8 @@ class DistillTrainer(Trainer):
         self._terms: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = ReplicatedStudent(model)
         out = self.distill_loss.compute(model, inputs, self.loss_options)
         if model.training:
             for key, value in out.items():

@@ -88,17 +88,47 @@ def check_encoding(encoding: Mapping[str, Any], with_reasoning: bool, student: s
         fail(f"returned keys outside the view layout: {', '.join(sorted(unknown))}")
 
 
+class ReplicatedStudent:
+    """What a loss receives when the Trainer wrapped the student in ``DistributedDataParallel``
+    (``torchrun`` with several processes): attributes (``extra``, ``hidden_size``) are the
+    student's, and the view passes go through the wrapper's ``forward``, without which DDP would
+    not average the gradients across processes. The student's ``forward`` is pointed at a
+    dispatcher once, so students need no ``forward`` of their own."""
+
+    def __init__(self, ddp: Any):
+        self.ddp = ddp
+        module = ddp.module
+        if not getattr(module, "_reasondistill_dispatch", False):
+            import types
+
+            module.forward = types.MethodType(_dispatch, module)
+            module._reasondistill_dispatch = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ddp.module, name)
+
+
+def _dispatch(self: Any, *args: Any, reasondistill_call: str) -> Any:
+    return getattr(self, reasondistill_call)(*args)
+
+
+def _invoke(student: Any, method: str, *args: Any) -> Any:
+    if isinstance(student, ReplicatedStudent):
+        return student.ddp(*args, reasondistill_call=method)
+    return getattr(student, method)(*args)
+
+
 def forward_view(student: Any, batch: Mapping[str, Any], view: str) -> tuple[Any, Any]:
     """``(logits, cls)`` of one separate view (``std`` or ``rsn``)."""
-    return student.forward_view(batch[key(view, "input_ids")], batch[key(view, "attention_mask")],
-                                batch.get(key(view, "token_type_ids")))
+    return _invoke(student, "forward_view", batch[key(view, "input_ids")], batch[key(view, "attention_mask")],
+                   batch.get(key(view, "token_type_ids")))
 
 
 def forward_views(student: Any, batch: Mapping[str, Any]) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     """``((logits, cls) standard, (logits, cls) reasoning)``: one shared pass or two separate ones."""
     if reasoning_view(batch) == SHARED:
-        return student.forward_shared(batch[key(SHARED, "input_ids")], batch[key(SHARED, "attention_mask")],
-                                      batch[key(SHARED, "split")], batch.get(key(SHARED, "token_type_ids")))
+        return _invoke(student, "forward_shared", batch[key(SHARED, "input_ids")], batch[key(SHARED, "attention_mask")],
+                       batch[key(SHARED, "split")], batch.get(key(SHARED, "token_type_ids")))
     return forward_view(student, batch, STANDARD), forward_view(student, batch, REASONING)
 
 

@@ -54,11 +54,11 @@ def test_canonical_hash_ignores_key_order_only():
 
 
 def test_json_is_written_whole_with_sorted_keys(tmp_path):
-    path = tmp_path / "deep" / "manifest.json"  # parents are created
+    path = tmp_path / "deep" / "deeper" / "manifest.json"  # parents are created
     write_json_atomic(path, {"b": 1, "a": {"d": 2, "c": 3}})
     text = path.read_text()
     assert text == json.dumps({"a": {"c": 3, "d": 2}, "b": 1}, indent=2) + "\n"
-    assert list(tmp_path.joinpath("deep").iterdir()) == [path]
+    assert list(path.parent.iterdir()) == [path]
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
