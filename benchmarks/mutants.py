@@ -46,7 +46,7 @@ TARGETS: dict[str, tuple[str, str]] = {
                "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
     "distill_losses": ("plugins/distill_losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
-    "rewards": ("plugins/rewards.py", "tests/test_teacher.py tests/test_ml_core.py -k 'reward or malformed or claims or chosen'"),
+    "rewards": ("plugins/rewards.py", "tests/test_rewards.py tests/test_teacher.py tests/test_ml_core.py -k 'rewards or reward or malformed or claims or chosen'"),
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_strings or contract or engines'"),
