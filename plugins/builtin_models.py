@@ -29,26 +29,26 @@ def _package_dir(package: str, pip_hint: str) -> Path:
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """Build into a temporary sibling and rename, so an interrupted build never looks complete.
 
-    Several processes may build at once (every rank of a ``torchrun`` job, two runs sharing the
-    cache): the first rename wins and the others discard their copy; a finished folder is never
-    removed, since another process may be loading it.
+    Several processes may ask at once (every rank of a ``torchrun`` job, two runs sharing the
+    cache): a file lock lets one build while the others wait and then find it built.
     """
+    from filelock import FileLock
+
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        build(tmp)
-        if target.exists() and not (target / "config.json").exists():
-            shutil.rmtree(target, ignore_errors=True)  # left by an old non-atomic build
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if (target / "config.json").exists():  # built while this process waited
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
+            build(tmp)
+            if target.exists():  # left by an interrupted build of an older version
+                shutil.rmtree(target)
             tmp.rename(target)
-        except OSError:  # another process renamed its build first
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

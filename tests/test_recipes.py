@@ -103,6 +103,9 @@ def test_long_bad_values_are_shortened_in_the_error():
     with pytest.raises(RecipeError) as exc:
         load_recipe({"name": "x", "seed": "s" * 200, "stages": [{"uses": "pairs"}]})
     assert "(got '" + "s" * 59 + "...)" in str(exc.value) and len(str(exc.value)) < 200
+    with pytest.raises(RecipeError) as exc:  # a value of exactly 60 characters is shown whole
+        load_recipe({"name": "x", "seed": "s" * 58, "stages": [{"uses": "pairs"}]})
+    assert "(got '" + "s" * 58 + "')" in str(exc.value)
 
 
 def test_duplicate_stage_names_rejected():
