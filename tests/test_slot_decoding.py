@@ -67,6 +67,32 @@ def test_slots_give_per_prompt_greedy_tokens(lm, slots):
     assert len({len(t) for t in expected}) > 1, "rows end at different steps, so slots refill mid-run"
 
 
+def test_short_and_long_suffixes_in_one_prefill_keep_their_positions(lm):
+    """A window holding suffixes under half its width: each suffix's positions continue the shared
+    prefix's (a wrong offset shifts short rows relative to the prefix, which RoPE does not forgive)."""
+    tok, model, enc = lm
+    prefix = shared_prefix(enc)
+    full = [ids[len(prefix):] for ids in enc]
+    longest = max(full, key=len)
+    suffixes = [longest] + [s[-2:] for s in full[:4]] + [s[-5:] for s in full[4:7]]
+    assert max(map(len, suffixes)) >= 2 * 5 + 1
+    rows = _decoder(tok, model, len(suffixes)).run(prefix, suffixes)
+    eos = {tok.eos_token_id, tok.pad_token_id}
+    assert [r.tokens for r in rows] == [_reference(tok, model, prefix + s, eos) for s in suffixes]
+
+
+def test_top_p_keeps_only_the_nucleus(lm):
+    """Sampling with a tiny top_p keeps only the most likely token: greedy text whatever the seed."""
+    tok, model, enc = lm
+    prefix = shared_prefix(enc)
+    suffixes = [ids[len(prefix):] for ids in enc[:6]]
+    greedy = [r.tokens for r in _decoder(tok, model, 3).run(prefix, suffixes)]
+    for seed in (1, 2):
+        nucleus = [r.tokens for r in _decoder(tok, model, 3).run(prefix, suffixes, True, 1.5, 1e-6, seed)]
+        assert nucleus == greedy
+    assert [r.tokens for r in _decoder(tok, model, 3).run(prefix, suffixes, True, 1.5, 1.0, 1)] != greedy
+
+
 def test_no_shared_prefix(lm):
     tok, model, enc = lm
     rows = _decoder(tok, model, 4).run([], enc[:5])
