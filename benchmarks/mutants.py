@@ -46,12 +46,12 @@ TARGETS: dict[str, tuple[str, str]] = {
                "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
     "distill_losses": ("plugins/distill_losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
-    "rewards": ("plugins/rewards.py", "tests/test_rewards.py tests/test_teacher.py tests/test_ml_core.py -k 'rewards or reward or malformed or claims or chosen'"),
+    "rewards": ("plugins/rewards.py", "tests/test_rewards.py tests/test_ml_core.py -k 'rewards or reward'"),
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_strings or contract or engines'"),
     "annotate": ("plugins/annotate.py", "tests/test_annotate.py"),
-    "distill_stage": ("plugins/distill_stage.py", "tests/test_student.py tests/test_ml_core.py -k 'distill or saved_student or hide_verdict or loss'"),
+    "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", "tests/test_student.py tests/test_ml_core.py tests/test_distill_mixing.py -k 'distill or saved_student or hide_verdict or loss'"),
     "teacher_stages": ("plugins/teacher_common.py plugins/teacher_dapt.py plugins/teacher_reasoning.py plugins/teacher_sft.py "
                        "plugins/teacher_preference.py", "tests/test_teacher.py tests/test_ml_core.py "
                        "tests/reliability/test_bad_inputs.py -k 'teacher or star or sft or preference or dapt or chosen or prompts or max_length'"),
