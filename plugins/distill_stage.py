@@ -178,6 +178,7 @@ class DistillStage(Stage):
                                  loss=loss_c, loss_options=l_opts)
         last = get_last_checkpoint(str(ckpt_dir)) if ctx.resuming and ckpt_dir.exists() else None
         train_out = trainer.train(resume_from_checkpoint=last)
+        dist.check_replicas(student, "distill")
         if not dist.is_main():  # every rank trained (DDP); the main process saves and evaluates
             return StageResult()
 

@@ -157,6 +157,7 @@ class RewardModelStage(Stage):
         trainer = make_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(train),
                                        data_collator=RewardCollator(tok))
         trainer.train()
+        dist.check_replicas(model, "reward_model")
         if not dist.is_main():  # every rank trained (DDP); the main process writes the model
             return StageResult()
         model.save(ctx.dir / "reward_model", tok)

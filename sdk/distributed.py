@@ -52,6 +52,26 @@ def barrier() -> None:
         s.wait_for_everyone()
 
 
+def check_replicas(model: Any, what: str) -> None:
+    """After training on several ranks, every rank must hold the same weights (DDP averages the
+    gradients); a rank that trained on its own, e.g. a loss that ran the student outside DDP's
+    ``forward``, would leave the main process saving a model that saw half the data. Compares a
+    float64 sum and sum of squares of the parameters across ranks; raises naming ``what``."""
+    if state() is None:
+        return
+    import torch
+    import torch.distributed as tdist
+
+    with torch.no_grad():
+        params = [p.detach().double() for p in model.parameters()]
+        digest = (float(sum(p.sum() for p in params)), float(sum((p * p).sum() for p in params)))
+    digests: list[Any] = [None] * world()
+    tdist.all_gather_object(digests, digest)
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"{what}: the ranks ended training with different weights {digests}; their gradients "
+                           "were not averaged (was the model run outside DistributedDataParallel's forward?)")
+
+
 def on_main(fn: Callable[[], T]) -> T:
     """``fn()`` on the main process only, its (picklable) result handed to every rank.
 

@@ -40,8 +40,19 @@ stages:
 
 
 def test_every_training_stage_runs_in_two_processes(tmp_path):
+    from reasondistill.manager import get_hooks
+    from reasondistill.models import resolve_model
+    from reasondistill.recipe import load_recipe, resolve_domain
+
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(RECIPE)
+    # the models are built here first: two ranks building one model into the cache at once can
+    # still collide (seen with the per-domain tiny encoder; open in issue #15's notes)
+    hooks = get_hooks()
+    domain = resolve_domain(load_recipe(str(recipe)), hooks.catalogue)
+    for ref in ("tiny-causal-lm", "tiny-encoder"):
+        resolve_model(ref, hooks, domain)
+    resolve_model("tiny-encoder", hooks)
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "reasondistill", "run", str(recipe), "--runs-dir", str(runs)]
