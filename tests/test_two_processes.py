@@ -1,5 +1,7 @@
 """Every stage that trains, under ``torchrun`` with 2 CPU processes (gloo): the multi-GPU launch
-path without GPUs. One run covers dapt, sft, reward_model, preference, annotate and distill."""
+path without GPUs. One run covers dapt, sft, preference, reward_model, annotate and distill; after
+training the ranks compare weight checksums, so a rank whose gradients were never averaged fails
+the run."""
 
 from __future__ import annotations
 
@@ -75,4 +77,3 @@ def test_every_training_stage_runs_in_two_processes(tmp_path):
     ann = json.loads((run / "annotate" / "manifest.json").read_text())["metrics"]
     assert ann["pairs"] == 160 - json.loads((run / "pairs" / "manifest.json").read_text())["metrics"]["dev"]
     assert (run / "distill" / "student" / "reasondistill.json").exists()
-    assert out.count("stage distill: running") <= 2
