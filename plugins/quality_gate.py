@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -60,7 +60,7 @@ class QualityGate(Stage):
         gold, teacher = teacher_labels(rows, len(labels))
         teacher_f1 = classification_metrics(gold, teacher, labels)["macro_f1"]
         if options.reference is not None:
-            bar, bar_name = self._reference_f1(ctx, options.reference, rows, gold), f"gold-only student {options.reference}"
+            bar, bar_name = self._reference_f1(ctx, options.reference, ds), f"gold-only student {options.reference}"
         else:
             bar, bar_name = options.reference_macro_f1, "the recipe's reference"
         passed = teacher_f1 >= bar + options.margin
@@ -84,15 +84,14 @@ class QualityGate(Stage):
         return StageResult(outputs={"verdict": "verdict.json"}, metrics={**metrics, "verdict_line": line})
 
     @staticmethod
-    def _reference_f1(ctx, reference: str, rows: list[dict[str, Any]], gold: list[int]) -> float:
-        from reasondistill.serving import render_items
+    def _reference_f1(ctx, reference: str, dev_annotations) -> float:
+        """The reference student's macro-F1 on the pairs the teacher answered (``retention``'s figure)."""
+        from reasondistill.evaluation import retention
         from reasondistill.student_package import student_component
 
         folder = ctx.input(reference)
         predictor = student_component(folder, ctx.hooks).predictor(folder)
-        queries, items = render_items(rows, ctx.domain)
-        pred = predictor.predict_proba(queries, items).argmax(-1).tolist()
-        return classification_metrics(gold, pred, ctx.domain.labels)["macro_f1"]
+        return retention(predictor, dev_annotations, ctx.domain)["student_macro_f1"]
 
 
 @hookimpl
