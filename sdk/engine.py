@@ -46,6 +46,8 @@ def stage_hash(recipe: Recipe, stage: ResolvedStage, previous: str, inputs: dict
     """
     shared = recipe.model_dump(mode="json", include={"domain", "domain_options", "models", "seed",
                                                         "reward_weights", "trust_remote_code"})
+    if recipe.teacher_prompt != "full":  # a field added later: the default leaves earlier hashes alone
+        shared["teacher_prompt"] = recipe.teacher_prompt
     if recipe.runtime.dtype != "auto":  # what auto resolves to, and where it runs, never rerun a stage
         shared["runtime"] = recipe.runtime.hash_view()
     if stage.component.generates and recipe.backends:

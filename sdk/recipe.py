@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -58,6 +58,11 @@ class Recipe(BaseModel):
     backends: dict[str, BackendSpec] = Field(default_factory=dict)
     #: device, precision, attention kernel and threads (see :mod:`reasondistill.runtime`)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    #: the teacher's system prompt in every stage that prompts it (SFT data, preference, annotation,
+    #: evaluation): ``full`` states the task, the label scale and the answer format (a zero-shot
+    #: teacher needs them); ``short`` is the task in one line, for a teacher that learns the format
+    #: in SFT (half the tokens of a Home Depot SFT row; see docs/recipes.md)
+    teacher_prompt: Literal["full", "short"] = "full"
     #: never run code shipped with a model unless the recipe says so (and the run logs it)
     trust_remote_code: bool = False
     stages: list[StageSpec] = Field(min_length=1)
@@ -200,7 +205,7 @@ def resolve_domain(recipe: Recipe, catalogue: Any, source: str | None = None) ->
     except ValidationError as exc:
         err = recipe_error(exc, prefix="domain_options", source=source)
         raise RecipeError(err.field, f"{err.message} (domain {domain.name!r})", source) from None
-    return domain.configured(settings)
+    return domain.configured(settings, recipe.teacher_prompt)
 
 
 def check_reward_weights(recipe: Recipe, catalogue: Any, source: str | None = None) -> None:

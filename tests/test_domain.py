@@ -166,3 +166,32 @@ def test_domain_options_reach_the_domain(rd_engine, register_plugin):
     rows = load_from_disk(str(rd_engine.runs_dir / "t" / "pairs" / out.outputs["pairs"]))
     assert len(rows) > 5 and all(q.startswith("plumber Paris ") for q in rows["query"])
     assert rd_engine.hooks.catalogue.get("domain", "towns").settings.city == "Lyon"
+
+
+def test_teacher_prompt_short_reaches_every_teacher_prompt(rd_engine):
+    """``teacher_prompt: short`` swaps the system prompt of the SFT rows (and of every other
+    teacher prompt, all built by ``Domain.messages``); the default keeps the full one."""
+    from datasets import load_from_disk
+
+    from reasondistill import Recipe, step
+
+    systems = {}
+    for style in ("full", "short"):
+        recipe = Recipe(name=f"p-{style}", teacher_prompt=style, stages=[step("pairs", n=20), step("reasoning", source="column")])
+        out = rd_engine.run(recipe)["reasoning"]
+        rows = load_from_disk(str(rd_engine.runs_dir / recipe.name / "reasoning" / out.outputs["sft_data"]))
+        systems[style] = {r[0]["content"] for r in rows["prompt"]}
+    assert systems["short"] == {DOM.task}
+    assert systems["full"] == {DOM.system_prompt()} and "partly relevant" in DOM.system_prompt()
+
+
+def test_configured_prompt_style_leaves_the_registered_domain_alone():
+    import pytest
+
+    short = DOM.configured(DOM.settings, "short")
+    row = {"query": "q", "item": "i"}
+    assert short.messages(row)[0]["content"] == DOM.task and short.messages(row)[1] == DOM.messages(row)[1]
+    assert DOM.prompt_style == "full" and DOM.messages(row)[0]["content"] == DOM.system_prompt()
+    assert short.rationalize_prompt(row, 1)[0]["content"] == DOM.task
+    with pytest.raises(ValueError, match="prompt_style"):
+        DOM.configured(DOM.settings, "tiny")

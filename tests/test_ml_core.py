@@ -223,6 +223,7 @@ def _hashes(rd_engine, tmp_path, **change):
 @pytest.mark.parametrize("field, value", [
     ("seed", 1), ("models", {"teacher": "other", "student": "tiny-encoder"}), ("domain", "product_search"),
     ("domain_options", {"queries": 7}), ("reward_weights", {"format": 2.0}), ("trust_remote_code", True),
+    ("teacher_prompt", "short"),
 ])
 def test_every_shared_setting_changes_every_stage_hash(rd_engine, tmp_path, field, value):
     base = _hashes(rd_engine, tmp_path)
