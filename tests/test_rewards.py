@@ -52,6 +52,7 @@ def test_content_words_drop_short_words_and_stop_words():
     assert _content_words("The salon is in Harbor, and it is cheap.") == ["salon", "harbor", "cheap"]
     assert _content_words("a an of to") == []
     assert _content_words("Spa spa:") == ["spa", "spa"]
+    assert _content_words("TV on 4K mount") == ["mount"]  # two letters are too short to count, three are enough
 
 
 def test_faithfulness_is_the_share_of_content_words_found_in_the_pair():
@@ -94,3 +95,21 @@ def test_length_hand_computed(words, expected):
     completion = "Reasoning: " + " ".join(["word"] * words) + "\nLabel: relevant"
     assert score(LengthScore(), completion) == {"length": pytest.approx(expected)}
     assert score(LengthScore(), None) == {"length": 0.0}
+
+
+def test_every_scorer_answers_through_the_plugin_manager(rd_engine):
+    """What the stages call: the hook, not the classes. A scorer whose ``score_reasoning`` lost its
+    ``@hookimpl`` (or whose plugin is not registered) would silently drop its dimension."""
+    from reasondistill.plugins.product_search import ProductSearch
+
+    hooks = rd_engine.hooks
+    dom = ProductSearch()
+    row = {"pair_id": "p", "query": "angle bracket", "item": "Simpson Strong-Tie 12-Gauge Angle", "label": 2}
+    completion = ("Reasoning: Query terms in the title: angle. Not in the title: bracket. "
+                  "So the product is relevant to the query.\nLabel: relevant")
+    vec = hooks.score_reasoning(row, completion, dom)
+    assert set(vec) == {"label_agreement", "format", "faithfulness", "claims", "self_consistency", "length"}
+    assert vec["label_agreement"] == 1.0 and vec["format"] == 1.0 and vec["self_consistency"] == 1.0
+    assert vec["claims"] == 1.0 and vec["length"] == 1.0
+    # content words: terms, title, angle, title, bracket -> angle and bracket are in the pair: 2 of 5
+    assert vec["faithfulness"] == pytest.approx(2 / 5)
