@@ -155,7 +155,7 @@ class PreferenceStage(Stage):
         losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, options.sft_weight]} if options.sft_weight else {}
         args = DPOConfig(**common_args(ctx, options), beta=options.beta, **losses)
         trainer = DPOTrainer(model=model, args=args, train_dataset=prefs.select_columns(["prompt", "chosen", "rejected"]),
-                             processing_class=tok, peft_config=peft_config(options))
+                             processing_class=tok, peft_config=peft_config(options, model))
         metrics.update(train_and_save(ctx, trainer, tok, ctx.dir / "teacher"))
         if not dist.is_main():
             return StageResult()

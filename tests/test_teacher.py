@@ -214,3 +214,39 @@ def test_chosen_prefers_the_gold_label(rd_hooks):
         assert pair["margin"] > 0 and pair["rejected_scores"]["label_agreement"] == 0
     no_gold, _ = build_pairs(ctx, [row], [[wrong_but_tidy, garbage]], 0.0, match_gold=True, label_flips=True)
     assert len(no_gold) == 1  # no candidate carries the gold label: nothing to flip
+
+
+def test_lora_layers_trains_only_the_top_layers(rd_engine):
+    """``lora_layers: 1`` on the 2-layer tiny teacher: the merged teacher differs from its start in
+    the top layer's linear weights only (the bottom layer, embeddings and norms are bit-equal)."""
+    import torch
+
+    from reasondistill.models import resolve_model
+    from reasondistill.plugins.local_services import LocalServices
+
+    recipe = Recipe(name="top", models={"teacher": "tiny-causal-lm"}, seed=0, stages=[
+        step("pairs", n=40), step("reasoning", source="column", limit=16),
+        step("sft", max_steps=3, batch_size=4, max_length=256, learning_rate=5e-2, lora_layers=1, lora_dropout=0.0)])
+    rd_engine.run(recipe)
+    start = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-causal-lm", rd_engine.hooks, LocalServices()))
+    after = AutoModelForCausalLM.from_pretrained(rd_engine.runs_dir / "top" / "sft" / "teacher")
+    before = dict(start.named_parameters())
+    changed = {n for n, p in after.named_parameters() if not torch.equal(p, before[n])}
+    linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert changed == {f"model.layers.1.{part}.{name}.weight" for name in linear
+                       for part in (["self_attn"] if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else ["mlp"])}
+
+
+def test_activation_checkpointing_is_off_on_a_cpu_unless_asked(tmp_path):
+    """trl's configs turn it on by default (1.26x slower SFT steps on this CPU); the stages decide."""
+    from types import SimpleNamespace
+
+    from reasondistill.plugins.teacher_sft import SFTOptions
+    from reasondistill.plugins.teacher_common import common_args
+
+    from trl import SFTConfig
+
+    ctx = SimpleNamespace(dir=tmp_path, seed=0)
+    assert SFTConfig(output_dir=str(tmp_path), use_cpu=True).gradient_checkpointing is True  # trl's default
+    assert SFTConfig(**common_args(ctx, SFTOptions())).gradient_checkpointing is False
+    assert SFTConfig(**common_args(ctx, SFTOptions(gradient_checkpointing=True))).gradient_checkpointing is True
