@@ -26,6 +26,21 @@ def test_auto_on_this_cpu_is_fp32_and_says_why():
     assert rt.training_args() == {"bf16": False, "fp16": False, "use_cpu": True, "dataloader_pin_memory": False}
 
 
+@NO_CUDA
+@pytest.mark.parametrize("speedup, dtype", [(2.0, "bfloat16"), (1.2, "float32"), (0.005, "float32"), (0.0, "float32")])
+def test_fastest_takes_bf16_only_where_the_probe_measures_it_faster(monkeypatch, speedup, dtype):
+    """``dtype: fastest`` on a CPU follows the matmul probe (2.0x on this EPYC; 200x slower on an
+    older CPU; 0.0 where bf16 kernels are missing); ``auto`` stays fp32 whatever it reads."""
+    from reasondistill import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: speedup)
+    rt = resolve_runtime(RuntimeSpec(dtype="fastest"))
+    assert (rt.dtype, rt.inference_dtype) == (dtype, dtype)
+    assert f"dtype fastest -> {dtype} on the CPU (bf16 matmul {speedup:.1f}x fp32" in rt.reason
+    assert rt.training_args()["bf16"] is (dtype == "bfloat16")
+    assert resolve_runtime(RuntimeSpec(dtype="auto")).dtype == "float32"
+
+
 def test_explicit_choices_are_honoured():
     rt = resolve_runtime(RuntimeSpec(device="cpu", dtype="bfloat16", attn_implementation="eager", threads=3))
     assert (rt.device, rt.dtype, rt.inference_dtype, rt.attn_implementation, rt.threads) == \
@@ -44,7 +59,7 @@ def test_threads_split_the_cores_between_processes():
 
 @pytest.mark.parametrize("raw, message", [
     ({"device": "gpu"}, "runtime.device: Value error, must be auto, cpu, cuda or cuda:N"),
-    ({"dtype": "fp8"}, "runtime.dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
+    ({"dtype": "fp8"}, "runtime.dtype: Input should be 'auto', 'fastest', 'float32', 'bfloat16' or 'float16'"),
     ({"threads": 0}, "runtime.threads"),
     ({"devcie": "cpu"}, "runtime.devcie: unknown option"),
 ])
