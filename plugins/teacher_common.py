@@ -37,6 +37,9 @@ class TeacherTrainOptions(Options):
     report_to: list[str] = Field(default_factory=list)
     eval_rows: int = Field(0, ge=0, description="dev pairs to evaluate the teacher on after the stage")
     eval_max_new_tokens: int = Field(96, ge=4)
+    eval_every: int = Field(0, ge=0, description=(
+        "also evaluate the teacher on the eval_rows dev pairs every N steps, while it trains: its learning "
+        "curve (examples seen, training seconds, parse rate, macro-F1) in curve.json; 0 = only at the end"))
 
 
 def teacher_source(ctx) -> str:
@@ -225,12 +228,16 @@ def sft_stage_result(ctx, options: TeacherTrainOptions, data, config, tokenizer,
 
     from reasondistill import StageResult
 
+    from .teacher_curve import attach_learning_curve
+
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config(options, model))
+    curve = attach_learning_curve(ctx, trainer, tokenizer, options)
     metrics = {**metrics, **train_and_save(ctx, trainer, tokenizer, ctx.dir / "teacher")}
     if not dist.is_main():
         return StageResult()
     rows = dev_rows(ctx, options.eval_rows)
     if rows:
         metrics.update(evaluate_teacher(ctx, rows, options.eval_max_new_tokens, trained=str(ctx.dir / "teacher")))
-    return StageResult(outputs={"teacher": "teacher", "loss_history": "loss_history.json"}, metrics=metrics)
+    outputs = {"teacher": "teacher", "loss_history": "loss_history.json", **({"curve": "curve.json"} if curve else {})}
+    return StageResult(outputs=outputs, metrics=metrics)

@@ -147,6 +147,8 @@ class PreferenceStage(Stage):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
+        from .teacher_curve import attach_learning_curve
+
         source = teacher_source(ctx)
         # the teacher samples once, on the main process; every rank then trains DPO on its pairs
         pairs, metrics = dist.on_main(lambda: self._preferences(ctx, options, source))
@@ -156,6 +158,7 @@ class PreferenceStage(Stage):
         args = DPOConfig(**common_args(ctx, options), beta=options.beta, **losses)
         trainer = DPOTrainer(model=model, args=args, train_dataset=prefs.select_columns(["prompt", "chosen", "rejected"]),
                              processing_class=tok, peft_config=peft_config(options, model))
+        curve = attach_learning_curve(ctx, trainer, tok, options)
         metrics.update(train_and_save(ctx, trainer, tok, ctx.dir / "teacher"))
         if not dist.is_main():
             return StageResult()
@@ -167,8 +170,8 @@ class PreferenceStage(Stage):
         rows_eval = dev_rows(ctx, options.eval_rows)
         if rows_eval:
             metrics.update(evaluate_teacher(ctx, rows_eval, options.eval_max_new_tokens, trained=str(ctx.dir / "teacher")))
-        return StageResult(outputs={"teacher": "teacher", "preferences": "preferences",
-                                    "loss_history": "loss_history.json"}, metrics=metrics)
+        return StageResult(outputs={"teacher": "teacher", "preferences": "preferences", "loss_history": "loss_history.json",
+                                    **({"curve": "curve.json"} if curve else {})}, metrics=metrics)
 
     def _preferences(self, ctx, options: PreferenceOptions, source: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Sample candidates, rank them by reward into (chosen, rejected) pairs, save them; with the

@@ -250,3 +250,21 @@ def test_activation_checkpointing_is_off_on_a_cpu_unless_asked(tmp_path):
     assert SFTConfig(output_dir=str(tmp_path), use_cpu=True).gradient_checkpointing is True  # trl's default
     assert SFTConfig(**common_args(ctx, SFTOptions())).gradient_checkpointing is False
     assert SFTConfig(**common_args(ctx, SFTOptions(gradient_checkpointing=True))).gradient_checkpointing is True
+
+
+def test_learning_curve_points_match_the_teacher_they_measure(rd_engine, tiny_teacher):
+    """``eval_every``: one point per N steps with examples seen and training seconds; the last
+    point measures the same weights as the stage's final evaluation, so their metrics agree."""
+    import json
+
+    recipe = Recipe(name="curve", models={"teacher": str(tiny_teacher)}, seed=0, stages=[
+        step("pairs", n=60), step("reasoning", source="column", limit=24),
+        step("sft", max_steps=4, batch_size=2, max_length=256, learning_rate=1e-3, eval_every=2, eval_rows=12,
+             eval_max_new_tokens=48)])
+    result = rd_engine.run(recipe)["sft"]
+    points = json.loads((rd_engine.runs_dir / "curve" / "sft" / result.outputs["curve"]).read_text())
+    assert [(p["step"], p["examples"]) for p in points] == [(2, 4), (4, 8)]
+    assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"]
+    assert points[-1]["parse_rate"] == result.metrics["teacher_parse_rate"] > 0
+    assert points[-1]["macro_f1"] == result.metrics["teacher_macro_f1"]
+    assert not (rd_engine.runs_dir / "curve" / "sft" / "curve-teacher").exists()
