@@ -35,6 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 
+#: what every module with ``Options`` adds to its slice: the generated options reference states
+#: each option's default and bounds, so a changed bound or default fails it
+OPTIONS_DOC = "tests/test_docs.py::test_options_reference_is_current"
+
 #: module -> (its file, or several separated by spaces, and the tests that exercise it)
 TARGETS: dict[str, tuple[str, str]] = {
     "metrics": ("sdk/metrics.py", "tests/test_metrics.py"),
@@ -50,24 +54,28 @@ TARGETS: dict[str, tuple[str, str]] = {
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_strings or contract or engines'"),
-    "annotate": ("plugins/annotate.py", "tests/test_annotate.py"),
-    "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", "tests/test_student.py tests/test_ml_core.py tests/test_distill_mixing.py -k 'distill or saved_student or hide_verdict or loss'"),
+    "annotate": ("plugins/annotate.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
+    "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", f"tests/test_student.py tests/test_ml_core.py tests/test_distill_mixing.py {OPTIONS_DOC} "
+                      "-k 'distill or saved_student or hide_verdict or loss or options_reference'"),
     "teacher_stages": ("plugins/teacher_common.py plugins/teacher_dapt.py plugins/teacher_reasoning.py plugins/teacher_sft.py "
-                       "plugins/teacher_preference.py", "tests/test_teacher.py tests/test_ml_core.py "
-                       "tests/reliability/test_bad_inputs.py -k 'teacher or star or sft or preference or dapt or chosen or prompts or max_length'"),
+                       "plugins/teacher_preference.py", f"tests/test_teacher.py tests/test_ml_core.py {OPTIONS_DOC} "
+                       "tests/reliability/test_bad_inputs.py -k 'teacher or star or sft or preference or dapt or chosen or prompts "
+                       "or max_length or checkpointing or lora_layers or curve or options_reference'"),
 }
 
 
 def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """Where the file's function annotations are. With ``from __future__ import annotations`` they
-    are never evaluated, so a mutant inside one (``str | None`` -> ``str << None``) is equivalent:
-    no test can kill it. Class-level annotations are kept: pydantic evaluates them."""
+    """Where the file's function annotations are: signatures (never evaluated under ``from
+    __future__ import annotations``) and local variables inside a function (never evaluated at
+    all), so a mutant inside one (``str | None`` -> ``str << None``) is equivalent: no test can
+    kill it. Class-level annotations are kept: pydantic evaluates them."""
     spans = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             args = node.args
             notes = [node.returns] + [getattr(a, "annotation", None) for a in
                                       [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]]
+            notes += [n.annotation for n in ast.walk(node) if isinstance(n, ast.AnnAssign)]
             spans += [((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset)) for n in notes if n is not None]
     return spans
 

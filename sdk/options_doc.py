@@ -23,7 +23,11 @@ KIND_TITLES = {
 BUILTIN_PREFIX = "reasondistill.plugins"
 
 
+BOUNDS = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
+
+
 def _type(prop: dict[str, Any]) -> str:
+    """The JSON-schema type in words, with its bounds (``integer ≥ 1``, ``number > 0 < 1``)."""
     if "enum" in prop:
         return " | ".join(json.dumps(v) for v in prop["enum"])
     if "anyOf" in prop:
@@ -32,7 +36,8 @@ def _type(prop: dict[str, Any]) -> str:
         return f"list[{_type(prop.get('items', {}))}]"
     if "$ref" in prop:
         return prop["$ref"].rsplit("/", 1)[-1]
-    return str(prop.get("type", "any"))
+    bounds = [f"{sign} {json.dumps(prop[key])}" for key, sign in BOUNDS if key in prop]
+    return " ".join([str(prop.get("type", "any")), *bounds])
 
 
 def _default(field: Any) -> str:

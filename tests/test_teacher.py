@@ -187,6 +187,7 @@ def test_prompts_are_drawn_evenly_across_gold_labels():
 
 
 def test_chosen_prefers_the_gold_label(rd_hooks):
+    import warnings
     from types import SimpleNamespace
 
     from reasondistill import Recipe
@@ -239,6 +240,7 @@ def test_lora_layers_trains_only_the_top_layers(rd_engine):
 
 def test_activation_checkpointing_is_off_on_a_cpu_unless_asked(tmp_path):
     """trl's configs turn it on by default (1.26x slower SFT steps on this CPU); the stages decide."""
+    import warnings
     from types import SimpleNamespace
 
     from reasondistill.plugins.teacher_sft import SFTOptions
@@ -248,7 +250,9 @@ def test_activation_checkpointing_is_off_on_a_cpu_unless_asked(tmp_path):
 
     ctx = SimpleNamespace(dir=tmp_path, seed=0)
     assert SFTConfig(output_dir=str(tmp_path), use_cpu=True).gradient_checkpointing is True  # trl's default
-    assert SFTConfig(**common_args(ctx, SFTOptions())).gradient_checkpointing is False
+    with warnings.catch_warnings():  # named as this transformers reads it, not by a deprecated alias
+        warnings.simplefilter("error", FutureWarning)
+        assert SFTConfig(**common_args(ctx, SFTOptions())).gradient_checkpointing is False
     assert SFTConfig(**common_args(ctx, SFTOptions(gradient_checkpointing=True))).gradient_checkpointing is True
 
 
@@ -267,4 +271,26 @@ def test_learning_curve_points_match_the_teacher_they_measure(rd_engine, tiny_te
     assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"]
     assert points[-1]["parse_rate"] == result.metrics["teacher_parse_rate"] > 0
     assert points[-1]["macro_f1"] == result.metrics["teacher_macro_f1"]
+    shares = [v for k, v in result.metrics.items() if k.startswith("teacher_answer_share_")]
+    assert len(shares) == 3 and sum(shares) == pytest.approx(result.metrics["teacher_parse_rate"])  # each answer once
     assert not (rd_engine.runs_dir / "curve" / "sft" / "curve-teacher").exists()
+
+
+def test_dapt_reads_text_files_once_per_unique_line_and_names_a_bad_file(rd_engine, tmp_path):
+    from reasondistill.errors import DataError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a cordless drill for brick walls\n\n   \na cordless drill for brick walls\nplumbers near the harbor\n")
+
+    def dapt(name, files):
+        stages = [step("pairs", n=20), step("dapt", max_steps=1, batch_size=2, max_length=32, text_files=files)]
+        return rd_engine.run(Recipe(name=name, models={"teacher": "tiny-causal-lm"}, stages=stages))["dapt"].metrics
+
+    plain = dapt("plain", [])["documents"]
+    assert dapt("notes", [str(notes)])["documents"] == plain + 2  # the blank lines and the repeat add nothing
+    binary = tmp_path / "latin1.txt"
+    binary.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"^stage 'dapt': text_files: .*latin1\.txt: 'utf-8' codec can't decode"):
+        dapt("binary", [str(binary)])
+    with pytest.raises(DataError, match=r"text_files: .*missing\.txt.*no such file"):
+        dapt("missing", [str(tmp_path / "missing.txt")])
