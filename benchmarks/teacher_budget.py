@@ -1,0 +1,94 @@
+"""The teacher's budget on this machine: dev macro-F1 against gold examples seen and training seconds.
+
+    python benchmarks/teacher_budget.py                 # the study's SFT as it ran, and the fast loop
+    python benchmarks/teacher_budget.py --configs fast --fast-steps 400
+
+Each configuration is one ``sft`` stage on SmolLM2-135M-Instruct (no dapt, so SFT is all that
+differs) over the same Home Depot gold pairs with the domain's rationale, with ``eval_every``:
+the stage evaluates its in-training weights on the same dev pairs every N steps
+(``curve.json``), so one run per configuration gives the whole curve, and training seconds leave
+the evaluations out. Configurations:
+
+- ``study``: the Home Depot study's teacher SFT as it ran (full system prompt, fp32, activation
+  checkpointing on, which trl's configs turned on by default), 40 steps of 8.
+- ``fast``: ``teacher_prompt: short``, ``runtime.dtype: fastest`` (bf16 where the probe measures
+  it faster), checkpointing off, LoRA on the top 10 of 30 layers (``lora_layers``).
+- ``fast_all_layers``: ``fast`` with LoRA on every layer, to see what ``lora_layers`` costs.
+
+Stages are cached under ``--runs``; a second call only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, ROOT, table  # noqa: E402
+
+
+def recipe_for(config: str, args):
+    from reasondistill import Recipe, step
+
+    fast = config != "study"
+    steps = args.study_steps if not fast else args.fast_steps if config == "fast" else args.all_layers_steps
+    sft = dict(max_steps=steps, batch_size=8, max_length=320, learning_rate=5e-4, eval_rows=args.dev,
+               eval_every=args.study_every if not fast else args.fast_every, eval_max_new_tokens=args.max_new_tokens,
+               gradient_checkpointing=not fast, save_steps=10_000)
+    if config == "fast":
+        sft["lora_layers"] = 10
+    return Recipe(
+        name=f"budget-{config}", domain="product_search", models={"teacher": "smollm2-135m-instruct"}, seed=args.seed,
+        teacher_prompt="short" if fast else "full", runtime={"dtype": "fastest" if fast else "auto"},
+        reward_weights={"label_agreement": 2.0, "format": 1.0, "faithfulness": 1.0, "claims": 1.0,
+                        "self_consistency": 0.5, "length": 0.5},
+        stages=[step("pairs", source=str(args.data / "train.jsonl"), limit=args.gold,
+                     dev_source=str(args.data / "dev.jsonl"), dev_limit=args.dev),
+                step("reasoning", source="domain"),
+                step("sft", **sft)])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-budget")
+    p.add_argument("--configs", default="study,fast,fast_all_layers")
+    p.add_argument("--gold", type=int, default=2000)
+    p.add_argument("--dev", type=int, default=300)
+    p.add_argument("--study-steps", type=int, default=40)
+    p.add_argument("--study-every", type=int, default=20)
+    p.add_argument("--fast-steps", type=int, default=200)
+    p.add_argument("--fast-every", type=int, default=40)
+    p.add_argument("--all-layers-steps", type=int, default=80)
+    p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    from reasondistill import Engine
+
+    engine = Engine(runs_dir=args.runs)
+    rows, spent = [], {}
+    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        recipe = recipe_for(config, args)
+        res = engine.run(recipe)
+        sft = res["sft"]
+        points = json.loads((args.runs / recipe.name / "sft" / sft.outputs["curve"]).read_text())
+        spent[config] = points[-1]["train_seconds"] / points[-1]["step"]
+        for pt in points:
+            rows.append((config, pt["step"], pt["examples"], pt["train_seconds"], round(pt["train_seconds"] / pt["step"], 2),
+                         pt.get("parse_rate"), pt.get("accuracy"), pt.get("macro_f1")))
+        manifest = json.loads((args.runs / recipe.name / "sft" / "manifest.json").read_text())
+        print(f"{config}: {manifest.get('runtime', {}).get('reason', '')}", flush=True)
+    print(f"\nSmolLM2-135M-Instruct SFT on {args.gold} Home Depot gold pairs (domain rationale), batch 8; "
+          f"teacher evaluated greedily on {args.dev} dev pairs ({args.max_new_tokens} new tokens) during training")
+    print(table(("config", "step", "gold examples seen", "training seconds", "s/step", "parse rate", "accuracy",
+                 "macro-F1"), rows))
+    if "study" in spent:
+        print("\nexamples per training second against the study's SFT: "
+              + ", ".join(f"{c} {spent['study'] / s:.2f}x" for c, s in spent.items()))
+
+
+if __name__ == "__main__":
+    main()
