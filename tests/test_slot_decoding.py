@@ -127,3 +127,41 @@ def test_unsupported_model_falls_back(tiny_encoder):
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder)
     assert not supports_slots(model, [5, 6, 7, 8])
+
+
+class _Progress:
+    def __init__(self):
+        self.total = 0
+
+    def update(self, n):
+        self.total += n
+
+
+@pytest.mark.parametrize("engine", ["slots", "generate"])
+def test_engines_return_n_samples_per_prompt_and_count_each_prompt_once(tiny_causal_lm, engine):
+    dom = LocalServices()
+    messages = [dom.messages(r) for r in generate_pairs(n=5, seed=3)]
+    gen = TeacherGenerator(str(tiny_causal_lm), dom, batch_size=2, max_new_tokens=6, engine=engine)
+    progress = _Progress()
+    out = gen.generate(messages, do_sample=True, n=3, seed=0, progress=progress)
+    assert [len(o) for o in out] == [3] * 5
+    assert progress.total == 5  # a prompt counts when its last sample is done
+
+
+def test_slot_generator_names_the_model_it_was_handed_and_caches_the_prefix(tiny_causal_lm):
+    """``identity`` (written into every annotation) is the model's own path when a loaded model is
+    handed in; the shared-prefix KV cache is really built for a Llama-style model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_causal_lm), AutoTokenizer.from_pretrained(tiny_causal_lm)
+    gen = TeacherGenerator("a label for logs", LocalServices(), model=model, tokenizer=tok)
+    assert gen.identity == model.name_or_path == str(tiny_causal_lm)
+    assert TeacherGenerator(str(tiny_causal_lm), LocalServices()).identity == str(tiny_causal_lm)
+    assert gen._prefix_cache(list(range(5, 15))) is not None
+
+
+def test_slot_shared_prefix_boundary_is_eight_tokens():
+    shared = list(range(100, 108))
+    assert shared_prefix([shared + [1, 2], shared + [3]]) == shared  # exactly the minimum
+    assert shared_prefix([shared[:7] + [1, 2], shared[:7] + [3]]) == []  # one short of it
+    assert shared_prefix([shared + [1], shared + [1]]) == shared  # each prompt keeps an own token
