@@ -294,3 +294,44 @@ def test_gate_options_need_exactly_one_bar_and_sources_exclude_train_input(rd_ho
         recipe = Recipe(name="bad", models={"student": "tiny-encoder"}, stages=[step("pairs", n=40), bad])
         with pytest.raises(RecipeError, match=field):
             eng.validate(recipe)
+
+
+def test_gate_margin_chains_by_pair_id_and_a_domain_without_rationale(mixed_run):
+    """The margin is added to the bar (a teacher 0.005 above it fails a 0.01 margin); a source whose
+    ``reasoning_from`` has no chain for its pairs drops each of them, counted; ``reasoning: domain``
+    on a domain that writes no rationale is a recipe error naming the option."""
+    tmp, teacher, run, _ = mixed_run
+    ann = load_from_disk(str(run / "annotate" / "annotations")).to_list()
+    teacher_f1 = _metrics(run, "gate_ref")["teacher_macro_f1"]
+    extra = f"""  - uses: gate
+    name: gate_margin
+    options: {{reference_macro_f1: {teacher_f1 - 0.005:.6f}, margin: 0.01, policy: warn}}
+  - uses: gate
+    name: gate_no_margin
+    options: {{reference_macro_f1: {teacher_f1 - 0.005:.6f}, policy: warn}}
+  - uses: distill
+    name: chained
+    inputs: {{dev: gold}}
+    options: {{loss: crsd, max_steps: 1, batch_size: 8,
+              sources: [{{input: annotate.annotations, reasoning_from: annotate.dev_annotations}},
+                        {{input: gold.pairs, reasoning_column: rationale}}],
+              student_options: {{max_length: 48, reasoning_tokens: 32}}}}
+"""
+    recipe = tmp / "margin.yaml"
+    recipe.write_text(_recipe(tmp, teacher, extra))
+    code, _ = _cli("run", str(recipe), "--runs-dir", str(tmp / "runs"))
+    assert code == 0
+    assert _metrics(run, "gate_margin")["verdict"] == "warn" and _metrics(run, "gate_no_margin")["verdict"] == "pass"
+    m = _metrics(run, "chained")
+    usable = sum(r["parse_ok"] and r["label"] >= 0 for r in ann)  # the dev annotations are of other pairs
+    assert m["source_annotate_annotations_dropped_without_chain"] == usable and m["source_annotate_annotations_rows"] == 0
+
+    from reasondistill import Recipe, step
+    from reasondistill.engine import Engine
+    from reasondistill.errors import RecipeError
+
+    bad = Recipe(name="nodomain", models={"student": "tiny-encoder"}, stages=[
+        step("pairs", n=40), step("distill", loss="crsd", max_steps=1, sources=[{"input": "pairs", "reasoning": "domain"}])])
+    with pytest.raises(RecipeError, match=r"sources: .*domain 'local_services' writes no rationale .*set the source's "
+                                          r"reasoning: column"):  # before any work; load_source checks again at run time
+        Engine(runs_dir=tmp / "runs").run(bad)
