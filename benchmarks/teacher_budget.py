@@ -15,6 +15,9 @@ the evaluations out. Configurations:
   it faster), checkpointing off, LoRA on the top 10 of 30 layers (``lora_layers``).
 - ``fast_all_layers``: ``fast`` with LoRA on every layer, to see what ``lora_layers`` costs.
 
+``--levers`` instead times a few SFT steps under each lever alone and together (the same pairs,
+no evaluation), to say what each one is worth on this machine.
+
 Stages are cached under ``--runs``; a second call only prints.
 """
 
@@ -50,6 +53,33 @@ def recipe_for(config: str, args):
                 step("sft", **sft)])
 
 
+#: lever sets for ``--levers``: (name, teacher_prompt, dtype, activation checkpointing, lora_layers)
+LEVERS = [
+    ("as the study ran: full prompt, fp32, checkpointing on", "full", "auto", True, None),
+    ("checkpointing off", "full", "auto", False, None),
+    ("+ short prompt", "short", "auto", False, None),
+    ("+ bf16 where faster (dtype fastest)", "short", "fastest", False, None),
+    ("+ LoRA on the top 10 of 30 layers", "short", "fastest", False, 10),
+]
+
+
+def levers(args) -> None:
+    from reasondistill import Engine, Recipe, step
+
+    engine, rows = Engine(runs_dir=args.runs), []
+    for i, (name, prompt, dtype, checkpointing, layers) in enumerate(LEVERS):
+        sft = dict(max_steps=args.lever_steps, batch_size=8, max_length=320, learning_rate=5e-4,
+                   gradient_checkpointing=checkpointing, save_steps=10_000, **({"lora_layers": layers} if layers else {}))
+        recipe = Recipe(name=f"lever-{i}", domain="product_search", models={"teacher": "smollm2-135m-instruct"},
+                        seed=args.seed, teacher_prompt=prompt, runtime={"dtype": dtype},
+                        stages=[step("pairs", source=str(args.data / "train.jsonl"), limit=args.gold, dev_fraction=0.0),
+                                step("reasoning", source="domain"), step("sft", **sft)])
+        rows.append((name, engine.run(recipe)["sft"].metrics["step_seconds"]))
+    base = rows[0][1]
+    print(f"SmolLM2-135M-Instruct SFT, batch 8 of Home Depot gold pairs, {args.lever_steps} steps per row")
+    print(table(("levers", "s/step", "examples per second vs the study's"), [(n, s, f"{base / s:.2f}x") for n, s in rows]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -64,7 +94,11 @@ def main() -> None:
     p.add_argument("--all-layers-steps", type=int, default=80)
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--levers", action="store_true", help="time each speed lever instead (no evaluation)")
+    p.add_argument("--lever-steps", type=int, default=6)
     args = p.parse_args()
+    if args.levers:
+        return levers(args)
 
     from reasondistill import Engine
 

@@ -140,7 +140,8 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
     ckpt = ctx.dir / "checkpoints"
     last = get_last_checkpoint(str(ckpt)) if ctx.resuming and ckpt.exists() else None
     result = trainer.train(resume_from_checkpoint=last)
-    trained = {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5)}
+    trained = {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
+               "step_seconds": round(result.metrics["train_runtime"] / max(1, trainer.state.global_step), 3)}
     dist.check_replicas(trainer.model, ctx.name)
     if not dist.is_main():  # every rank trained (DDP); the main process writes the teacher
         return trained
