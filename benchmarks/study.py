@@ -3,6 +3,12 @@
     python benchmarks/study.py --profile cpu                              # Home Depot, ~80 min on 2 cores
     python benchmarks/study.py --recipe recipes/qbqtc.yaml --profile cpu  # QBQTC (Chinese), ~45 min
     python benchmarks/study.py                                            # as written (a GPU box)
+    python benchmarks/study.py --profile cpu --seeds 0,1,2                # every stage under 3 seeds
+
+With ``--seeds`` the whole recipe (teacher included) runs once per seed, each under its own run
+name (``homedepot-s1``), and one table gives every student's dev macro-F1 per seed with mean and
+standard deviation, the teacher's, the gate's verdict per seed, and the target check: the best
+student that uses the teacher against CE on gold only, seed by seed.
 
 Runs a study recipe (``recipes/homedepot.yaml`` by default; stages already done are reused, so
 a second call only prints) and compares, on the dev split: the teacher (its dev annotations);
@@ -28,11 +34,15 @@ def main() -> None:
     p.add_argument("--recipe", default=str(ROOT / "recipes" / "homedepot.yaml"))
     p.add_argument("--profile", default=None)
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: the whole recipe once per seed")
+    p.add_argument("--reference", default="student_gold_ce", help="the gold-only student (the bar)")
     args = p.parse_args()
 
     from reasondistill import Engine, load_recipe
 
     recipe = load_recipe(args.recipe, args.profile)
+    if args.seeds:
+        return seeds_table(recipe, [int(x) for x in args.seeds.split(",")], args)
     res = Engine(runs_dir=args.runs).run(recipe)
     ann = res["annotate"].metrics
     rows = [("teacher (SmolLM2-135M after dapt, sft, DPO)", ann.get("dev_pairs"), ann.get("dev_teacher_macro_f1"),
@@ -40,8 +50,10 @@ def main() -> None:
     for name, label in (("student_crsd", "student, crsd on teacher annotations"),
                         ("student_ce", "student, ce on teacher annotations"),
                         ("student_gold_ce", "student, ce on gold pairs only"),
-                        ("student_mix_crsd", "student, crsd on gold + annotations (confidence-weighted)"),
-                        ("student_mix_ce", "student, ce on gold + annotations (confidence >= 0.5)"),
+                        ("student_mix_crsd", "student, crsd on gold + annotations"),
+                        ("student_mix_crsd_conf", "student, crsd on gold + annotations (confidence >= 0.5)"),
+                        ("student_mix_ce", "student, ce on gold + annotations"),
+                        ("student_mix_ce_conf", "student, ce on gold + annotations (confidence >= 0.5)"),
                         ("student_gold_ce_english_vocab", "student, ce on gold pairs only, vocabulary as shipped")):
         if name not in res:
             continue
@@ -59,6 +71,49 @@ def main() -> None:
     print("\nwall time per stage (seconds, as run)")
     print(table(("stage", "seconds"), [(name, round(r.seconds, 1)) for name, r in res.items()]
                 + [("total", round(sum(r.seconds for r in res.values()), 1))]))
+
+
+def seeds_table(recipe, seeds: list[int], args) -> None:
+    """Run ``recipe`` under each seed and print dev macro-F1 per system and seed, mean and std."""
+    import statistics
+
+    from reasondistill import Engine
+
+    engine = Engine(runs_dir=args.runs)
+    per: dict[str, list[float]] = {}
+    gates, uses_teacher = [], {}
+    for seed in seeds:
+        run = recipe.model_copy(update={"seed": seed, "name": f"{recipe.name}-s{seed}"})
+        res = engine.run(run)
+        per.setdefault("teacher (its dev annotations)", []).append(res["annotate"].metrics.get("dev_teacher_macro_f1"))
+        for spec in run.stages:
+            if spec.uses == "distill":
+                m = res[spec.stage_name].metrics
+                per.setdefault(spec.stage_name, []).append(m.get("dev_macro_f1"))
+                flags = [v for k, v in m.items() if k.startswith("source_") and k.endswith("_teacher")]
+                uses_teacher[spec.stage_name] = any(flags) if flags else \
+                    "pairs" not in str(spec.options.get("train_input", "annotations"))
+        if "gate" in res:
+            gates.append(f"seed {seed}: {res['gate'].metrics['verdict_line']}")
+    rows = []
+    for name, values in per.items():
+        vals = [v for v in values if v is not None]
+        mean = statistics.mean(vals) if vals else None
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        rows.append((name, ", ".join(f"{v:.3f}" for v in vals), round(mean, 4) if mean is not None else "-", round(std, 4)))
+    print(f"Study {recipe.name} (profile {args.profile or 'none'}), seeds {', '.join(map(str, seeds))}: dev macro-F1 "
+          f"on the whole dev split (the teacher: on the dev pairs it annotated)")
+    print(table(("system", "macro-F1 per seed", "mean", "std"), rows))
+    for line in gates:
+        print(line)
+    bar = per.get(args.reference)
+    teacher_students = [n for n in per if n != args.reference and uses_teacher.get(n)]
+    if bar and teacher_students:
+        best = max(teacher_students, key=lambda n: statistics.mean(per[n]))
+        gain = [100 * (a - b) for a, b in zip(per[best], bar)]
+        verdict = "MET" if statistics.mean(gain) >= 1.0 else "NOT MET"
+        print(f"target (best teacher-using student >= {args.reference} + 1.0 point): {best} "
+              f"{', '.join(f'{g:+.1f}' for g in gain)} points per seed, mean {statistics.mean(gain):+.1f}: {verdict}")
 
 
 if __name__ == "__main__":
