@@ -36,6 +36,10 @@ class TeacherAnnotatorOptions(Options):
     top_p: float = Field(0.95, gt=0, le=1)
     self_consistency: int = Field(1, ge=1, description="N sampled chains; majority label, agreement as confidence")
     retries: int = Field(1, ge=0, description="re-generate unparseable outputs (sampled) this many times")
+    bf16_check_rows: int = Field(32, ge=0, description=(
+        "where a local teacher runs bf16 on a CPU (runtime.dtype: fastest): label the stage's first N pairs in "
+        "bf16 and in fp32 before annotating, and fall back to fp32 below bf16_min_agreement; 0 = no check"))
+    bf16_min_agreement: float = Field(0.9, ge=0, le=1, description="the share of equal labels bf16 must reach")
 
 
 class TeacherAnnotator(Annotator):
@@ -60,6 +64,26 @@ class TeacherAnnotator(Annotator):
             self._cache = (key, load_generator(ctx, spec, model=teacher or None, batch_size=options.batch_size,
                                                max_new_tokens=options.max_new_tokens))
         return self._cache[1]
+
+    def check_precision(self, ctx, pairs, teacher: str, options: TeacherAnnotatorOptions) -> dict[str, Any]:
+        """Before any shard: bf16 against fp32 labels on the first ``bf16_check_rows`` pairs (the
+        same pairs on a resumed run, so every shard is written at one precision); metrics to record."""
+        if not options.bf16_check_rows or not len(pairs):
+            return {}
+        gen = self.generator(ctx, teacher, options)
+        if not hasattr(gen, "check_bf16_labels"):  # a served teacher: its precision is the server's
+            return {}
+        sample = pairs.select(range(min(options.bf16_check_rows, len(pairs))))
+        found = gen.check_bf16_labels([ctx.domain.messages(r) for r in sample], options.bf16_min_agreement)
+        if not found:
+            return {}
+        if found["dtype"] == "float32":
+            import logging
+
+            logging.getLogger("reasondistill").warning(
+                "annotate: bf16 labels agree with fp32 on %.0f%% of %d pairs (< %.0f%%): annotating in fp32",
+                100 * found["label_agreement"], found["rows"], 100 * options.bf16_min_agreement)
+        return {f"bf16_check_{k}": v for k, v in found.items() if k != "min_agreement"}
 
     def annotate(self, ctx, pairs, teacher: str, options: TeacherAnnotatorOptions):
         from datasets import Dataset
@@ -162,6 +186,8 @@ class AnnotateStage(Stage):
         if options.limit:
             pairs = pairs.select(range(min(options.limit, len(pairs))))
         metrics: dict[str, Any] = {}
+        if hasattr(annotator, "check_precision"):
+            metrics.update(annotator.check_precision(ctx, pairs, teacher, a_opts))
         outputs = {"annotations": "annotations"}
         jobs = [("annotations", pairs)]
         if options.dev_rows and ctx.has_input("dev"):

@@ -82,6 +82,7 @@ class TeacherGenerator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model_path, self.trust_remote_code = model_path, trust_remote_code
         if model is None:
             from .runtime import current
 
@@ -104,6 +105,36 @@ class TeacherGenerator:
         if engine == "auto":
             probe = self.tokenizer("Query: a probe for the slot decoder", add_special_tokens=False)["input_ids"]
             self.engine = "slots" if supports_slots(self.model, probe) else "generate"
+
+    def check_bf16_labels(self, messages: Sequence[list[dict[str, str]]], min_agreement: float) -> dict[str, Any] | None:
+        """Where this generator runs bf16 on a CPU (``runtime.dtype: fastest`` chose it): answer
+        ``messages`` greedily in bf16 and in fp32 and compare the labels. Below ``min_agreement``
+        the generator switches itself to fp32 for good. Returns what it measured (None: nothing
+        to check: fp32, a GPU, an int8 model or no prompts).
+
+        Why: bf16 changed one label in eight on the tiny teacher and one completion in three on
+        SmolLM2 (docs/benchmarks.md); a faster teacher that writes other labels is not the same
+        teacher, so the switch is checked on the run's own prompts, not assumed."""
+        from transformers import AutoModelForCausalLM
+
+        weight = next(self.model.parameters(), None)
+        if not messages or weight is None or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+            return None
+        parse = self.domain.parse_completion
+        fast = [parse(o[0].text).label for o in self.generate(messages)]
+        bf16_model = self.model
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code,
+                                                              dtype=torch.float32).eval()
+        except (OSError, ValueError):  # a model handed in, not loadable by its label: nothing to compare with
+            return None
+        exact = [parse(o[0].text).label for o in self.generate(messages)]
+        agreement = sum(a == b for a, b in zip(fast, exact)) / len(exact)
+        keep = agreement >= min_agreement
+        if keep:
+            self.model = bf16_model
+        return {"rows": len(exact), "label_agreement": round(agreement, 4), "min_agreement": min_agreement,
+                "dtype": "bfloat16" if keep else "float32"}
 
     def generate(self, messages: Sequence[list[dict[str, str]]], *, n: int = 1, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,

@@ -130,3 +130,33 @@ def test_hidden_labels_keep_their_gold_label(rd_engine):
     assert len({r["gold_label"] for r in rows}) == 3 and all(r["label"] == 2 for r in rows)
     share = sum(p["gold_label"] == 2 for p in pool) / len(pool)
     assert res["annotate"].metrics["teacher_accuracy"] == pytest.approx(share, abs=1e-4)
+
+
+def test_bf16_teacher_is_checked_against_fp32_labels_and_falls_back(rd_engine, tiny_teacher, monkeypatch):
+    """``runtime.dtype: fastest`` on a CPU whose probe favours bf16: annotate labels its first pairs
+    in both precisions first. Demanding full agreement makes the tiny teacher (bf16 changes some of
+    its labels) fall back, and its annotations are then exactly the fp32 run's; with no demand,
+    bf16 stays."""
+    from datasets import load_from_disk
+
+    from reasondistill import Recipe, runtime, step
+
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: 2.0)
+
+    def annotate(name, dtype, min_agreement):
+        recipe = Recipe(name=name, models={"teacher": str(tiny_teacher)}, runtime={"dtype": dtype}, stages=[
+            step("pairs", n=60, dev_fraction=0.0),
+            step("annotate", annotator_options={"max_new_tokens": 48, "batch_size": 16, "retries": 0,
+                                                "bf16_check_rows": 40, "bf16_min_agreement": min_agreement})])
+        m = rd_engine.run(recipe)["annotate"].metrics
+        return m, load_from_disk(str(rd_engine.runs_dir / name / "annotate" / "annotations"))["label"]
+
+    strict, strict_labels = annotate("strict", "fastest", 1.0)
+    assert strict["bf16_check_rows"] == 40 and strict["bf16_check_label_agreement"] < 1.0
+    assert strict["bf16_check_dtype"] == "float32"
+    exact, exact_labels = annotate("exact", "float32", 1.0)
+    assert "bf16_check_rows" not in exact and strict_labels == exact_labels
+    lax, lax_labels = annotate("lax", "fastest", 0.0)
+    assert lax["bf16_check_dtype"] == "bfloat16"
+    assert lax["bf16_check_label_agreement"] == strict["bf16_check_label_agreement"]
+    assert lax_labels != exact_labels  # bf16 kept: some labels differ from fp32's
