@@ -57,8 +57,13 @@ class TeacherAnnotator(Annotator):
         """One generator per (teacher, backend, sizes), kept across the shards of a stage."""
         from reasondistill.generators import effective_spec, load_generator
 
+        from reasondistill.runtime import current
+
         spec = effective_spec(ctx.recipe, options.backend)
-        key = (teacher, ctx.domain.name, spec.model_dump_json(), options.batch_size, options.max_new_tokens)
+        # the precision belongs to the key: a generator loaded in bf16 (or switched to fp32 by the
+        # bf16 check under its own threshold) must not serve a run that asked for another
+        key = (teacher, ctx.domain.name, spec.model_dump_json(), options.batch_size, options.max_new_tokens,
+               current().inference_dtype, options.bf16_check_rows, options.bf16_min_agreement)
         if self._cache is None or self._cache[0] != key:
             self._cache = None  # free the old model before loading the next
             self._cache = (key, load_generator(ctx, spec, model=teacher or None, batch_size=options.batch_size,
