@@ -53,7 +53,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "rewards": ("plugins/rewards.py", "tests/test_rewards.py tests/test_ml_core.py -k 'rewards or reward'"),
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
-                   "-k 'slot or star or stop_strings or contract or engines'"),
+                   "-k 'slot or star or stop_strings or contract or engines or bf16'"),
     "annotate": ("plugins/annotate.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
     "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", f"tests/test_student.py tests/test_ml_core.py tests/test_distill_mixing.py {OPTIONS_DOC} "
                       "-k 'distill or saved_student or hide_verdict or loss or options_reference or checkpointed_run_resumes'"),
