@@ -45,7 +45,7 @@ class LearningCurve(TrainerCallback):
             return
         self.trained_seconds += time.perf_counter() - self._since
         examples = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        point = {"step": state.global_step, "examples": examples, "train_seconds": round(self.trained_seconds, 1),
+        point = {"step": state.global_step, "examples": examples, "train_seconds": round(self.trained_seconds, 3),
                  **self.evaluate(model)}
         self.points.append(point)
         from reasondistill.fingerprint import write_atomic

@@ -123,9 +123,11 @@ class TeacherGenerator:
         parse = self.domain.parse_completion
         fast = [parse(o[0].text).label for o in self.generate(messages)]
         bf16_model = self.model
-        try:
+        from .runtime import current
+
+        try:  # fp32: the precision of models that train (their master weights) is the reference
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code,
-                                                              dtype=torch.float32).eval()
+                                                              **current().model_kwargs()).eval()
         except (OSError, ValueError):  # a model handed in, not loadable by its label: nothing to compare with
             return None
         exact = [parse(o[0].text).label for o in self.generate(messages)]
