@@ -13,6 +13,10 @@ from typing import Any, Callable, Sequence
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "homedepot"
+#: the Home Depot study recipe's reward weights (recipes/homedepot.yaml), for benchmarks that build
+#: their teacher recipes in Python
+STUDY_REWARD_WEIGHTS = {"label_agreement": 2.0, "format": 1.0, "faithfulness": 1.0, "claims": 1.0,
+                        "self_consistency": 0.5, "length": 0.5}
 
 
 def read_jsonl(path: Path, limit: int | None = None, seed: int | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, ROOT, table  # noqa: E402
+from common import DEFAULT_DATA, ROOT, STUDY_REWARD_WEIGHTS, table  # noqa: E402
 
 
 def main() -> None:
@@ -39,8 +39,7 @@ def main() -> None:
     ev = {"rows": args.dev, "max_new_tokens": args.max_new_tokens, "batch_size": 32}
     recipe = Recipe(
         name="teacher-bench", domain="product_search", models={"teacher": "smollm2-135m-instruct"}, seed=args.seed,
-        reward_weights={"label_agreement": 2.0, "format": 1.0, "faithfulness": 1.0, "claims": 1.0,
-                        "self_consistency": 0.5, "length": 0.5},
+        reward_weights=STUDY_REWARD_WEIGHTS,
         stages=[
             step("pairs", source=str(args.data / "train.jsonl"), limit=args.gold,
                  dev_source=str(args.data / "dev.jsonl"), dev_limit=args.dev),

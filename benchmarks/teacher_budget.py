@@ -29,12 +29,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, ROOT, table  # noqa: E402
+from common import DEFAULT_DATA, ROOT, STUDY_REWARD_WEIGHTS, table  # noqa: E402
 
 
 def recipe_for(config: str, args):
-    from reasondistill import Recipe, step
-
     fast = config != "study"
     steps = args.study_steps if not fast else args.fast_steps if config == "fast" else args.all_layers_steps
     sft = dict(max_steps=steps, batch_size=8, max_length=320, learning_rate=5e-4, eval_rows=args.dev,
@@ -42,15 +40,19 @@ def recipe_for(config: str, args):
                gradient_checkpointing=not fast, save_steps=10_000)
     if config == "fast":
         sft["lora_layers"] = 10
-    return Recipe(
-        name=f"budget-{config}", domain="product_search", models={"teacher": "smollm2-135m-instruct"}, seed=args.seed,
-        teacher_prompt="short" if fast else "full", runtime={"dtype": "fastest" if fast else "auto"},
-        reward_weights={"label_agreement": 2.0, "format": 1.0, "faithfulness": 1.0, "claims": 1.0,
-                        "self_consistency": 0.5, "length": 0.5},
-        stages=[step("pairs", source=str(args.data / "train.jsonl"), limit=args.gold,
-                     dev_source=str(args.data / "dev.jsonl"), dev_limit=args.dev),
-                step("reasoning", source="domain"),
-                step("sft", **sft)])
+    return sft_recipe(f"budget-{config}", "short" if fast else "full", "fastest" if fast else "auto", sft, args,
+                      dev=True)
+
+
+def sft_recipe(name: str, prompt: str, dtype: str, sft: dict, args, dev: bool):
+    """gold pairs -> the domain's rationale -> one ``sft`` stage on SmolLM2 (no dapt)."""
+    from reasondistill import Recipe, step
+
+    pairs = dict(dev_source=str(args.data / "dev.jsonl"), dev_limit=args.dev) if dev else dict(dev_fraction=0.0)
+    return Recipe(name=name, domain="product_search", models={"teacher": "smollm2-135m-instruct"}, seed=args.seed,
+                  teacher_prompt=prompt, runtime={"dtype": dtype}, reward_weights=STUDY_REWARD_WEIGHTS,
+                  stages=[step("pairs", source=str(args.data / "train.jsonl"), limit=args.gold, **pairs),
+                          step("reasoning", source="domain"), step("sft", **sft)])
 
 
 #: lever sets for ``--levers``: (name, teacher_prompt, dtype, activation checkpointing, lora_layers)
@@ -64,16 +66,13 @@ LEVERS = [
 
 
 def levers(args) -> None:
-    from reasondistill import Engine, Recipe, step
+    from reasondistill import Engine
 
     engine, rows = Engine(runs_dir=args.runs), []
     for i, (name, prompt, dtype, checkpointing, layers) in enumerate(LEVERS):
         sft = dict(max_steps=args.lever_steps, batch_size=8, max_length=320, learning_rate=5e-4,
                    gradient_checkpointing=checkpointing, save_steps=10_000, **({"lora_layers": layers} if layers else {}))
-        recipe = Recipe(name=f"lever-{i}", domain="product_search", models={"teacher": "smollm2-135m-instruct"},
-                        seed=args.seed, teacher_prompt=prompt, runtime={"dtype": dtype},
-                        stages=[step("pairs", source=str(args.data / "train.jsonl"), limit=args.gold, dev_fraction=0.0),
-                                step("reasoning", source="domain"), step("sft", **sft)])
+        recipe = sft_recipe(f"lever-{i}", prompt, dtype, sft, args, dev=False)
         rows.append((name, engine.run(recipe)["sft"].metrics["step_seconds"]))
     base = rows[0][1]
     print(f"SmolLM2-135M-Instruct SFT, batch 8 of Home Depot gold pairs, {args.lever_steps} steps per row")
