@@ -4,7 +4,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test docs bench mutants
+.PHONY: setup demo test test-main test-min docs bench mutants
 
 setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
@@ -15,8 +15,23 @@ demo: setup
 	$(PYTHON) -m reasondistill run quickstart
 	$(PYTHON) -m reasondistill show quickstart
 
-test: setup
+# The suite, then its version-sensitive part (every module that runs transformers, trl, peft,
+# datasets or accelerate code) again on the lowest versions pyproject declares (requirements-min.txt).
+test: test-main test-min
+
+test-main: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+# Left out of test-min: modules that never reach the Hugging Face stack (docs, static checks, the
+# engine, recipes, metrics, rewards, hashing, plugin registry, input validation).
+MIN_IGNORE = $(addprefix --ignore=tests/,test_docs.py test_architecture.py test_plugins.py test_hooks.py \
+	test_engine.py test_recipes.py test_fingerprint.py test_metrics.py test_rewards.py test_domain.py \
+	test_report_plots.py test_packaging.py reliability/test_safety.py reliability/test_bad_inputs.py)
+
+test-min: setup
+	$(PYTHON) -m venv --system-site-packages .venv-min
+	.venv-min/bin/python -m pip install -q -r requirements-min.txt
+	.venv-min/bin/python -m pytest -q -p no:cacheprovider -m "not slow" $(MIN_IGNORE) tests
 
 # Mutation testing of the core modules (not part of CI; hours for all of them on 2 cores).
 # MUTANTS="--modules metrics,recipe --max 0" narrows it; see benchmarks/mutants.py.

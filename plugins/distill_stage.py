@@ -12,6 +12,7 @@ from reasondistill import distributed as dist
 from reasondistill.recipe import validate_nested
 from reasondistill.domain import require_ability
 from reasondistill.errors import DataError, PluginError
+from reasondistill.hf_compat import warmup_arg
 from reasondistill.plugins.distill_sources import TrainSource, load_source, merge_sources, source_key
 from reasondistill.views import check_encoding
 
@@ -167,7 +168,7 @@ class DistillStage(Stage):
         args = TrainingArguments(
             output_dir=str(ckpt_dir), num_train_epochs=options.epochs, max_steps=options.max_steps,
             per_device_train_batch_size=options.batch_size, learning_rate=options.learning_rate,
-            weight_decay=options.weight_decay, warmup_steps=options.warmup_ratio, logging_steps=options.logging_steps,
+            weight_decay=options.weight_decay, **warmup_arg(options.warmup_ratio), logging_steps=options.logging_steps,
             save_steps=options.save_steps, save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed,
             report_to=options.report_to or "none", remove_unused_columns=False,
             dataloader_num_workers=0, disable_tqdm=False, dataloader_drop_last=True,

@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 
 from reasondistill import Options, Student, hookimpl
+from reasondistill.hf_compat import per_query_mask
 from reasondistill.views import REASONING, SHARED, STANDARD, prefixed
 
 
@@ -69,12 +70,11 @@ class EncoderStudent(torch.nn.Module):
         # a standard query sees standard keys only; a reasoning query sees every real key
         allowed = real[:, None, :] & (in_std[:, None, :] | ~in_std[:, :, None])
         allowed |= torch.eye(length, dtype=torch.bool, device=input_ids.device)[None]
-        dtype = next(self.model.parameters()).dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = per_query_mask(allowed, next(self.model.parameters()).dtype)
         positions = cols.expand(n, length).clone()
         rows = torch.arange(n, device=input_ids.device)
         positions[rows, last] = 0
-        kwargs = {"input_ids": input_ids, "attention_mask": mask[:, None], "position_ids": positions}
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.model(**kwargs, output_hidden_states=True, return_dict=True)

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from reasondistill import Options
 from reasondistill import distributed as dist
+from reasondistill.hf_compat import checkpointing_arg
 
 
 class TeacherTrainOptions(Options):
@@ -63,18 +64,6 @@ def common_args(ctx, o: TeacherTrainOptions) -> dict[str, Any]:
                 learning_rate=o.learning_rate, logging_steps=o.logging_steps, save_steps=o.save_steps,
                 save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed, report_to=o.report_to or "none",
                 max_length=o.max_length, **checkpointing_arg(checkpointing), **runtime.training_args())
-
-
-def checkpointing_arg(on: bool) -> dict[str, bool]:
-    """Activation checkpointing under the name this transformers reads: ``activation_checkpointing``
-    since 5.2x (``gradient_checkpointing`` is its deprecated alias there), the old name before."""
-    from dataclasses import fields
-
-    from transformers import TrainingArguments
-
-    name = "activation_checkpointing" if any(f.name == "activation_checkpointing" for f in fields(TrainingArguments)) \
-        else "gradient_checkpointing"
-    return {name: on}
 
 
 def peft_config(o: TeacherTrainOptions, model: Any = None):

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import torch
 
 from reasondistill.generators import Generation
-from reasondistill.slot_decoding import SlotDecoder, cache_argument, on_model_device, supports_slots
+from reasondistill.hf_compat import cache_argument
+from reasondistill.slot_decoding import SlotDecoder, on_model_device, supports_slots
 
 
 def shared_prefix(sequences: Sequence[Sequence[int]], minimum: int = 8) -> list[int]:

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from .hf_compat import cache_argument
+
 ATTENTION = "reasondistill_slots"
 _ACTIVE: contextvars.ContextVar["SlotCache | None"] = contextvars.ContextVar("reasondistill_slot_cache", default=None)
 
@@ -121,21 +123,16 @@ class SlotCache:
             return k[:, :, :self.width], v[:, :, :self.width]
         return k[self.rows, :, :self.width], v[self.rows, :, :self.width]
 
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Columns already written before this forward (transformers 4.57 derives ``cache_position``
+        from it when none is given; later versions do not ask)."""
+        return max(self.width - self.cols.shape[-1], 0)
+
     def keep(self, rows: torch.Tensor) -> None:
         """Drop every slot but ``rows`` (once, when the queue is empty and most slots are idle)."""
         self.k = [x.index_select(0, rows) for x in self.k]
         self.v = [x.index_select(0, rows) for x in self.v]
         self._all = torch.arange(len(rows))
-
-
-def cache_argument(model: Any) -> str:
-    """The name the model's ``forward`` takes its KV cache by: ``cache`` (transformers >= 5.2x) or
-    ``past_key_values`` (earlier, e.g. 5.17, where a ``cache=`` keyword was silently ignored and the
-    slot loop's attention saw one key instead of the whole buffer)."""
-    import inspect
-
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def model_device(model: Any) -> torch.device:

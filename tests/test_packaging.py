@@ -39,3 +39,22 @@ def test_wheel_installs_and_imports(wheel, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "local_services"
+
+
+def test_min_pins_are_the_declared_lower_bounds():
+    """``make test-min`` tests exactly the bounds users are promised: one pin per Hugging Face
+    package, each equal to its ``>=`` bound in pyproject.toml."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    declared = {}
+    for req in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)", req.split(";")[0].strip())
+        if m:
+            declared[m[1].lower()] = m[2]
+    pins = dict(line.split("==") for line in (ROOT / "requirements-min.txt").read_text().split("\n")
+                if line and not line.startswith("#"))
+    assert set(pins) == {"transformers", "trl", "peft", "datasets", "accelerate"}
+    for name, version in pins.items():
+        padded = declared[name] + ".0" * (version.count(".") - declared[name].count("."))
+        assert padded == version, f"requirements-min.txt pins {name}=={version}, pyproject says >={declared[name]}"
