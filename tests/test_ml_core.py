@@ -277,6 +277,25 @@ def test_star_keeps_only_chains_that_reach_the_gold_label(rd_engine, tiny_teache
         assert DOM.parse_completion(ex["completion"][0]["content"]).label == ex["label"]
 
 
+def test_reasoning_stage_keeps_only_gold_labelled_rows(rd_engine, tmp_path):
+    """Unjudged rows (label -1 in a labelled file) have no label for a chain to end in: left out."""
+    import json
+
+    from datasets import load_from_disk
+
+    rows = generate_pairs(n=10, seed=3)
+    for r in rows[6:]:
+        del r["label"]
+    src = tmp_path / "partly_judged.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = Recipe(name="judged", stages=[step("pairs", source=str(src), dev_fraction=0.0),
+                                           step("reasoning", source="column")])
+    m = rd_engine.run(recipe)["reasoning"].metrics
+    data = load_from_disk(str(rd_engine.runs_dir / "judged" / "reasoning" / "sft_data")).to_list()
+    assert m["examples"] == len(data) == 6
+    assert sorted(ex["label"] for ex in data) == sorted(r["label"] for r in rows[:6])
+
+
 def test_each_teacher_stage_starts_from_the_previous_teacher(rd_engine):
     """dapt trains hard; sft after it barely moves (lr 1e-12): sft's teacher must be dapt's, not the base."""
     from safetensors.torch import load_file

@@ -96,6 +96,13 @@ def test_preference_pairs_carry_reward_vectors(teacher_run):
     for row in prefs:
         assert dims <= set(row["chosen_scores"]) and row["margin"] >= 0
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    # pairs per gold label: counted from the pairs' prompts, the preference split's labels
+    m = results["preference"].metrics
+    pairs_data = load_from_disk(str(engine.runs_dir / "teach" / "pairs" / "pairs"))
+    gold_of = dict(zip(pairs_data["pair_id"], pairs_data["label"]))
+    for label_id, name in enumerate(DOM.labels):
+        want = sum(gold_of[p] == label_id for p in prefs["pair_id"])
+        assert m[f"pairs_gold_{name.replace(' ', '_')}"] == want, name
 
 
 def test_sft_data_is_prompt_completion_chat(teacher_run):

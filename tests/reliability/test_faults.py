@@ -1,6 +1,7 @@
 """SIGKILL during annotation, DPO, CRSD training and a manifest write: nothing lost or duplicated."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -51,6 +52,9 @@ def test_sigkill_during_training_resumes_to_the_same_model(tmp_path, stage, opti
     assert m["metrics"]["resumed_from"] is not None, "the rerun resumed from a checkpoint"
     ref = json.loads((tmp_path / "ref" / "f" / stage / MANIFEST).read_text())
     assert m["metrics"]["steps"] == ref["metrics"]["steps"]
+    # the checkpoint's global step: a multiple of save_steps before the last step
+    resumed, every = int(m["metrics"]["resumed_from"]), int(re.search(r"save_steps: (\d+)", options)[1])
+    assert 0 < resumed < m["metrics"]["steps"] and resumed % every == 0, m["metrics"]["resumed_from"]
     assert _close(_weights(tmp_path / "ref" / "f" / stage / out), _weights(tmp_path / "cut" / "f" / stage / out))
     if stage == "distill":
         assert m["metrics"]["dev_macro_f1"] == pytest.approx(ref["metrics"]["dev_macro_f1"], abs=1e-6)
