@@ -263,6 +263,21 @@ def test_slot_engine_answers_in_input_order_and_label_probs_in_label_order(tiny_
         assert sum(a == b for a, b in zip(argmax, labels)) >= 0.9 * len(labels), (argmax, labels)
 
 
+@pytest.mark.parametrize("engine", ["slots", "generate"])
+def test_a_stop_string_ends_each_row_where_it_is_written(tiny_teacher, engine):
+    """``stop`` cuts every row at its first stop string (the default stops, at the label, are
+    invisible with a teacher that ends there anyway): fewer tokens, the text a prefix of the uncut one."""
+    from reasondistill.generation import TeacherGenerator
+
+    messages = [DOM.messages(r) for r in generate_pairs(n=8, seed=5)]
+    gen = TeacherGenerator(str(tiny_teacher), DOM, batch_size=4, max_new_tokens=48, engine=engine)
+    full, cut = gen.generate(messages), gen.generate(messages, stop=["Label:"])
+    for f, c in zip(full, cut):
+        f, c = f[0], c[0]
+        assert "Label:" in f.text and c.text.endswith("Label:"), (f.text, c.text)
+        assert f.text.startswith(c.text) and c.tokens < f.tokens
+
+
 def test_star_keeps_only_chains_that_reach_the_gold_label(rd_engine, tiny_teacher):
     from datasets import load_from_disk
 
