@@ -294,7 +294,8 @@ def test_unknown_characters_become_tokens(tiny_encoder):
 def test_distill_adds_characters_and_serves_them(rd_engine, tmp_path):
     import json as _json
 
-    rows = [{"query": q, "item": i, "label": k % 3} for k, (q, i) in enumerate(
+    # characters that only the reasoning has (龘靐齉) are added where the loss reads the reasoning
+    rows = [{"query": q, "item": i, "label": k % 3, "rationale": "龘靐齉: 相关"} for k, (q, i) in enumerate(
         [("小孩咳嗽感冒", "小孩感冒过后久咳嗽该吃什么药"), ("英雄大作战", "英雄大作战无敌版小游戏"),
          ("复制文件", "怎么把文件复制到另一个文件")] * 12)]
     data = tmp_path / "zh.jsonl"
@@ -302,9 +303,13 @@ def test_distill_adds_characters_and_serves_them(rd_engine, tmp_path):
     recipe = Recipe(name="zh", domain="web_search_zh", models={"student": "tiny-encoder"}, stages=[
         step("pairs", source=str(data), dev_source=str(data), dev_limit=9),
         step("distill", train_input="pairs", loss="ce", max_steps=4, batch_size=8, learning_rate=1e-3,
-             student_options={"max_length": 48, "add_unknown_characters": 400})])
-    m = rd_engine.run(recipe)["distill"].metrics
+             student_options={"max_length": 48, "add_unknown_characters": 400}),
+        step("distill", name="crsd", train_input="pairs", loss="crsd", reasoning_column="rationale", max_steps=2,
+             batch_size=8, student_options={"max_length": 48, "reasoning_tokens": 16, "add_unknown_characters": 400})])
+    res = rd_engine.run(recipe)
+    m = res["distill"].metrics
     assert m["added_tokens"] > 20
+    assert res["crsd"].metrics["added_tokens"] == m["added_tokens"] + 3
     folder = rd_engine.runs_dir / "zh" / "distill" / "student"
     pred = Predictor(folder)
     assert pred.tokenizer.unk_token_id not in pred.tokenizer("咳嗽", add_special_tokens=False)["input_ids"]
