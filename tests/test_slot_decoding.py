@@ -158,6 +158,10 @@ def test_slot_generator_names_the_model_it_was_handed_and_caches_the_prefix(tiny
     assert gen.identity == model.name_or_path == str(tiny_causal_lm)
     assert TeacherGenerator(str(tiny_causal_lm), LocalServices()).identity == str(tiny_causal_lm)
     assert gen._prefix_cache(list(range(5, 15))) is not None
+    # a tokenizer's own pad token is kept (it ends a row); only a tokenizer without one pads with eos
+    assert tok.pad_token == "<pad>" != tok.eos_token and gen.tokenizer.pad_token == "<pad>"
+    tok.pad_token = None
+    assert TeacherGenerator("x", LocalServices(), model=model, tokenizer=tok).tokenizer.pad_token == tok.eos_token
 
 
 def test_slot_shared_prefix_boundary_is_eight_tokens():
