@@ -67,15 +67,16 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tmp_path):
     shards = runs / "ann" / "annotate" / "annotations_shards"
     proc = subprocess.Popen(_cmd(runs, recipe), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(shards.glob("shard-*.jsonl"))) < 3:
+    # a shard is done once its sha256 sidecar is written after it (a kill between the two redoes it)
+    while time.time() < deadline and len(list(shards.glob("shard-*.sha256"))) < 3:
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(shards.glob("shard-*.jsonl")))
+    done = len(list(shards.glob("shard-*.sha256")))
     assert 3 <= done < 10, f"killed after {done} of 10 shards"
     assert not (runs / "ann" / "annotate" / "manifest.json").exists()
-    finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
+    finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl") if p.with_suffix(".sha256").exists()}
     subprocess.run(_cmd(runs, recipe), check=True, env=_env(), capture_output=True, timeout=600)
     assert {p: (shards / p).stat().st_mtime_ns for p in finished} == finished, "the rerun resumed: no shard redone"
     got = _rows(runs)
