@@ -29,8 +29,10 @@ MIN_IGNORE = $(addprefix --ignore=tests/,test_docs.py test_architecture.py test_
 	test_engine.py test_recipes.py test_fingerprint.py test_metrics.py test_rewards.py test_domain.py test_served.py \
 	test_report_plots.py test_packaging.py reliability/test_safety.py reliability/test_bad_inputs.py)
 
+# --without-pip: the venv holds only the pinned packages; pip and setuptools are the main
+# environment's (a venv's own bundled setuptools is too old to build the example plugin's wheel)
 test-min: setup
-	$(PYTHON) -m venv --system-site-packages .venv-min
+	$(PYTHON) -m venv --system-site-packages --without-pip .venv-min
 	.venv-min/bin/python -m pip install -q -r requirements-min.txt
 	.venv-min/bin/python -m pytest -q -p no:cacheprovider -m "not slow" $(MIN_IGNORE) tests
 
