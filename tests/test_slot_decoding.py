@@ -169,3 +169,34 @@ def test_slot_shared_prefix_boundary_is_eight_tokens():
     assert shared_prefix([shared + [1, 2], shared + [3]]) == shared  # exactly the minimum
     assert shared_prefix([shared[:7] + [1, 2], shared[:7] + [3]]) == []  # one short of it
     assert shared_prefix([shared + [1], shared + [1]]) == shared  # each prompt keeps an own token
+
+
+def test_generate_engine_encodes_the_shared_prefix_once_and_writes_the_same(tiny_teacher):
+    """With the prefix KV shared, rows of different lengths get the texts they get without it, and
+    the model reads fewer prompt tokens (the prefix once, not once a row)."""
+    rows = generate_pairs(n=6, seed=9)
+    for k, r in enumerate(rows):
+        r["item"] += " near the station" * (3 * k)  # suffixes of very different lengths in one batch
+    messages = [LocalServices().messages(r) for r in rows]
+    texts, read = {}, {}
+    for shared in (True, False):
+        gen = TeacherGenerator(str(tiny_teacher), LocalServices(), batch_size=6, max_new_tokens=32,
+                               engine="generate", prefix_cache=shared)
+        count = [0]
+
+        def tokens_in(module, args, kwargs):
+            ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+            count[0] += ids.numel()
+
+        gen.model.register_forward_pre_hook(tokens_in, with_kwargs=True)
+        texts[shared], read[shared] = [o[0].text for o in gen.generate(messages)], count[0]
+    assert texts[True] == texts[False]
+    assert len(set(texts[True])) >= 2
+    assert read[True] < read[False]
+
+
+def test_bf16_check_with_no_prompts_checks_nothing(tiny_causal_lm):
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.bfloat16)
+    gen = TeacherGenerator(str(tiny_causal_lm), LocalServices(), model=model,
+                           tokenizer=AutoTokenizer.from_pretrained(tiny_causal_lm))
+    assert gen.check_bf16_labels([], 0.9) is None
