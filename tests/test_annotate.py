@@ -161,3 +161,52 @@ def test_bf16_teacher_is_checked_against_fp32_labels_and_falls_back(rd_engine, t
     assert lax["bf16_check_dtype"] == "bfloat16"
     assert lax["bf16_check_label_agreement"] == strict["bf16_check_label_agreement"]
     assert lax_labels != exact_labels  # bf16 kept: some labels differ from fp32's
+
+
+@pytest.mark.parametrize("teacher", ["tiny_causal_lm", "tiny_teacher"])
+def test_only_unparsable_rows_are_retried(teacher, request):
+    """Each retry asks again for exactly the rows with no label yet: all of them, ``retries`` times,
+    for the untrained model (it never writes one); the few the tiny teacher missed, for it."""
+    from reasondistill.plugins.annotate import TeacherAnnotatorOptions, annotate_rows
+
+    dom = LocalServices()
+    gen = TeacherGenerator(str(request.getfixturevalue(teacher)), dom, batch_size=8, max_new_tokens=32)
+    rows = generate_pairs(n=12, seed=4)
+    first = [dom.parse_completion(o[0].text).ok for o in gen.generate([dom.messages(r) for r in rows])]
+    asked, generate = [], gen.generate
+
+    def counted(messages, **kw):
+        asked.append(len(messages))
+        return generate(messages, **kw)
+
+    gen.generate = counted
+    out = annotate_rows(gen, rows, dom, TeacherAnnotatorOptions(retries=2), seed=0, teacher="t")
+    if teacher == "tiny_causal_lm":
+        assert not any(first) and asked == [12, 12, 12] and not any(r["parse_ok"] for r in out)
+    else:
+        assert sum(first) > 0
+        if all(first):  # nothing to retry
+            assert asked == [12]
+        else:  # at 32 new tokens it misses a few rows (2 of 12 here)
+            assert asked[:2] == [12, 12 - sum(first)] and all(a <= asked[1] for a in asked[1:])
+        assert sum(r["parse_ok"] for r in out) >= sum(first)
+
+
+def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
+    """Hand-computed: 4 rows, one failed in the backend, one unparsed (counted wrong against gold)."""
+    from datasets import Dataset
+
+    from reasondistill.plugins.annotate import summarize
+
+    ds = Dataset.from_list([
+        {"label": 2, "gold_label": 2, "parse_ok": True, "new_tokens": 10, "error": None},
+        {"label": 0, "gold_label": 1, "parse_ok": True, "new_tokens": 12, "error": None},
+        {"label": -1, "gold_label": 0, "parse_ok": False, "new_tokens": 5, "error": None},
+        {"label": -1, "gold_label": 2, "parse_ok": False, "new_tokens": 0, "error": "HTTP 500"}])
+    resumed = summarize(ds, LocalServices(), {"seconds_now": 0.5, "pairs_now": 0, "tokens_now": 0})
+    assert resumed["failed"] == 1 and resumed["pairs"] == 4 and resumed["tokens"] == 27
+    assert resumed["parse_rate"] == 0.5 and resumed["share_irrelevant"] == 0.25 and resumed["share_relevant"] == 0.25
+    assert "pairs_per_s" not in resumed and "tokens_per_s" not in resumed
+    assert resumed["teacher_accuracy"] == 0.25  # only the first row is right
+    ran = summarize(ds, LocalServices(), {"seconds_now": 2.0, "pairs_now": 4, "tokens_now": 27})
+    assert ran["pairs_per_s"] == 2.0 and ran["tokens_per_s"] == 13.5
