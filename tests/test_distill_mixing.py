@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -296,7 +297,7 @@ def test_gate_options_need_exactly_one_bar_and_sources_exclude_train_input(rd_ho
             eng.validate(recipe)
 
 
-def test_gate_margin_chains_by_pair_id_and_a_domain_without_rationale(mixed_run):
+def test_gate_margin_chains_by_pair_id_and_a_domain_without_rationale(mixed_run, caplog):
     """The margin is added to the bar (a teacher 0.005 above it fails a 0.01 margin); a source whose
     ``reasoning_from`` has no chain for its pairs drops each of them, counted; ``reasoning: domain``
     on a domain that writes no rationale is a recipe error naming the option."""
@@ -319,9 +320,13 @@ def test_gate_margin_chains_by_pair_id_and_a_domain_without_rationale(mixed_run)
 """
     recipe = tmp / "margin.yaml"
     recipe.write_text(_recipe(tmp, teacher, extra))
-    code, _ = _cli("run", str(recipe), "--runs-dir", str(tmp / "runs"))
+    with caplog.at_level(logging.INFO, logger="reasondistill"):
+        code, _ = _cli("run", str(recipe), "--runs-dir", str(tmp / "runs"))
     assert code == 0
     assert _metrics(run, "gate_margin")["verdict"] == "warn" and _metrics(run, "gate_no_margin")["verdict"] == "pass"
+    # a teacher below the bar is a warning in the log; one above it is not
+    gate_lines = {r.levelname: r.getMessage() for r in caplog.records if r.getMessage().startswith("gate: ")}
+    assert ": WARN," in gate_lines["WARNING"] and ": PASS," in gate_lines["INFO"], gate_lines
     m = _metrics(run, "chained")
     usable = sum(r["parse_ok"] and r["label"] >= 0 for r in ann)  # the dev annotations are of other pairs
     assert m["source_annotate_annotations_dropped_without_chain"] == usable and m["source_annotate_annotations_rows"] == 0
