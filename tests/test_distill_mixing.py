@@ -231,7 +231,7 @@ def test_gate_numbers_are_the_teachers_and_the_reference_students_on_the_same_pa
     pred = Predictor(run / "gold_ce" / "student").predict_proba(queries, items).argmax(-1).tolist()
     ref_f1 = classification_metrics(gold, pred, labels)["macro_f1"]
     m = _metrics(run, "gate_ref")
-    assert m["teacher_macro_f1"] == pytest.approx(teacher_f1, abs=1e-4)
+    assert m["teacher_macro_f1"] == round(teacher_f1, 5)  # recorded to 5 decimals, like the bar
     assert m["reference_macro_f1"] == pytest.approx(ref_f1, abs=1e-4)
     assert m["pairs"] == len(dev_ann) == 40  # the gold dev split has more; annotate's dev_rows
     assert m["verdict"] == ("pass" if teacher_f1 >= ref_f1 else "warn")
