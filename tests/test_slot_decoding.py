@@ -195,8 +195,13 @@ def test_generate_engine_encodes_the_shared_prefix_once_and_writes_the_same(tiny
     assert read[True] < read[False]
 
 
-def test_bf16_check_with_no_prompts_checks_nothing(tiny_causal_lm):
+def test_bf16_check_with_no_prompts_or_no_fp32_reference_checks_nothing(tiny_causal_lm):
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.bfloat16)
-    gen = TeacherGenerator(str(tiny_causal_lm), LocalServices(), model=model,
-                           tokenizer=AutoTokenizer.from_pretrained(tiny_causal_lm))
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    gen = TeacherGenerator(str(tiny_causal_lm), LocalServices(), model=model, tokenizer=tok)
     assert gen.check_bf16_labels([], 0.9) is None
+    # a model handed in under a label that is no folder: no fp32 copy to compare with, bf16 kept
+    model.name_or_path = "not-a-folder"
+    handed = TeacherGenerator("not-a-folder", LocalServices(), model=model, tokenizer=tok, max_new_tokens=8)
+    messages = [LocalServices().messages(r) for r in generate_pairs(n=2, seed=1)]
+    assert handed.check_bf16_labels(messages, 0.9) is None and handed.model is model
