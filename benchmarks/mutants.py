@@ -57,12 +57,12 @@ TARGETS: dict[str, tuple[str, str]] = {
     "annotate": ("plugins/annotate.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
     "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", f"tests/test_student.py tests/test_ml_core.py tests/test_distill_mixing.py {OPTIONS_DOC} "
                       "tests/test_two_processes.py -k 'distill or saved_student or hide_verdict or loss or options_reference "
-                      "or checkpointed_run_resumes or two_processes or own_reasoning'"),
+                      "or checkpointed_run_resumes or two_processes'"),
     "teacher_stages": ("plugins/teacher_common.py plugins/teacher_dapt.py plugins/teacher_reasoning.py plugins/teacher_sft.py "
                        "plugins/teacher_preference.py", f"tests/test_teacher.py tests/test_ml_core.py {OPTIONS_DOC} "
                        "tests/reliability/test_bad_inputs.py tests/reliability/test_faults.py -k 'teacher or star or sft or "
                        "preference or dapt or chosen or prompts or max_length or checkpointing or lora_layers or curve "
-                       "or options_reference or gold_labelled or resumes'"),
+                       "or options_reference or resumes'"),
 }
 
 

@@ -340,3 +340,37 @@ def test_gate_margin_chains_by_pair_id_and_a_domain_without_rationale(mixed_run,
     with pytest.raises(RecipeError, match=r"sources: .*domain 'local_services' writes no rationale .*set the source's "
                                           r"reasoning: column"):  # before any work; load_source checks again at run time
         Engine(runs_dir=tmp / "runs").run(bad)
+
+
+def test_the_student_encodes_each_rows_own_reasoning(rd_engine, register_plugin):
+    """What the distill stage hands ``Student.encode`` as reasonings: every training row's chain, as
+    the input has it (a loss without the reasoning view gets none)."""
+    from reasondistill import Recipe, hookimpl, step
+    from reasondistill.plugins.student_encoder import EncoderClassifier
+
+    seen: list = []
+
+    class Recording(EncoderClassifier):
+        name = "recording-student"
+
+        def encode(self, tokenizer, queries, items, reasonings, options):
+            seen.append(reasonings)
+            return super().encode(tokenizer, queries, items, reasonings, options)
+
+    class P:
+        @hookimpl
+        def register_students(self, register):
+            register(Recording())
+
+    register_plugin(P(), "recording_student")
+    recipe = Recipe(name="rec", models={"student": "tiny-encoder"}, stages=[
+        step("pairs", n=60, dev_fraction=0.0),
+        step("distill", student="recording-student", train_input="pairs", loss="crsd", reasoning_column="rationale",
+             max_steps=1, batch_size=4, student_options={"max_length": 48, "reasoning_tokens": 32}),
+        step("distill", name="plain", student="recording-student", train_input="pairs", loss="ce", max_steps=1,
+             batch_size=4, student_options={"max_length": 48})])
+    rd_engine.run(recipe)
+    rationales = load_from_disk(str(rd_engine.runs_dir / "rec" / "pairs" / "pairs"))["rationale"]
+    crsd = [r for batch in seen if batch is not None for r in batch]
+    assert sorted(crsd) == sorted(rationales) and all(crsd)
+    assert any(batch is None for batch in seen), "ce encodes no reasoning"

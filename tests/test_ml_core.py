@@ -263,21 +263,6 @@ def test_slot_engine_answers_in_input_order_and_label_probs_in_label_order(tiny_
         assert sum(a == b for a, b in zip(argmax, labels)) >= 0.9 * len(labels), (argmax, labels)
 
 
-@pytest.mark.parametrize("engine", ["slots", "generate"])
-def test_a_stop_string_ends_each_row_where_it_is_written(tiny_teacher, engine):
-    """``stop`` cuts every row at its first stop string (the default stops, at the label, are
-    invisible with a teacher that ends there anyway): fewer tokens, the text a prefix of the uncut one."""
-    from reasondistill.generation import TeacherGenerator
-
-    messages = [DOM.messages(r) for r in generate_pairs(n=8, seed=5)]
-    gen = TeacherGenerator(str(tiny_teacher), DOM, batch_size=4, max_new_tokens=48, engine=engine)
-    full, cut = gen.generate(messages), gen.generate(messages, stop=["Label:"])
-    for f, c in zip(full, cut):
-        f, c = f[0], c[0]
-        assert "Label:" in f.text and c.text.endswith("Label:"), (f.text, c.text)
-        assert f.text.startswith(c.text) and c.tokens < f.tokens
-
-
 def test_star_keeps_only_chains_that_reach_the_gold_label(rd_engine, tiny_teacher):
     from datasets import load_from_disk
 
@@ -290,25 +275,6 @@ def test_star_keeps_only_chains_that_reach_the_gold_label(rd_engine, tiny_teache
     assert len(data) == m["examples"] == m["rationalized"]
     for ex in data:
         assert DOM.parse_completion(ex["completion"][0]["content"]).label == ex["label"]
-
-
-def test_reasoning_stage_keeps_only_gold_labelled_rows(rd_engine, tmp_path):
-    """Unjudged rows (label -1 in a labelled file) have no label for a chain to end in: left out."""
-    import json
-
-    from datasets import load_from_disk
-
-    rows = generate_pairs(n=10, seed=3)
-    for r in rows[6:]:
-        del r["label"]
-    src = tmp_path / "partly_judged.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = Recipe(name="judged", stages=[step("pairs", source=str(src), dev_fraction=0.0),
-                                           step("reasoning", source="column")])
-    m = rd_engine.run(recipe)["reasoning"].metrics
-    data = load_from_disk(str(rd_engine.runs_dir / "judged" / "reasoning" / "sft_data")).to_list()
-    assert m["examples"] == len(data) == 6
-    assert sorted(ex["label"] for ex in data) == sorted(r["label"] for r in rows[:6])
 
 
 def test_each_teacher_stage_starts_from_the_previous_teacher(rd_engine):

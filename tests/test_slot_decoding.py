@@ -205,3 +205,16 @@ def test_bf16_check_with_no_prompts_or_no_fp32_reference_checks_nothing(tiny_cau
     handed = TeacherGenerator("not-a-folder", LocalServices(), model=model, tokenizer=tok, max_new_tokens=8)
     messages = [LocalServices().messages(r) for r in generate_pairs(n=2, seed=1)]
     assert handed.check_bf16_labels(messages, 0.9) is None and handed.model is model
+
+
+@pytest.mark.parametrize("engine", ["slots", "generate"])
+def test_a_stop_string_ends_each_row_where_it_is_written(tiny_teacher, engine):
+    """``stop`` cuts every row at its first stop string (the default stops, at the label, are
+    invisible with a teacher that ends there anyway): fewer tokens, the text a prefix of the uncut one."""
+    messages = [LocalServices().messages(r) for r in generate_pairs(n=8, seed=5)]
+    gen = TeacherGenerator(str(tiny_teacher), LocalServices(), batch_size=4, max_new_tokens=48, engine=engine)
+    full, cut = gen.generate(messages), gen.generate(messages, stop=["Label:"])
+    for f, c in zip(full, cut):
+        f, c = f[0], c[0]
+        assert "Label:" in f.text and c.text.endswith("Label:"), (f.text, c.text)
+        assert f.text.startswith(c.text) and c.tokens < f.tokens

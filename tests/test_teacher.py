@@ -5,7 +5,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM
 
 from reasondistill import Recipe, step
-from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.local_services import LocalServices, generate_pairs
 
 DOM = LocalServices()
 
@@ -116,8 +116,6 @@ def test_sft_data_is_prompt_completion_chat(teacher_run):
 def test_star_rationalization_keeps_only_agreeing_chains(rd_engine, tmp_path):
     """Half the pairs lack a chain; the base teacher is asked to explain their gold label."""
     import json
-
-    from reasondistill.plugins.local_services import generate_pairs
 
     rows = generate_pairs(n=40, seed=5)
     for r in rows[::2]:
@@ -301,3 +299,22 @@ def test_dapt_reads_text_files_once_per_unique_line_and_names_a_bad_file(rd_engi
         dapt("binary", [str(binary)])
     with pytest.raises(DataError, match=r"text_files: .*missing\.txt.*no such file"):
         dapt("missing", [str(tmp_path / "missing.txt")])
+
+
+def test_reasoning_stage_keeps_only_gold_labelled_rows(rd_engine, tmp_path):
+    """Unjudged rows (label -1 in a labelled file) have no label for a chain to end in: left out."""
+    import json
+
+    from reasondistill.plugins.local_services import generate_pairs
+
+    rows = generate_pairs(n=10, seed=3)
+    for r in rows[6:]:
+        del r["label"]
+    src = tmp_path / "partly_judged.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = Recipe(name="judged", stages=[step("pairs", source=str(src), dev_fraction=0.0),
+                                           step("reasoning", source="column")])
+    m = rd_engine.run(recipe)["reasoning"].metrics
+    data = load_from_disk(str(rd_engine.runs_dir / "judged" / "reasoning" / "sft_data")).to_list()
+    assert m["examples"] == len(data) == 6
+    assert sorted(ex["label"] for ex in data) == sorted(r["label"] for r in rows[:6])
