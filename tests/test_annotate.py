@@ -133,7 +133,7 @@ def test_hidden_labels_keep_their_gold_label(rd_engine):
     assert res["annotate"].metrics["teacher_accuracy"] == pytest.approx(share, abs=1e-4)
 
 
-def test_bf16_teacher_is_checked_against_fp32_labels_and_falls_back(rd_engine, tiny_teacher, monkeypatch):
+def test_bf16_teacher_is_checked_against_fp32_labels_and_falls_back(rd_engine, tiny_teacher, monkeypatch, caplog):
     """``runtime.dtype: fastest`` on a CPU whose probe favours bf16: annotate labels its first pairs
     in both precisions first. Demanding full agreement makes the tiny teacher (bf16 changes some of
     its labels) fall back, and its annotations are then exactly the fp32 run's; with no demand,
@@ -152,13 +152,24 @@ def test_bf16_teacher_is_checked_against_fp32_labels_and_falls_back(rd_engine, t
         m = rd_engine.run(recipe)["annotate"].metrics
         return m, load_from_disk(str(rd_engine.runs_dir / name / "annotate" / "annotations"))["label"]
 
-    strict, strict_labels = annotate("strict", "fastest", 1.0)
+    import logging
+
+    def fallback_warnings():
+        return [r.getMessage() for r in caplog.records if "annotating in fp32" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="reasondistill"):
+        strict, strict_labels = annotate("strict", "fastest", 1.0)
     assert strict["bf16_check_rows"] == 40 and strict["bf16_check_label_agreement"] < 1.0
     assert strict["bf16_check_dtype"] == "float32"
+    share = round(100 * strict["bf16_check_label_agreement"])
+    assert fallback_warnings() == [f"annotate: bf16 labels agree with fp32 on {share}% of 40 pairs (< 100%): "
+                                   "annotating in fp32"]
+    caplog.clear()
     exact, exact_labels = annotate("exact", "float32", 1.0)
     assert "bf16_check_rows" not in exact and strict_labels == exact_labels
-    lax, lax_labels = annotate("lax", "fastest", 0.0)
-    assert lax["bf16_check_dtype"] == "bfloat16"
+    with caplog.at_level(logging.WARNING, logger="reasondistill"):
+        lax, lax_labels = annotate("lax", "fastest", 0.0)
+    assert lax["bf16_check_dtype"] == "bfloat16" and not fallback_warnings()  # bf16 kept: nothing to warn of
     assert lax["bf16_check_label_agreement"] == strict["bf16_check_label_agreement"]
     assert lax_labels != exact_labels  # bf16 kept: some labels differ from fp32's
 
@@ -210,3 +221,97 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
     assert resumed["teacher_accuracy"] == 0.25  # only the first row is right
     ran = summarize(ds, LocalServices(), {"seconds_now": 2.0, "pairs_now": 4, "tokens_now": 27})
     assert ran["pairs_per_s"] == 2.0 and ran["tokens_per_s"] == 13.5
+
+
+def test_teacher_identity_is_the_folder_and_its_weights_digest(rd_engine, tiny_teacher, tmp_path):
+    """Annotations name their teacher as ``<name>@<config digest>+<weights digest>`` (12 hex
+    digits of each file's sha256): the run-relative folder for a teacher the run trained, the
+    recipe's model reference for one from outside, the bare name for a teacher with no folder."""
+    import shutil
+    from types import SimpleNamespace
+
+    from reasondistill import Recipe, step
+    from reasondistill.fingerprint import fingerprint
+    from reasondistill.plugins.annotate import identify_teacher
+
+    digest = "+".join(fingerprint(tiny_teacher / f)[7:19] for f in ("config.json", "model.safetensors"))
+    assert len(digest) == 25
+    recipe = Recipe(name="who", models={"teacher": str(tiny_teacher)}, stages=[
+        step("pairs", n=10, dev_fraction=0.0), step("annotate", annotator_options={"max_new_tokens": 8, "retries": 0})])
+    rd_engine.run(recipe)
+    rows = load_from_disk(str(rd_engine.runs_dir / "who" / "annotate" / "annotations")).to_list()
+    assert {r["teacher"] for r in rows} == {f"{tiny_teacher}@{digest}"}
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_teacher, run_dir / "sft" / "teacher")
+    ctx = SimpleNamespace(run=SimpleNamespace(dir=run_dir), recipe=SimpleNamespace(models={"teacher": "smol"}))
+    assert identify_teacher(ctx, str(run_dir / "sft" / "teacher")) == f"sft/teacher@{digest}"
+    assert identify_teacher(ctx, str(tiny_teacher)) == f"smol@{digest}"  # outside the run: the recipe's name
+    (run_dir / "empty").mkdir()
+    assert identify_teacher(ctx, str(run_dir / "empty")) == "empty"  # no config, no weights: no digest
+    assert identify_teacher(ctx, "served:teacher-7b") == "served:teacher-7b"
+    assert identify_teacher(ctx, "") == ""
+
+
+def test_self_consistency_label_probs_are_vote_shares(tiny_teacher):
+    """With N sampled chains a row's label is the majority (ties: the lower grade), its label
+    probabilities the vote shares and its confidence the winner's share, recomputed here from the
+    chains the generator returned; with one chain they are the teacher's own label probabilities."""
+    from collections import Counter
+
+    from reasondistill.plugins.annotate import TeacherAnnotatorOptions, annotate_rows
+
+    dom = LocalServices()
+    gen = TeacherGenerator(str(tiny_teacher), dom, batch_size=16, max_new_tokens=48)
+    rows = generate_pairs(n=16, seed=5)
+    seen, generate = [], gen.generate
+
+    def kept(messages, **kw):
+        seen.append(generate(messages, **kw))
+        return seen[-1]
+
+    gen.generate = kept
+    out = annotate_rows(gen, rows, dom, TeacherAnnotatorOptions(self_consistency=3, temperature=1.5, retries=0),
+                        seed=0, teacher="t")
+    split = 0
+    for row, cands in zip(out, seen[0]):
+        votes = Counter(p.label for p in (dom.parse_completion(c.text) for c in cands) if p.ok)
+        if not votes:
+            assert row["label"] == -1 and row["confidence"] == 0.0 and row["label_probs"] == [1 / 3] * 3
+            continue
+        top = max(votes.values())
+        assert row["label"] == min(lab for lab, v in votes.items() if v == top)
+        total = sum(votes.values())
+        assert row["label_probs"] == pytest.approx([votes.get(i, 0) / total for i in range(3)])
+        assert row["confidence"] == pytest.approx(top / 3)
+        split += top < total
+    assert split >= 2, "the sampled chains never disagreed: the vote shares were not tested"
+
+    seen.clear()
+    single = annotate_rows(gen, rows, dom, TeacherAnnotatorOptions(retries=0), seed=0, teacher="t")
+    own = [c[0].label_probs for c in seen[0]]
+    assert any(p is not None for p in own)
+    for row, probs in zip(single, own):
+        if probs is not None:
+            assert row["label_probs"] == pytest.approx(probs)
+            assert all(0 < p < 1 for p in row["label_probs"])  # the teacher's probabilities, not a vote
+
+
+def test_one_generator_per_settings_kept_across_calls(rd_hooks, tiny_causal_lm):
+    """The annotator reuses its generator while teacher and sizes stay, and loads a fresh one
+    when any changes, whichever way (a larger or a smaller batch)."""
+    from types import SimpleNamespace
+
+    from reasondistill import Recipe
+    from reasondistill.plugins.annotate import TeacherAnnotator, TeacherAnnotatorOptions
+
+    ctx = SimpleNamespace(hooks=rd_hooks, domain=LocalServices(), recipe=Recipe(name="r", stages=[{"uses": "pairs"}]))
+    annotator, teacher = TeacherAnnotator(), str(tiny_causal_lm)
+    small = annotator.generator(ctx, teacher, TeacherAnnotatorOptions(batch_size=8, max_new_tokens=16))
+    assert annotator.generator(ctx, teacher, TeacherAnnotatorOptions(batch_size=8, max_new_tokens=16)) is small
+    large = annotator.generator(ctx, teacher, TeacherAnnotatorOptions(batch_size=16, max_new_tokens=16))
+    assert large is not small and (large.batch_size, large.max_new_tokens) == (16, 16)
+    again = annotator.generator(ctx, teacher, TeacherAnnotatorOptions(batch_size=8, max_new_tokens=16))
+    assert again is not large and again.batch_size == 8
+    longer = annotator.generator(ctx, teacher, TeacherAnnotatorOptions(batch_size=8, max_new_tokens=32))
+    assert longer is not again and longer.max_new_tokens == 32
