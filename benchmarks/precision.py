@@ -6,6 +6,11 @@ behind ``reasondistill.runtime``'s rule that ``auto`` stays fp32 on a CPU until 
 agreement itself.
 
     python benchmarks/precision.py --pairs 64 --student-pairs 512
+    python benchmarks/precision.py --teacher runs/homedepot-s0/preference/teacher --domain product_search \
+        --teacher-prompt short --rows ../shared/data/homedepot/train.jsonl --pairs 128 --batch 128 --new-tokens 80
+
+The second line measures a trained study teacher on the rows and prompt it annotates (here the
+Home Depot study's teacher, in the shape of its ``annotate`` stage).
 
 Teacher: SmolLM2-135M-Instruct (real weights, ``make setup``), greedy, the slot engine, on
 ``local_services`` prompts. Student: all-MiniLM-L6-v2 with a seeded classifier head (untrained:
@@ -64,14 +69,31 @@ def main() -> None:
     parser.add_argument("--teacher", default="smollm2-135m-instruct",
                         help="a registered model, a folder, or 'tiny-teacher' (built here: writes parsable labels)")
     parser.add_argument("--student", default="all-minilm-l6-v2", help="a registered model or a folder")
+    parser.add_argument("--domain", default=None, help="a registered domain (default: the embedded local_services)")
+    parser.add_argument("--teacher-prompt", choices=("full", "short"), default="full",
+                        help="the recipe's teacher_prompt (short: a teacher that learnt the format in SFT)")
+    parser.add_argument("--rows", default=None, help="a JSONL of query/item rows (default: the domain's generator)")
     args = parser.parse_args()
 
     from reasondistill.models import resolve_model
     from reasondistill.runtime import cpu_bf16_speedup
     from reasondistill.tiny import default_domain
 
-    domain = default_domain()
-    rows = domain.generate(n=max(args.pairs, args.student_pairs), seed=3)
+    n = max(args.pairs, args.student_pairs)
+    if args.domain:
+        from reasondistill.manager import Hooks
+
+        domain = Hooks().catalogue.get("domain", args.domain, "--domain")
+        domain = domain.configured(domain.options({}), args.teacher_prompt)
+    else:
+        domain = default_domain().configured(default_domain().options({}), args.teacher_prompt)
+    if args.rows:
+        import json
+
+        with open(args.rows, encoding="utf-8") as fh:
+            rows = [json.loads(line) for _, line in zip(range(n), fh)]
+    else:
+        rows = domain.generate(n=n, seed=3)
     if args.teacher == "tiny-teacher":
         import tempfile
 
