@@ -87,11 +87,11 @@ def load_source(ctx, source: TrainSource, *, label_column: str, reasoning_column
     rows, unlabelled, unparsed, unconfident, unreasoned = [], 0, 0, 0, 0
     for r in ds:
         label = r[label_col]
+        if "parse_ok" in cols and not r["parse_ok"]:  # a teacher answer with no label: its -1 is not a gold gap
+            unparsed += 1
+            continue
         if label is None or label < 0:
             unlabelled += 1
-            continue
-        if "parse_ok" in cols and not r["parse_ok"]:
-            unparsed += 1
             continue
         conf = confidence_of(r, int(label))
         if source.min_confidence > 0 and (conf or 0.0) < source.min_confidence:

@@ -221,6 +221,44 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
     assert resumed["teacher_accuracy"] == 0.25  # only the first row is right
     ran = summarize(ds, LocalServices(), {"seconds_now": 2.0, "pairs_now": 4, "tokens_now": 27})
     assert ran["pairs_per_s"] == 2.0 and ran["tokens_per_s"] == 13.5
+    quick = summarize(ds, LocalServices(), {"seconds_now": 0.5, "pairs_now": 4, "tokens_now": 27})
+    assert quick["pairs_per_s"] == 8.0 and quick["tokens_per_s"] == 54.0  # under a second is a speed too
+    thirds = summarize(ds.select([0, 1, 2]), LocalServices(), {"seconds_now": 1.0, "pairs_now": 3, "tokens_now": 27})
+    assert thirds["share_relevant"] == 0.3333 and thirds["parse_rate"] == 0.6667  # 4 decimals
+
+
+def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny_causal_lm):
+    """Each retry samples under its own seed (a repeated seed would redraw the same chains), and a
+    row no chain could label keeps the first of its chains: one rule for every backend."""
+    from reasondistill.plugins.annotate import TeacherAnnotatorOptions, annotate_rows
+
+    dom = LocalServices()
+    gen = TeacherGenerator(str(tiny_causal_lm), dom, batch_size=8, max_new_tokens=12)
+    rows = generate_pairs(n=4, seed=6)
+    calls, generate = [], gen.generate
+
+    def recorded(messages, **kw):
+        calls.append((kw["seed"], generate(messages, **kw)))
+        return calls[-1][1]
+
+    gen.generate = recorded
+    out = annotate_rows(gen, rows, dom, TeacherAnnotatorOptions(retries=3, self_consistency=2), seed=7, teacher="t")
+    seeds = [seed for seed, _ in calls]
+    assert len(seeds) == 4 and len(set(seeds)) == 4 and seeds[0] == 7  # the untrained model never writes a label
+    last = calls[-1][1]
+    assert [r["completion"] for r in out] == [cands[0].text for cands in last]
+    assert any(cands[0].text != cands[1].text for cands in last), "the two chains must differ to tell first from last"
+
+
+def test_a_resumed_annotation_with_another_teacher_names_both(tmp_path):
+    from reasondistill.errors import DataError
+    from reasondistill.plugins.annotate import check_teacher
+
+    check_teacher(tmp_path, [{"teacher": "sft/teacher@aa"}, {"teacher": "x", "error": "HTTP 500"}])
+    assert (tmp_path / "teacher.txt").read_text() == "sft/teacher@aa"
+    check_teacher(tmp_path, [{"teacher": "sft/teacher@aa"}])
+    with pytest.raises(DataError, match="written by teacher 'sft/teacher@aa', but the teacher now is 'dpo/teacher@bb'"):
+        check_teacher(tmp_path, [{"teacher": "sft/teacher@aa"}, {"teacher": "dpo/teacher@bb"}])
 
 
 def test_teacher_identity_is_the_folder_and_its_weights_digest(rd_engine, tiny_teacher, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from datasets import load_from_disk
 
 from reasondistill.metrics import classification_metrics
-from reasondistill.plugins.local_services import generate_pairs
+from reasondistill.plugins.local_services import LocalServices, generate_pairs
 
 from .test_ml_core import CLS, LABELS, LOGITS, PROBS, R_CLS, R_LOGITS, _batch, _log_softmax
 
@@ -124,6 +124,37 @@ def test_merged_sources_scale_weights_to_mean_one_and_give_gold_rows_one_hot_pro
     assert ds["label_probs"][3] == [0.0, 0.0, 1.0] and ds["label_probs"][0] == pytest.approx([0.2, 0.7, 0.1])
     uniform = merge_sources([[{**r, "weight": 3.0} for r in teacher]], num_labels=3)
     assert "weight" not in uniform.column_names
+
+
+def test_each_dropped_row_is_counted_once_under_its_reason():
+    """Hand-made sources: a teacher row without a label counts as unparsed (not unlabelled), a
+    gold row without a label as unlabelled; counters are absent when nothing was dropped."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from reasondistill.plugins.distill_sources import TrainSource, load_source
+
+    teacher = [{"query": f"q{i}", "item": "x", "label": lab, "parse_ok": lab >= 0, "teacher": "t",
+                "label_probs": probs, "reasoning": "r", "gold_label": 1}
+               for i, (lab, probs) in enumerate([(1, [0.1, 0.8, 0.1]), (-1, [1 / 3] * 3), (2, [0.3, 0.3, 0.4]),
+                                                 (-1, [1 / 3] * 3), (1, [0.2, 0.7, 0.1])])]
+    gold = [{"query": f"g{i}", "item": "y", "label": lab, "rationale": "d"} for i, lab in enumerate([0, None, 2, -1, 1])]
+    data = {"annotations": teacher, "pairs": gold}
+    ctx = SimpleNamespace(load_dataset=lambda name: Dataset.from_list(data[name]), domain=LocalServices())
+
+    def load(source):
+        return load_source(ctx, source, label_column="label", reasoning_column="reasoning", default_reasoning="column",
+                           needs_reasoning=False, strip=lambda text: text)
+
+    rows, m, is_teacher = load(TrainSource(input="annotations", min_confidence=0.5))
+    assert is_teacher and [r["query"] for r in rows] == ["q0", "q4"]
+    assert m == {"source_annotations_rows": 2, "source_annotations_teacher": True,
+                 "source_annotations_dropped_unparsed": 2, "source_annotations_dropped_below_min_confidence": 1,
+                 "source_annotations_gold_agreement": 1.0}
+    rows, m, is_teacher = load(TrainSource(input="pairs", reasoning_column="rationale"))
+    assert not is_teacher and [r["label"] for r in rows] == [0, 2, 1]
+    assert m == {"source_pairs_rows": 3, "source_pairs_teacher": False, "source_pairs_dropped_unlabelled": 2}
 
 
 # --- the pipeline: gold pairs, a hidden-label pool the tiny teacher annotates, gates, mixed students ---
