@@ -56,8 +56,9 @@ TARGETS: dict[str, tuple[str, str]] = {
                    "-k 'slot or star or stop_string or contract or engines or bf16'"),
     "annotate": ("plugins/annotate.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
     "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_ml_core.py tests/test_distill_mixing.py "
-                      f"{OPTIONS_DOC} tests/test_two_processes.py -k 'distill or saved_student or hide_verdict or loss "
-                      "or options_reference or checkpointed_run_resumes or two_processes or contract or dropped'"),
+                      f"{OPTIONS_DOC} tests/test_two_processes.py tests/test_recipes.py -k 'distill or saved_student "
+                      "or hide_verdict or loss or options_reference or checkpointed_run_resumes or two_processes "
+                      "or contract or dropped or invalid_recipe'"),
     "teacher_stages": ("plugins/teacher_common.py plugins/teacher_dapt.py plugins/teacher_reasoning.py plugins/teacher_sft.py "
                        "plugins/teacher_preference.py", f"tests/test_teacher.py tests/test_ml_core.py {OPTIONS_DOC} "
                        "tests/reliability/test_bad_inputs.py tests/reliability/test_faults.py -k 'teacher or star or sft or "

@@ -13,10 +13,10 @@ from .test_student import distill_recipe
 def test_distill_epochs_train_whole_batches_and_time_each_step(rd_engine):
     """In-batch InfoNCE needs full batches: an epoch is ``rows // batch_size`` steps (the last
     partial batch dropped); ``step_seconds`` is the trainer's runtime over its steps."""
-    res = rd_engine.run(distill_recipe(epochs=2, batch_size=16))["distill"]
+    res = rd_engine.run(distill_recipe(epochs=1, batch_size=16))["distill"]
     m = res.metrics
     assert m["train_rows"] % 16, "a partial last batch is what this test needs"
-    assert m["steps"] == 2 * (m["train_rows"] // 16)
+    assert m["steps"] == m["train_rows"] // 16
     assert 0 < m["step_seconds"] and m["step_seconds"] * m["steps"] <= res.seconds
 
 
