@@ -219,12 +219,17 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
     assert resumed["parse_rate"] == 0.5 and resumed["share_irrelevant"] == 0.25 and resumed["share_relevant"] == 0.25
     assert "pairs_per_s" not in resumed and "tokens_per_s" not in resumed
     assert resumed["teacher_accuracy"] == 0.25  # only the first row is right
+    # an unparsed answer counts as the grade after gold: predictions 2, 0, 1, 0 against gold 2, 1, 0, 2
+    # give F1 0, 0 and 2/3 (precision 1, recall 1/2) per label, macro-F1 2/9
+    assert resumed["teacher_macro_f1"] == 0.2222
     ran = summarize(ds, LocalServices(), {"seconds_now": 2.0, "pairs_now": 4, "tokens_now": 27})
     assert ran["pairs_per_s"] == 2.0 and ran["tokens_per_s"] == 13.5
     quick = summarize(ds, LocalServices(), {"seconds_now": 0.5, "pairs_now": 4, "tokens_now": 27})
     assert quick["pairs_per_s"] == 8.0 and quick["tokens_per_s"] == 54.0  # under a second is a speed too
-    thirds = summarize(ds.select([0, 1, 2]), LocalServices(), {"seconds_now": 1.0, "pairs_now": 3, "tokens_now": 27})
+    thirds = summarize(ds.select([0, 1, 2]).remove_columns("error"), LocalServices(),
+                       {"seconds_now": 1.0, "pairs_now": 3, "tokens_now": 27})
     assert thirds["share_relevant"] == 0.3333 and thirds["parse_rate"] == 0.6667  # 4 decimals
+    assert thirds["failed"] == 0  # annotations with no error column (a plugin's) failed nowhere
 
 
 def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny_causal_lm):
