@@ -19,8 +19,13 @@ demo: setup
 # datasets or accelerate code) again on the lowest versions pyproject declares (requirements-min.txt).
 test: test-main test-min
 
+# pytest-xdist: one worker per core (TEST_WORKERS=1 for a plain serial run); a test file stays on
+# one worker, so its module fixtures are built once
+TEST_WORKERS ?= auto
+PYTEST = -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+
 test-main: setup
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) $(PYTEST) tests
 
 # Left out of test-min: modules that never reach the Hugging Face stack (docs, static checks, the
 # engine, recipes, metrics, rewards, hashing, plugin registry, input validation, the served
@@ -34,7 +39,7 @@ MIN_IGNORE = $(addprefix --ignore=tests/,test_docs.py test_architecture.py test_
 test-min: setup
 	$(PYTHON) -m venv --system-site-packages --without-pip .venv-min
 	.venv-min/bin/python -m pip install -q -r requirements-min.txt
-	.venv-min/bin/python -m pytest -q -p no:cacheprovider -m "not slow" $(MIN_IGNORE) tests
+	.venv-min/bin/python $(PYTEST) -m "not slow" $(MIN_IGNORE) tests
 
 # Mutation testing of the core modules (not part of CI; hours for all of them on 2 cores).
 # MUTANTS="--modules metrics,recipe --max 0" narrows it; see benchmarks/mutants.py.

@@ -132,10 +132,7 @@ def merge_sources(per_source: list[list[dict[str, Any]]], num_labels: int):
     rows = [r for chunk in per_source for r in chunk]
     if not rows:
         return Dataset.from_list([])
-    common = set(rows[0])
-    for chunk in per_source:
-        if chunk:
-            common &= set(chunk[0])
+    common = set.intersection(*(set(r) for r in rows))  # the columns every row has
     with_probs = any(r.get("label_probs") for r in rows)
     weights = [r["weight"] for r in rows]
     uniform = max(weights) - min(weights) < 1e-12

@@ -98,7 +98,7 @@ def read_verdict(ctx, name: str) -> dict[str, Any]:
         raise DataError(f"gate: {path}: not a gate verdict ({exc})") from None
 
 
-def _hide_verdict(ds, options: DistillOptions, domain):
+def hide_verdict_in(ds, options: DistillOptions, domain):
     """With ``hide_verdict``, the reasoning column without the sentences that name a label."""
     col = options.reasoning_column
     if not options.hide_verdict or col not in ds.column_names:
@@ -198,7 +198,7 @@ class DistillStage(Stage):
         if ctx.has_input("dev"):
             from reasondistill.evaluation import evaluate_student
 
-            dev = _hide_verdict(ctx.load_dataset("dev"), options, ctx.domain)
+            dev = hide_verdict_in(ctx.load_dataset("dev"), options, ctx.domain)
             metrics.update(evaluate_student(out_dir, dev, ctx.domain, reasoning_column=options.reasoning_column,
                                             student=student, tokenizer=tokenizer, student_options=s_opts, student_component=student_c,
                                             predictions_path=ctx.dir / "dev_predictions.json"))
@@ -210,7 +210,8 @@ class DistillStage(Stage):
                             retention(predictor, ctx.load_dataset("dev_annotations"), ctx.domain).items()})
         import shutil
 
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the final model is saved; checkpoints only serve resume
+        if ckpt_dir.exists():  # the final model is saved; checkpoints only serve resume
+            shutil.rmtree(ckpt_dir)
         outputs = {"student": "student", "loss_history": "loss_history.json"}
         if (ctx.dir / "dev_predictions.json").exists():
             outputs["dev_predictions"] = "dev_predictions.json"

@@ -5,6 +5,12 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # pytest -n N: each worker gets its share of the cores. torch's default (one thread per core
+    # in every worker) oversubscribes them, and its spinning threads then make each step several
+    # times slower (docs/testing.md); set before torch is imported, so subprocesses inherit it too.
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

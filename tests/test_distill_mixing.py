@@ -416,3 +416,21 @@ def test_the_student_encodes_each_rows_own_reasoning(rd_engine, register_plugin)
     crsd = [r for batch in seen if batch is not None for r in batch]
     assert sorted(crsd) == sorted(rationales) and all(crsd)
     assert any(batch is None for batch in seen), "ce encodes no reasoning"
+
+
+def test_gate_scores_the_teacher_on_rows_with_a_gold_label_only(tmp_path):
+    """Dev annotations whose gold label is unknown (-1) are left out of the teacher's figure:
+    hand-computed on 3 of 5 rows (2 right, 1 unparsed), macro-F1 of golds 0, 2, 2 vs 0, 2, 0."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from reasondistill.plugins.quality_gate import GateOptions, QualityGate
+
+    rows = [{"label": 0, "gold_label": 0}, {"label": 2, "gold_label": -1}, {"label": 2, "gold_label": 2},
+            {"label": -1, "gold_label": 2}, {"label": 1, "gold_label": -1}]
+    ctx = SimpleNamespace(domain=LocalServices(), dir=tmp_path, load_dataset=lambda name: Dataset.from_list(rows))
+    res = QualityGate().run(ctx, GateOptions(reference_macro_f1=0.5, policy="warn"))
+    # the unparsed row counts as grade (2 + 1) % 3 = 0: F1 of label 0 = 2/3, of label 1 = 0, of label 2 = 2/3
+    assert res.metrics["pairs"] == 3 and res.metrics["teacher_macro_f1"] == round(4 / 9, 5)
+    assert res.metrics["verdict"] == "warn" and "on 3 gold dev pairs" in res.metrics["verdict_line"]

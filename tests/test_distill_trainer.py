@@ -10,14 +10,17 @@ from reasondistill.failures import StageError
 from .test_student import distill_recipe
 
 
-def test_distill_epochs_train_whole_batches_and_time_each_step(rd_engine):
+def test_distill_epochs_train_whole_batches_and_time_each_step(rd_engine, capfd):
     """In-batch InfoNCE needs full batches: an epoch is ``rows // batch_size`` steps (the last
-    partial batch dropped); ``step_seconds`` is the trainer's runtime over its steps."""
+    partial batch dropped); ``step_seconds`` is the trainer's runtime over its steps; training
+    shows its progress (the trainer's bar counts steps) and leaves no checkpoint behind."""
     res = rd_engine.run(distill_recipe(epochs=1, batch_size=16))["distill"]
     m = res.metrics
     assert m["train_rows"] % 16, "a partial last batch is what this test needs"
     assert m["steps"] == m["train_rows"] // 16
     assert 0 < m["step_seconds"] and m["step_seconds"] * m["steps"] <= res.seconds
+    assert f"| {m['steps']}/{m['steps']} [" in capfd.readouterr().err
+    assert not (rd_engine.runs_dir / "stu" / "distill" / "checkpoints").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("dvclive") is not None, reason="needs a tracker that is not installed")

@@ -123,7 +123,7 @@ def test_hide_verdict_strips_label_sentences_from_train_and_dev_reasoning(rd_eng
 
     from datasets import Dataset
 
-    from reasondistill.plugins.distill_stage import DistillOptions, training_rows
+    from reasondistill.plugins.distill_stage import DistillOptions, hide_verdict_in, training_rows
 
     rows = [{"query": "q", "item": "i", "label": k, "rationale": f"Open late. So it is {DOM.labels[k]}."} for k in range(3)]
     ctx = SimpleNamespace(load_dataset=lambda name: Dataset.from_list(rows), domain=DOM)
@@ -133,6 +133,10 @@ def test_hide_verdict_strips_label_sentences_from_train_and_dev_reasoning(rd_eng
     assert kept["reasoning"] == [r["rationale"] for r in rows]
     plain, _ = training_rows(ctx, DistillOptions(reasoning_column="rationale", hide_verdict=True), False)
     assert plain["reasoning"] == [r["rationale"] for r in rows]  # a loss without the reasoning view: nothing stripped
+    dev = Dataset.from_list(rows)  # the dev side, as the reasoning view is scored
+    assert hide_verdict_in(dev, DistillOptions(reasoning_column="rationale", hide_verdict=True), DOM)["rationale"] \
+        == ["Open late."] * 3
+    assert hide_verdict_in(dev, DistillOptions(reasoning_column="rationale"), DOM)["rationale"] == dev["rationale"]
     m = rd_engine.run(distill_recipe(max_steps=4, hide_verdict=True))["distill"].metrics
     assert 0 <= m["dev_reasoning_view_macro_f1"] <= 1
 
