@@ -154,6 +154,7 @@ def test_a_source_counts_dropped_rows_weighs_by_confidence_and_needs_its_reasoni
 
     rows, m, is_teacher = load(TrainSource(input="annotations", min_confidence=0.5))
     assert is_teacher and [r["query"] for r in rows] == ["q0", "q4"]
+    assert [r["weight"] for r in rows] == [1.0, 1.0]  # filtered by confidence, not weighted by it
     assert m == {"source_annotations_rows": 2, "source_annotations_teacher": True,
                  "source_annotations_dropped_unparsed": 2, "source_annotations_dropped_below_min_confidence": 1,
                  "source_annotations_gold_agreement": 1.0}
