@@ -55,7 +55,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_string or contract or engines or bf16'"),
     "annotate": ("plugins/annotate.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
-    "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_ml_core.py tests/test_distill_mixing.py "
+    "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
                       f"{OPTIONS_DOC} tests/test_two_processes.py tests/test_recipes.py -k 'distill or saved_student "
                       "or hide_verdict or loss or options_reference or checkpointed_run_resumes or two_processes "
                       "or contract or dropped or invalid_recipe'"),

@@ -84,9 +84,9 @@ def main() -> None:
         from reasondistill.manager import Hooks
 
         domain = Hooks().catalogue.get("domain", args.domain, "--domain")
-        domain = domain.configured(domain.options({}), args.teacher_prompt)
     else:
-        domain = default_domain().configured(default_domain().options({}), args.teacher_prompt)
+        domain = default_domain()
+    domain = domain.configured(domain.options({}), args.teacher_prompt)
     if args.rows:
         import json
 

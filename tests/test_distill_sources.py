@@ -1,0 +1,69 @@
+"""Training sources for the distill stage (``distill_sources``): which rows each source keeps and
+why it drops the others, their weights, and the merge of several sources into one dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reasondistill.plugins.local_services import LocalServices
+
+
+def test_merged_sources_scale_weights_to_mean_one_and_give_gold_rows_one_hot_probs():
+    from reasondistill.plugins.distill_sources import merge_sources
+
+    teacher = [{"query": f"q{i}", "item": "x", "label": 1, "reasoning": "r", "label_probs": [0.2, 0.7, 0.1],
+                "weight": 0.5, "source": "annotations", "confidence": 0.7, "parse_ok": True} for i in range(3)]
+    gold = [{"query": "g", "item": "y", "label": 2, "reasoning": "d", "weight": 2.0, "source": "pairs",
+             "confidence": None, "district": "Harbor"}]
+    ds = merge_sources([teacher, gold], num_labels=3)
+    assert set(ds.column_names) == {"query", "item", "label", "reasoning", "source", "label_probs", "weight"}
+    scale = 4 / (3 * 0.5 + 2.0)
+    assert ds["weight"] == pytest.approx([0.5 * scale] * 3 + [2.0 * scale])
+    assert np.mean(ds["weight"]) == pytest.approx(1.0)
+    assert ds["label_probs"][3] == [0.0, 0.0, 1.0] and ds["label_probs"][0] == pytest.approx([0.2, 0.7, 0.1])
+    uniform = merge_sources([[{**r, "weight": 3.0} for r in teacher]], num_labels=3)
+    assert "weight" not in uniform.column_names
+    close = merge_sources([teacher[:1], [{**teacher[1], "weight": 0.6}]], num_labels=3)  # 0.5 and 0.6: not uniform
+    assert close["weight"] == pytest.approx([0.5 / 0.55, 0.6 / 0.55])
+
+
+def test_a_source_counts_dropped_rows_weighs_by_confidence_and_needs_its_reasoning_column():
+    """Hand-made sources: a teacher row without a label counts as unparsed (not unlabelled), a
+    gold row without a label as unlabelled, counters are absent when nothing was dropped;
+    ``confidence_weight`` multiplies the source's weight by the teacher's probability; a loss that
+    needs reasoning names the missing column."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from reasondistill.errors import DataError
+    from reasondistill.plugins.distill_sources import TrainSource, load_source
+
+    teacher = [{"query": f"q{i}", "item": "x", "label": lab, "parse_ok": lab >= 0, "teacher": "t",
+                "label_probs": probs, "reasoning": "r", "gold_label": 1}
+               for i, (lab, probs) in enumerate([(1, [0.1, 0.8, 0.1]), (-1, [1 / 3] * 3), (2, [0.3, 0.3, 0.4]),
+                                                 (-1, [1 / 3] * 3), (1, [0.2, 0.7, 0.1])])]
+    gold = [{"query": f"g{i}", "item": "y", "label": lab, "rationale": "d"} for i, lab in enumerate([0, None, 2, -1, 1])]
+    data = {"annotations": teacher, "pairs": gold}
+    ctx = SimpleNamespace(load_dataset=lambda name: Dataset.from_list(data[name]), domain=LocalServices())
+
+    def load(source):
+        return load_source(ctx, source, label_column="label", reasoning_column="reasoning", default_reasoning="column",
+                           needs_reasoning=False, strip=lambda text: text)
+
+    rows, m, is_teacher = load(TrainSource(input="annotations", min_confidence=0.5))
+    assert is_teacher and [r["query"] for r in rows] == ["q0", "q4"]
+    assert [r["weight"] for r in rows] == [1.0, 1.0]  # filtered by confidence, not weighted by it
+    assert m == {"source_annotations_rows": 2, "source_annotations_teacher": True,
+                 "source_annotations_dropped_unparsed": 2, "source_annotations_dropped_below_min_confidence": 1,
+                 "source_annotations_gold_agreement": 1.0}
+    weighted, _, _ = load(TrainSource(input="annotations", weight=2.0, confidence_weight=True))
+    assert [r["weight"] for r in weighted] == pytest.approx([1.6, 0.8, 1.4])  # weight x the teacher's probability
+    assert [r["confidence"] for r in weighted] == pytest.approx([0.8, 0.4, 0.7])
+    rows, m, is_teacher = load(TrainSource(input="pairs", reasoning_column="rationale"))
+    assert not is_teacher and [r["label"] for r in rows] == [0, 2, 1]
+    assert m == {"source_pairs_rows": 3, "source_pairs_teacher": False, "source_pairs_dropped_unlabelled": 2}
+    with pytest.raises(DataError, match="pairs: loss needs reasoning, but there is no column 'reasoning'"):
+        load_source(ctx, TrainSource(input="pairs"), label_column="label", reasoning_column="reasoning",
+                    default_reasoning="column", needs_reasoning=True, strip=lambda text: text)
