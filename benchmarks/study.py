@@ -4,11 +4,16 @@
     python benchmarks/study.py --recipe recipes/qbqtc.yaml --profile cpu  # QBQTC (Chinese), ~45 min
     python benchmarks/study.py                                            # as written (a GPU box)
     python benchmarks/study.py --profile cpu --seeds 0,1,2                # every stage under 3 seeds
+    python benchmarks/study.py --profile cpu --seeds 0,1,2 --teacher-seed 0  # 3 student seeds, 1 teacher
 
 With ``--seeds`` the whole recipe (teacher included) runs once per seed, each under its own run
 name (``homedepot-s1``), and one table gives every student's dev macro-F1 per seed with mean and
 standard deviation, the teacher's, the gate's verdict per seed, and the target check: the best
-student that uses the teacher against CE on gold only, seed by seed.
+student that uses the teacher against CE on gold only, seed by seed. With ``--teacher-seed N`` the
+stages before the first ``distill`` (data, teacher, annotation) run under seed N in every run and
+only the students' seed varies: the runs (``homedepot-t0-s1``) take the teacher stages of run
+``homedepot-sN`` (hard links, checked against their hash and fingerprints like any reused stage),
+so each extra seed costs its students only (about an hour on 2 cores instead of three).
 
 Runs a study recipe (``recipes/homedepot.yaml`` by default; stages already done are reused, so
 a second call only prints) and compares, on the dev split: the teacher (its dev annotations);
@@ -35,6 +40,8 @@ def main() -> None:
     p.add_argument("--profile", default=None)
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
     p.add_argument("--seeds", default=None, help="comma-separated seeds: the whole recipe once per seed")
+    p.add_argument("--teacher-seed", type=int, default=None,
+                   help="with --seeds: one teacher (trained under this seed), the students under each seed")
     p.add_argument("--reference", default="student_gold_ce", help="the gold-only student (the bar)")
     args = p.parse_args()
 
@@ -84,6 +91,8 @@ def seeds_table(recipe, seeds: list[int], args) -> None:
     gates, uses_teacher = [], {}
     for seed in seeds:
         run = recipe.model_copy(update={"seed": seed, "name": f"{recipe.name}-s{seed}"})
+        if args.teacher_seed is not None:
+            run = pin_teacher(run, args.teacher_seed, args.runs, f"{recipe.name}-s{args.teacher_seed}")
         res = engine.run(run)
         per.setdefault("teacher (its dev annotations)", []).append(res["annotate"].metrics.get("dev_teacher_macro_f1"))
         for spec in run.stages:
@@ -101,8 +110,9 @@ def seeds_table(recipe, seeds: list[int], args) -> None:
         mean = statistics.mean(vals) if vals else None
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         rows.append((name, ", ".join(f"{v:.3f}" for v in vals), round(mean, 4) if mean is not None else "-", round(std, 4)))
-    print(f"Study {recipe.name} (profile {args.profile or 'none'}), seeds {', '.join(map(str, seeds))}: dev macro-F1 "
-          f"on the whole dev split (the teacher: on the dev pairs it annotated)")
+    teacher = "" if args.teacher_seed is None else f", one teacher (seed {args.teacher_seed})"
+    print(f"Study {recipe.name} (profile {args.profile or 'none'}), seeds {', '.join(map(str, seeds))}{teacher}: "
+          f"dev macro-F1 on the whole dev split (the teacher: on the dev pairs it annotated)")
     print(table(("system", "macro-F1 per seed", "mean", "std"), rows))
     for line in gates:
         print(line)
@@ -114,6 +124,30 @@ def seeds_table(recipe, seeds: list[int], args) -> None:
         verdict = "MET" if statistics.mean(gain) >= 1.0 else "NOT MET"
         print(f"target (best teacher-using student >= {args.reference} + 1.0 point): {best} "
               f"{', '.join(f'{g:+.1f}' for g in gain)} points per seed, mean {statistics.mean(gain):+.1f}: {verdict}")
+
+
+def pin_teacher(run, teacher_seed: int, runs: Path, teacher_run: str):
+    """``run`` with every stage before the first ``distill`` pinned to ``teacher_seed``, and those
+    stages hard-linked from ``teacher_run`` where that run has them and ``run`` does not.
+
+    The engine keeps each run in its own folder and has no cache across runs; the links let a
+    student seed reuse the teacher without copying its checkpoints. A linked stage is reused only
+    if its hash and fingerprints match (the engine checks), else it is recomputed, which replaces
+    files rather than writing into them, so the teacher run is never changed.
+    """
+    import os
+    import shutil
+
+    first_student = next((i for i, s in enumerate(run.stages) if s.uses == "distill"), len(run.stages))
+    stages = [s.model_copy(update={"seed": teacher_seed}) if i < first_student else s
+              for i, s in enumerate(run.stages)]
+    name = teacher_run if run.seed == teacher_seed else f"{run.name.rsplit('-s', 1)[0]}-t{teacher_seed}-s{run.seed}"
+    source, target = runs / teacher_run, runs / name
+    for spec in stages[:first_student]:
+        src, dst = source / spec.stage_name, target / spec.stage_name
+        if source != target and (src / "manifest.json").exists() and not dst.exists():
+            shutil.copytree(src, dst, copy_function=os.link)
+    return run.model_copy(update={"stages": stages, "name": name})
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def stage_hash(recipe: Recipe, stage: ResolvedStage, previous: str, inputs: dict
     """
     shared = recipe.model_dump(mode="json", include={"domain", "domain_options", "models", "seed",
                                                         "reward_weights", "trust_remote_code"})
+    if stage.spec.seed is not None:  # the stage's own seed; equal to the recipe's, the same hash
+        shared["seed"] = stage.spec.seed
     if recipe.teacher_prompt != "full":  # a field added later: the default leaves earlier hashes alone
         shared["teacher_prompt"] = recipe.teacher_prompt
     if recipe.runtime.dtype != "auto":  # what auto resolves to, and where it runs, never rerun a stage
@@ -163,12 +165,12 @@ class Engine:
             write_json_atomic(stage_dir / STATE, {"hash": digest, "status": "running"})
         dist.barrier()
         ctx = StageContext(stage.name, stage_dir, run, self.hooks, domain, resuming, dict(produced),
-                           dict(stage.spec.inputs))
+                           dict(stage.spec.inputs), stage.spec.seed)
         log.info("stage %s: %s", stage.name, "resuming" if resuming else "running")
         started = time.time()
         result = None
         if dist.is_main() or stage.component.distributed:
-            seed_everything(run.recipe.seed)
+            seed_everything(ctx.seed)
             with stage_failures(stage.name, self.hooks):
                 result = stage.component.run(ctx, stage.options)
         dist.barrier()

@@ -29,6 +29,8 @@ class StageSpec(BaseModel):
 
     ``inputs`` maps an input name the stage reads to the stage that produced it
     (``{pairs: load}``); by default a stage reads the latest earlier output of that name.
+    ``seed`` runs this stage under its own seed instead of the recipe's (a study that varies the
+    students' seed over one teacher pins the teacher's stages to one seed).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -36,6 +38,7 @@ class StageSpec(BaseModel):
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     options: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, str] = Field(default_factory=dict)
+    seed: int | None = None
 
     @property
     def stage_name(self) -> str:

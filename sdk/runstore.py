@@ -101,6 +101,7 @@ class StageContext:
     resuming: bool
     produced: dict[str, dict[str, Path]]  # earlier stage -> output name -> absolute path
     input_map: dict[str, str] = field(default_factory=dict)
+    stage_seed: int | None = None  # the stage's own ``seed``, where its spec sets one
 
     @property
     def recipe(self) -> Recipe:
@@ -108,7 +109,7 @@ class StageContext:
 
     @property
     def seed(self) -> int:
-        return self.run.recipe.seed
+        return self.run.recipe.seed if self.stage_seed is None else self.stage_seed
 
     @property
     def runtime(self) -> Any:

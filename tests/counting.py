@@ -38,7 +38,21 @@ class CountingStage(Stage):
         return StageResult(outputs={"result": "result.txt"}, metrics={"value": options.value})
 
 
+class DrawStage(Stage):
+    name = "draw"
+    description = "records the seed it ran under and one draw from Python's RNG after seeding"
+    Options = Options
+
+    def run(self, ctx, options):
+        import random
+
+        CALLS[ctx.name] += 1
+        (ctx.dir / "draw.txt").write_text(str(random.random()))
+        return StageResult(outputs={"result": "draw.txt"}, metrics={"seed": ctx.seed})
+
+
 class CountingPlugin:
     @hookimpl
     def register_stages(self, register):
         register(CountingStage())
+        register(DrawStage())

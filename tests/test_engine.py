@@ -5,6 +5,7 @@ import json
 import pytest
 
 from reasondistill import Recipe, RecipeError, step
+from reasondistill.recipe import StageSpec
 from reasondistill.runstore import MANIFEST, STATE
 
 from .counting import CALLS, CountingPlugin
@@ -116,3 +117,24 @@ def test_explicit_inputs(engine):
     bad = Recipe(name="y", stages=[step("count", name="a", inputs={"result": "zzz"})])
     with pytest.raises(RecipeError, match=r"stages\[0\].inputs.result"):
         engine.run(bad)
+
+
+def test_a_stage_seed_pins_that_stage_across_recipe_seeds(engine):
+    import random
+
+    def recipe(seed, pinned=7):
+        return Recipe(name="seeds", seed=seed, stages=[StageSpec(uses="draw", name="teacher", seed=pinned),
+                                                       StageSpec(uses="draw", name="student")])
+
+    first = engine.run(recipe(0))
+    random.seed(7)
+    assert first["teacher"].metrics["seed"] == 7 and first["student"].metrics["seed"] == 0
+    assert (engine.runs_dir / "seeds" / "teacher" / "draw.txt").read_text() == str(random.random())
+    other = engine.run(recipe(1))  # the pinned stage keeps its hash; the student reruns under seed 1
+    assert other["teacher"].skipped and not other["student"].skipped
+    assert other["student"].metrics["seed"] == 1 and (CALLS["teacher"], CALLS["student"]) == (1, 2)
+    # a stage seed equal to the recipe's is the same stage as one without
+    engine.run(Recipe(name="seeds", seed=7, stages=[StageSpec(uses="draw", name="teacher")]))
+    assert CALLS["teacher"] == 1
+    engine.run(recipe(1, pinned=8))
+    assert CALLS["teacher"] == 2
