@@ -42,12 +42,19 @@ def main() -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds: the whole recipe once per seed")
     p.add_argument("--teacher-seed", type=int, default=None,
                    help="with --seeds: one teacher (trained under this seed), the students under each seed")
+    p.add_argument("--through", default=None,
+                   help="run the recipe's stages up to and including this one (the later ones keep their cache)")
     p.add_argument("--reference", default="student_gold_ce", help="the gold-only student (the bar)")
     args = p.parse_args()
 
     from reasondistill import Engine, load_recipe
 
     recipe = load_recipe(args.recipe, args.profile)
+    if args.through:
+        names = [s.stage_name for s in recipe.stages]
+        if args.through not in names:
+            p.error(f"--through {args.through}: no such stage; stages: {', '.join(names)}")
+        recipe = recipe.model_copy(update={"stages": recipe.stages[:names.index(args.through) + 1]})
     if args.seeds:
         return seeds_table(recipe, [int(x) for x in args.seeds.split(",")], args)
     res = Engine(runs_dir=args.runs).run(recipe)
