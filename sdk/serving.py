@@ -36,7 +36,8 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 class Predictor:
-    """Torch fp32 predictor for a saved student folder."""
+    """Torch predictor for a saved student folder, in the run's inference dtype (bf16 under
+    ``dtype: fastest`` where the CPU runs it faster); an in-memory ``model`` is used as it is."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64, max_length: int | None = None, model: Any = None,
                  tokenizer: Any = None):
