@@ -14,6 +14,9 @@ the evaluations out. Configurations:
 - ``fast``: ``teacher_prompt: short``, ``runtime.dtype: fastest`` (bf16 where the probe measures
   it faster), checkpointing off, LoRA on the top 10 of 30 layers (``lora_layers``).
 - ``fast_all_layers``: ``fast`` with LoRA on every layer, to see what ``lora_layers`` costs.
+- ``fast_grouped``: ``fast`` with ``group_by_length`` (batches of rows of similar length: less
+  padding). Not a ``--levers`` row: the sampler serves the longest batches first, so a few steps
+  would time only those.
 
 ``--levers`` instead times a few SFT steps under each lever alone and together (the same pairs,
 no evaluation), to say what each one is worth on this machine.
@@ -34,12 +37,14 @@ from common import DEFAULT_DATA, ROOT, STUDY_REWARD_WEIGHTS, table  # noqa: E402
 
 def recipe_for(config: str, args):
     fast = config != "study"
-    steps = args.study_steps if not fast else args.fast_steps if config == "fast" else args.all_layers_steps
+    steps = args.study_steps if not fast else args.all_layers_steps if config == "fast_all_layers" else args.fast_steps
     sft = dict(max_steps=steps, batch_size=8, max_length=320, learning_rate=5e-4, eval_rows=args.dev,
                eval_every=args.study_every if not fast else args.fast_every, eval_max_new_tokens=args.max_new_tokens,
                gradient_checkpointing=not fast, save_steps=10_000)
-    if config == "fast":
+    if config in ("fast", "fast_grouped"):
         sft["lora_layers"] = 10
+    if config == "fast_grouped":
+        sft["group_by_length"] = True
     return sft_recipe(f"budget-{config}", "short" if fast else "full", "fastest" if fast else "auto", sft, args,
                       dev=True)
 
@@ -55,13 +60,13 @@ def sft_recipe(name: str, prompt: str, dtype: str, sft: dict, args, dev: bool):
                           step("reasoning", source="domain"), step("sft", **sft)])
 
 
-#: lever sets for ``--levers``: (name, teacher_prompt, dtype, activation checkpointing, lora_layers)
+#: lever sets for ``--levers``: (name, teacher_prompt, dtype, activation checkpointing, more sft options)
 LEVERS = [
-    ("as the study ran: full prompt, fp32, checkpointing on", "full", "auto", True, None),
-    ("checkpointing off", "full", "auto", False, None),
-    ("+ short prompt", "short", "auto", False, None),
-    ("+ bf16 where faster (dtype fastest)", "short", "fastest", False, None),
-    ("+ LoRA on the top 10 of 30 layers", "short", "fastest", False, 10),
+    ("as the study ran: full prompt, fp32, checkpointing on", "full", "auto", True, {}),
+    ("checkpointing off", "full", "auto", False, {}),
+    ("+ short prompt", "short", "auto", False, {}),
+    ("+ bf16 where faster (dtype fastest)", "short", "fastest", False, {}),
+    ("+ LoRA on the top 10 of 30 layers", "short", "fastest", False, {"lora_layers": 10}),
 ]
 
 
@@ -69,9 +74,9 @@ def levers(args) -> None:
     from reasondistill import Engine
 
     engine, rows = Engine(runs_dir=args.runs), []
-    for i, (name, prompt, dtype, checkpointing, layers) in enumerate(LEVERS):
+    for i, (name, prompt, dtype, checkpointing, more) in enumerate(LEVERS):
         sft = dict(max_steps=args.lever_steps, batch_size=8, max_length=320, learning_rate=5e-4,
-                   gradient_checkpointing=checkpointing, save_steps=10_000, **({"lora_layers": layers} if layers else {}))
+                   gradient_checkpointing=checkpointing, save_steps=10_000, **more)
         recipe = sft_recipe(f"lever-{i}", prompt, dtype, sft, args, dev=False)
         rows.append((name, engine.run(recipe)["sft"].metrics["step_seconds"]))
     base = rows[0][1]

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from reasondistill import Options
 from reasondistill import distributed as dist
-from reasondistill.hf_compat import checkpointing_arg
+from reasondistill.hf_compat import checkpointing_arg, length_grouping_arg
 
 
 class TeacherTrainOptions(Options):
@@ -27,6 +27,9 @@ class TeacherTrainOptions(Options):
     gradient_checkpointing: bool | None = Field(None, description=(
         "recompute activations in the backward pass (less memory; 1.26-1.43x slower SFT steps on a CPU here); default: on for a GPU "
         "(trl's default), off on a CPU, where memory is not what limits a teacher step"))
+    group_by_length: bool = Field(False, description=(
+        "batches of rows of similar length (transformers' LengthGroupedSampler) instead of random ones: "
+        "less padding (random batches of 8 Home Depot SFT rows are 22% padding, grouped ones 1%)"))
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
     batch_size: int = Field(4, ge=1)
@@ -63,7 +66,8 @@ def common_args(ctx, o: TeacherTrainOptions) -> dict[str, Any]:
                 per_device_train_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum,
                 learning_rate=o.learning_rate, logging_steps=o.logging_steps, save_steps=o.save_steps,
                 save_total_limit=2, seed=ctx.seed, data_seed=ctx.seed, report_to=o.report_to or "none",
-                max_length=o.max_length, **checkpointing_arg(checkpointing), **runtime.training_args())
+                max_length=o.max_length, **checkpointing_arg(checkpointing), **length_grouping_arg(o.group_by_length),
+                **runtime.training_args())
 
 
 def peft_config(o: TeacherTrainOptions, model: Any = None):

@@ -34,6 +34,14 @@ def checkpointing_arg(on: bool) -> dict[str, bool]:
     return {name: on}
 
 
+def length_grouping_arg(on: bool) -> dict[str, Any]:
+    """Batches of similar length (``LengthGroupedSampler``): ``train_sampling_strategy:
+    group_by_length`` since 5.x, the ``group_by_length`` flag before (4.57)."""
+    if "train_sampling_strategy" in _training_fields():
+        return {"train_sampling_strategy": "group_by_length"} if on else {}
+    return {"group_by_length": on}
+
+
 def warmup_arg(ratio: float) -> dict[str, float]:
     """A warmup given as a fraction of the steps: ``warmup_steps`` takes a float below 1 as a ratio
     since 5.0 (which dropped ``warmup_ratio``); 4.x wants an int there and the ratio in ``warmup_ratio``."""

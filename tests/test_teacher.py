@@ -261,6 +261,34 @@ def test_activation_checkpointing_is_off_on_a_cpu_unless_asked(tmp_path):
     assert SFTConfig(**common_args(ctx, SFTOptions(gradient_checkpointing=True))).gradient_checkpointing is True
 
 
+def test_group_by_length_batches_rows_of_similar_length(tmp_path, tiny_teacher):
+    """``group_by_length`` reaches trl's trainer as transformers' LengthGroupedSampler (under either
+    name the installed transformers reads): each batch's lengths span less than random batches'."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from reasondistill.plugins.teacher_common import common_args, load_causal_lm
+    from reasondistill.plugins.teacher_sft import SFTOptions
+
+    model, tok = load_causal_lm(str(tiny_teacher))
+    rows = [{"prompt": [{"role": "user", "content": "q " * (1 + (7 * i) % 40)}],
+             "completion": [{"role": "assistant", "content": "a"}]} for i in range(64)]
+    ctx = SimpleNamespace(dir=tmp_path, seed=0)
+
+    def spread(grouped: bool) -> float:
+        args = SFTConfig(**common_args(ctx, SFTOptions(batch_size=4, max_length=128, group_by_length=grouped)),
+                         completion_only_loss=True)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+        order = list(trainer._get_train_sampler())
+        batches = [[lengths[i] for i in order[k:k + 4]] for k in range(0, len(order), 4)]
+        return sum(max(b) - min(b) for b in batches) / len(batches)
+
+    assert spread(True) < 0.5 * spread(False)
+
+
 def test_learning_curve_points_match_the_teacher_they_measure(rd_engine, tiny_teacher):
     """``eval_every``: one point per N steps with examples seen and training seconds; the last
     point measures the same weights as the stage's final evaluation, so their metrics agree."""
