@@ -68,6 +68,8 @@ def main() -> None:
                         ("student_mix_crsd_conf", "student, crsd on gold + annotations (confidence >= 0.5)"),
                         ("student_mix_ce", "student, ce on gold + annotations"),
                         ("student_mix_ce_conf", "student, ce on gold + annotations (confidence >= 0.5)"),
+                        ("student_gold_crsd_teacher", "student, crsd (w_nce 0) on gold pairs, the teacher's STaR chains"),
+                        ("student_gold_crsd_domain", "student, crsd (w_nce 0) on gold pairs, the domain's rationale"),
                         ("student_gold_ce_english_vocab", "student, ce on gold pairs only, vocabulary as shipped")):
         if name not in res:
             continue
@@ -106,9 +108,7 @@ def seeds_table(recipe, seeds: list[int], args) -> None:
             if spec.uses == "distill":
                 m = res[spec.stage_name].metrics
                 per.setdefault(spec.stage_name, []).append(m.get("dev_macro_f1"))
-                flags = [v for k, v in m.items() if k.startswith("source_") and k.endswith("_teacher")]
-                uses_teacher[spec.stage_name] = any(flags) if flags else \
-                    "pairs" not in str(spec.options.get("train_input", "annotations"))
+                uses_teacher[spec.stage_name] = uses_the_teacher(spec, m)
         if "gate" in res:
             gates.append(f"seed {seed}: {res['gate'].metrics['verdict_line']}")
     rows = []
@@ -131,6 +131,16 @@ def seeds_table(recipe, seeds: list[int], args) -> None:
         verdict = "MET" if statistics.mean(gain) >= 1.0 else "NOT MET"
         print(f"target (best teacher-using student >= {args.reference} + 1.0 point): {best} "
               f"{', '.join(f'{g:+.1f}' for g in gain)} points per seed, mean {statistics.mean(gain):+.1f}: {verdict}")
+
+
+def uses_the_teacher(spec, metrics: dict) -> bool:
+    """Does this distill stage learn from the teacher: its labels (a source the manifest marks
+    ``teacher``, or the default annotations input) or its reasoning (``reasoning_from``)?"""
+    sources = spec.options.get("sources") or []
+    if any(src.get("reasoning_from") for src in sources):
+        return True
+    flags = [v for k, v in metrics.items() if k.startswith("source_") and k.endswith("_teacher")]
+    return any(flags) if flags else "pairs" not in str(spec.options.get("train_input", "annotations"))
 
 
 def pin_teacher(run, teacher_seed: int, runs: Path, teacher_run: str):

@@ -36,10 +36,12 @@ class ReasoningDataOptions(Options):
 
 
 def sft_example(domain, row: dict[str, Any], reasoning: str) -> dict[str, Any]:
-    """One conversational prompt-completion example (trl's format) ending in the gold label."""
+    """One conversational prompt-completion example (trl's format) ending in the gold label; the
+    chain also on its own (``reasoning``), so a student can take it as its reasoning view
+    (``sources: [{input: gold.pairs, reasoning_from: star.sft_data}]``)."""
     return {"prompt": domain.messages(row),
             "completion": [{"role": "assistant", "content": domain.format_completion(reasoning, int(row["label"]))}],
-            "pair_id": row["pair_id"], "label": int(row["label"])}
+            "pair_id": row["pair_id"], "label": int(row["label"]), "reasoning": reasoning}
 
 
 class ReasoningDataStage(Stage):

@@ -131,6 +131,7 @@ def test_star_rationalization_keeps_only_agreeing_chains(rd_engine, tmp_path):
     assert len(data) == m["examples"]
     for row in data:
         assert DOM.parse_completion(row["completion"][0]["content"]).label == row["label"]
+        assert row["reasoning"] and DOM.parse_completion(row["completion"][0]["content"]).reasoning == row["reasoning"]
     with pytest.raises(Exception, match="no 'rationale'|have no"):
         rd_engine.run(Recipe(name="star2", models={"teacher": "tiny-causal-lm"}, stages=[
             step("pairs", source=str(path), dev_fraction=0.0), step("reasoning", source="column")]))
