@@ -29,7 +29,8 @@ class TeacherTrainOptions(Options):
         "(trl's default), off on a CPU, where memory is not what limits a teacher step"))
     group_by_length: bool = Field(False, description=(
         "batches of rows of similar length (transformers' LengthGroupedSampler) instead of random ones: "
-        "less padding (random batches of 8 Home Depot SFT rows are 22% padding, grouped ones 1%)"))
+        "less padding (random batches of 8 Home Depot SFT rows are 22% padding, grouped ones 1%)"),
+        json_schema_extra={"hash": "unless_default"})
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
     batch_size: int = Field(4, ge=1)

@@ -130,13 +130,16 @@ def hash_view(options: BaseModel) -> dict[str, Any]:
 
     A field declared with ``json_schema_extra={"hash": False}`` (a server address, concurrency,
     timeouts, retries: how the work travels, not what it computes) is left out, so tuning it
-    resumes a cut-off stage instead of redoing it. Nested backend specs are viewed the same way.
+    resumes a cut-off stage instead of redoing it. One declared ``{"hash": "unless_default"}`` (an
+    option added after stages were cached) is left out while it has its default, so adding it does
+    not rerun every stage computed before it existed. Nested backend specs are viewed the same way.
     """
     dumped = options.model_dump(mode="json")
     out: dict[str, Any] = {}
     for name, info in type(options).model_fields.items():
         extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get("hash") is False:
+        rule = extra.get("hash") if isinstance(extra, dict) else None
+        if rule is False or (rule == "unless_default" and getattr(options, name) == info.get_default(call_default_factory=True)):
             continue
         value = getattr(options, name)
         out[name] = hash_view(value) if isinstance(value, BaseModel) and not isinstance(value, BackendSpec) \
