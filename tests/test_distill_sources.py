@@ -67,3 +67,29 @@ def test_a_source_counts_dropped_rows_weighs_by_confidence_and_needs_its_reasoni
     with pytest.raises(DataError, match="pairs: loss needs reasoning, but there is no column 'reasoning'"):
         load_source(ctx, TrainSource(input="pairs"), label_column="label", reasoning_column="reasoning",
                     default_reasoning="column", needs_reasoning=True, strip=lambda text: text)
+
+
+def test_gold_pairs_take_the_reasoning_stage_chains_by_pair_id(rd_engine, tmp_path):
+    """``reasoning_from: <reasoning stage>.sft_data`` (STaR chains for gold pairs, as docs/recipes.md
+    shows): each pair with a chain keeps it as its reasoning view; a pair without one is dropped,
+    counted."""
+    import json
+
+    from reasondistill import Recipe, step
+    from reasondistill.plugins.local_services import generate_pairs
+
+    rows = generate_pairs(n=40, seed=5)
+    for r in rows[::2]:
+        r["rationale"] = ""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = Recipe(name="chains", models={"teacher": "tiny-causal-lm", "student": "tiny-encoder"}, stages=[
+        step("pairs", source=str(path), dev_fraction=0.0),
+        step("reasoning", name="star", source="column_then_rationalize", samples=1, max_new_tokens=16),
+        step("distill", loss="crsd", max_steps=1, batch_size=8, sources=[{"input": "pairs.pairs", "reasoning_from": "star.sft_data"}],
+             student_options={"max_length": 48, "reasoning_tokens": 32})])
+    res = rd_engine.run(recipe)
+    chains = res["star"].metrics["examples"]
+    m = res["distill"].metrics
+    assert chains >= 20 and m["source_pairs_pairs_rows"] == chains
+    assert m["source_pairs_pairs_dropped_without_chain"] == 40 - chains
