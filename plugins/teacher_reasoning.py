@@ -83,8 +83,10 @@ class ReasoningDataStage(Stage):
             for attempt in range(options.samples):
                 if not missing:
                     break
-                outs = gen.generate([dom.rationalize_prompt(r, int(r["label"])) for r in missing], do_sample=attempt > 0,
-                                    temperature=options.temperature, seed=ctx.seed + attempt)
+                with ctx.progress(total=len(missing), desc=f"rationalize, attempt {attempt + 1}", unit="pair") as bar:
+                    outs = gen.generate([dom.rationalize_prompt(r, int(r["label"])) for r in missing],
+                                        do_sample=attempt > 0, temperature=options.temperature, seed=ctx.seed + attempt,
+                                        progress=bar)
                 still = []
                 for r, o in zip(missing, outs):
                     parsed = dom.parse_completion(o[0].text)
