@@ -101,7 +101,7 @@ def seeds_table(recipe, seeds: list[int], args) -> None:
     for seed in seeds:
         run = recipe.model_copy(update={"seed": seed, "name": f"{recipe.name}-s{seed}"})
         if args.teacher_seed is not None:
-            run = pin_teacher(run, args.teacher_seed, args.runs, f"{recipe.name}-s{args.teacher_seed}")
+            run = pin_teacher(run, args.teacher_seed, args.runs, recipe.name)
         res = engine.run(run)
         per.setdefault("teacher (its dev annotations)", []).append(res["annotate"].metrics.get("dev_teacher_macro_f1"))
         for spec in run.stages:
@@ -143,9 +143,10 @@ def uses_the_teacher(spec, metrics: dict) -> bool:
     return any(flags) if flags else "pairs" not in str(spec.options.get("train_input", "annotations"))
 
 
-def pin_teacher(run, teacher_seed: int, runs: Path, teacher_run: str):
-    """``run`` with every stage before the first ``distill`` pinned to ``teacher_seed``, and those
-    stages hard-linked from ``teacher_run`` where that run has them and ``run`` does not.
+def pin_teacher(run, teacher_seed: int, runs: Path, study: str):
+    """``run`` with every stage before the first ``distill`` pinned to ``teacher_seed``, named
+    ``{study}-t{teacher_seed}-s{seed}``, and those stages hard-linked from run ``{study}-s{teacher_seed}``
+    where that run has them and ``run`` does not (the teacher's own seed is that run itself).
 
     The engine keeps each run in its own folder and has no cache across runs; the links let a
     student seed reuse the teacher without copying its checkpoints. A linked stage is reused only
@@ -158,7 +159,8 @@ def pin_teacher(run, teacher_seed: int, runs: Path, teacher_run: str):
     first_student = next((i for i, s in enumerate(run.stages) if s.uses == "distill"), len(run.stages))
     stages = [s.model_copy(update={"seed": teacher_seed}) if i < first_student else s
               for i, s in enumerate(run.stages)]
-    name = teacher_run if run.seed == teacher_seed else f"{run.name.rsplit('-s', 1)[0]}-t{teacher_seed}-s{run.seed}"
+    teacher_run = f"{study}-s{teacher_seed}"
+    name = teacher_run if run.seed == teacher_seed else f"{study}-t{teacher_seed}-s{run.seed}"
     source, target = runs / teacher_run, runs / name
     for spec in stages[:first_student]:
         src, dst = source / spec.stage_name, target / spec.stage_name
