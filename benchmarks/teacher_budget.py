@@ -1,6 +1,7 @@
 """The teacher's budget on this machine: dev macro-F1 against gold examples seen and training seconds.
 
     python benchmarks/teacher_budget.py                 # the study's SFT as it ran, and the fast loop
+    python benchmarks/teacher_budget.py --configs study,fast_answer_head   # the issue's 5x, side by side
     python benchmarks/teacher_budget.py --configs fast --fast-steps 400
 
 Each configuration is one ``sft`` stage on SmolLM2-135M-Instruct (no dapt, so SFT is all that
@@ -17,6 +18,8 @@ the evaluations out. Configurations:
 - ``fast_grouped``: ``fast`` with ``group_by_length`` (batches of rows of similar length: less
   padding). Not a ``--levers`` row: the sampler serves the longest batches first, so a few steps
   would time only those.
+- ``fast_answer_head``: ``fast_grouped`` with the output head run on the answer tokens only
+  (``answer_head_only``, the default now); every other configuration runs trl's own loss.
 
 ``--levers`` instead times a few SFT steps under each lever alone and together (the same pairs,
 no evaluation), to say what each one is worth on this machine.
@@ -41,10 +44,12 @@ def recipe_for(config: str, args):
     sft = dict(max_steps=steps, batch_size=8, max_length=320, learning_rate=5e-4, eval_rows=args.dev,
                eval_every=args.study_every if not fast else args.fast_every, eval_max_new_tokens=args.max_new_tokens,
                gradient_checkpointing=not fast, save_steps=10_000)
-    if config in ("fast", "fast_grouped"):
+    if config in ("fast", "fast_grouped", "fast_answer_head"):
         sft["lora_layers"] = 10
-    if config == "fast_grouped":
+    if config in ("fast_grouped", "fast_answer_head"):
         sft["group_by_length"] = True
+    if config != "fast_answer_head":  # trl's own loss, as these configurations were measured
+        sft["answer_head_only"] = False
     return sft_recipe(f"budget-{config}", "short" if fast else "full", "fastest" if fast else "auto", sft, args,
                       dev=True)
 
@@ -60,13 +65,15 @@ def sft_recipe(name: str, prompt: str, dtype: str, sft: dict, args, dev: bool):
                           step("reasoning", source="domain"), step("sft", **sft)])
 
 
-#: lever sets for ``--levers``: (name, teacher_prompt, dtype, activation checkpointing, more sft options)
+#: lever sets for ``--levers``: (name, teacher_prompt, dtype, activation checkpointing, more sft options);
+#: every row but the last runs trl's own loss (``answer_head_only: false``), as the study did
 LEVERS = [
     ("as the study ran: full prompt, fp32, checkpointing on", "full", "auto", True, {}),
     ("checkpointing off", "full", "auto", False, {}),
     ("+ short prompt", "short", "auto", False, {}),
     ("+ bf16 where faster (dtype fastest)", "short", "fastest", False, {}),
     ("+ LoRA on the top 10 of 30 layers", "short", "fastest", False, {"lora_layers": 10}),
+    ("+ output head on the answer tokens only", "short", "fastest", False, {"lora_layers": 10, "answer_head_only": True}),
 ]
 
 
@@ -74,9 +81,11 @@ def levers(args) -> None:
     from reasondistill import Engine
 
     engine, rows = Engine(runs_dir=args.runs), []
-    for i, (name, prompt, dtype, checkpointing, more) in enumerate(LEVERS):
+    chosen = [int(i) for i in args.lever_rows.split(",")] if args.lever_rows else range(len(LEVERS))
+    for i in chosen:
+        name, prompt, dtype, checkpointing, more = LEVERS[i]
         sft = dict(max_steps=args.lever_steps, batch_size=8, max_length=320, learning_rate=5e-4,
-                   gradient_checkpointing=checkpointing, save_steps=10_000, **more)
+                   gradient_checkpointing=checkpointing, save_steps=10_000, **{"answer_head_only": False, **more})
         recipe = sft_recipe(f"lever-{i}", prompt, dtype, sft, args, dev=False)
         rows.append((name, engine.run(recipe)["sft"].metrics["step_seconds"]))
     base = rows[0][1]
@@ -100,6 +109,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--levers", action="store_true", help="time each speed lever instead (no evaluation)")
     p.add_argument("--lever-steps", type=int, default=6)
+    p.add_argument("--lever-rows", default="", help="only these rows of --levers (0-based, comma-separated; "
+                   "ratios are to the first one given)")
     args = p.parse_args()
     if args.levers:
         return levers(args)

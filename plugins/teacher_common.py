@@ -31,6 +31,10 @@ class TeacherTrainOptions(Options):
         "batches of rows of similar length (transformers' LengthGroupedSampler) instead of random ones: "
         "less padding (random batches of 8 Home Depot SFT rows are 22% padding, grouped ones 1%)"),
         json_schema_extra={"hash": "unless_default"})
+    answer_head_only: bool = Field(True, description=(
+        "off CUDA, run the output head only where the loss reads it (the answer's tokens, not the prompt's): "
+        "the same loss; trl scores every position there (on CUDA it already scores answers only); "
+        "false = trl's own loss"), json_schema_extra={"hash": "unless_default"})
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
     batch_size: int = Field(4, ge=1)
@@ -219,14 +223,13 @@ def dev_rows(ctx, n: int) -> list[dict[str, Any]]:
 
 def sft_stage_result(ctx, options: TeacherTrainOptions, data, config, tokenizer, model, metrics: dict[str, Any]):
     """Train an SFTTrainer, save the merged teacher, evaluate it on dev; the shared tail of dapt and sft."""
-    from trl import SFTTrainer
-
     from reasondistill import StageResult
 
+    from .answer_head import AnswerHeadSFTTrainer
     from .teacher_curve import attach_learning_curve
 
-    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                         peft_config=peft_config(options, model))
+    trainer = AnswerHeadSFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                                   peft_config=peft_config(options, model), answer_head_only=options.answer_head_only)
     curve = attach_learning_curve(ctx, trainer, tokenizer, options)
     metrics = {**metrics, **train_and_save(ctx, trainer, tokenizer, ctx.dir / "teacher")}
     if not dist.is_main():
