@@ -64,6 +64,7 @@ TARGETS: dict[str, tuple[str, str]] = {
                        "tests/reliability/test_bad_inputs.py tests/reliability/test_faults.py -k 'teacher or star or sft or "
                        "preference or dapt or chosen or prompts or max_length or checkpointing or lora_layers or curve "
                        "or options_reference or resumes'"),
+    "answer_head": ("plugins/answer_head.py", "tests/test_answer_head.py"),
 }
 
 

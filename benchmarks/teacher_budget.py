@@ -20,6 +20,7 @@ the evaluations out. Configurations:
   would time only those.
 - ``fast_answer_head``: ``fast_grouped`` with the output head run on the answer tokens only
   (``answer_head_only``, the default now); every other configuration runs trl's own loss.
+- ``fast_answer_head_ungrouped``: ``fast`` with the answer head, random batches (what grouping costs).
 
 ``--levers`` instead times a few SFT steps under each lever alone and together (the same pairs,
 no evaluation), to say what each one is worth on this machine.
@@ -44,11 +45,11 @@ def recipe_for(config: str, args):
     sft = dict(max_steps=steps, batch_size=8, max_length=320, learning_rate=5e-4, eval_rows=args.dev,
                eval_every=args.study_every if not fast else args.fast_every, eval_max_new_tokens=args.max_new_tokens,
                gradient_checkpointing=not fast, save_steps=10_000)
-    if config in ("fast", "fast_grouped", "fast_answer_head"):
+    if config in ("fast", "fast_grouped", "fast_answer_head", "fast_answer_head_ungrouped"):
         sft["lora_layers"] = 10
     if config in ("fast_grouped", "fast_answer_head"):
         sft["group_by_length"] = True
-    if config != "fast_answer_head":  # trl's own loss, as these configurations were measured
+    if not config.startswith("fast_answer_head"):  # trl's own loss, as these configurations were measured
         sft["answer_head_only"] = False
     return sft_recipe(f"budget-{config}", "short" if fast else "full", "fastest" if fast else "auto", sft, args,
                       dev=True)

@@ -27,7 +27,7 @@ from trl import SFTTrainer
 
 
 class AnswerHeadSFTTrainer(SFTTrainer):
-    """trl's SFTTrainer; while training on a non-CUDA device, logits only at the answer positions.
+    """trl's SFTTrainer; while training off CUDA/XPU (a CPU), logits only at the answer positions.
 
     :param answer_head_only: false gives trl's own loss everywhere (to compare, or for a model whose
         forward does not call its output embeddings as a module).
@@ -38,10 +38,10 @@ class AnswerHeadSFTTrainer(SFTTrainer):
         self.answer_head_only = answer_head_only
 
     def uses_answer_head(self, model: Any) -> bool:
-        """On CUDA trl already scores answers only (and in tiles, without the logits in memory); other
-        loss variants (label smoothing, DFT, a custom loss, MoE aux loss) stay with trl."""
+        """On CUDA and XPU trl 1.x already scores answers only (in tiles, without the logits in memory);
+        other loss variants (label smoothing, DFT, a custom loss, MoE aux loss) stay with trl."""
         args = self.args
-        return (self.answer_head_only and model.training and self.accelerator.device.type != "cuda"
+        return (self.answer_head_only and model.training and self.accelerator.device.type not in ("cuda", "xpu")
                 and getattr(args, "loss_type", "nll") == "nll" and self.label_smoother is None
                 and getattr(self, "compute_loss_func", None) is None and not getattr(self, "aux_loss_enabled", False))
 
@@ -49,12 +49,12 @@ class AnswerHeadSFTTrainer(SFTTrainer):
         if return_outputs or "labels" not in inputs or not self.uses_answer_head(model):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        inputs = dict(inputs)
+        inputs = {**inputs, "use_cache": False}
         labels = inputs.pop("labels")
         targets = labels[:, 1:]
         mask = targets != -100
         with head_at(self.accelerator.unwrap_model(model), mask):
-            logits = model(**inputs, use_cache=False).logits
+            logits = model(**inputs).logits
         if logits.dim() == 3:  # the head was not called as a module: select the positions here
             logits = logits[:, :-1][mask]
         picked = targets[mask]
@@ -77,8 +77,10 @@ class AnswerHeadSFTTrainer(SFTTrainer):
             correct = self.accelerator.gather_for_metrics((logits.argmax(-1) == picked).sum()).sum()
             valid = self.accelerator.gather_for_metrics(torch.tensor(picked.numel(), device=picked.device)).sum()
             metrics["train"]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
-            if hasattr(self, "_total_train_tokens") and "attention_mask" in inputs:
-                self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            if hasattr(self, "_total_train_tokens"):  # padding-free batches (packing) carry no attention mask
+                tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
+                    torch.tensor(inputs["input_ids"].numel(), device=picked.device)
+                self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
                 metrics["train"]["num_tokens"] = [self._total_train_tokens]
 
 

@@ -79,7 +79,8 @@ def test_answer_head_divides_by_the_accumulated_label_count(tiny_teacher, tmp_pa
 
 
 def test_sft_stage_trains_with_the_answer_head_and_logs_token_accuracy(rd_engine, tiny_teacher):
-    """Through the stage: the teacher trains (the loss falls) and trl's token accuracy is still logged."""
+    """Through the stage: the teacher trains (the loss falls), and trl's token accuracy and token count
+    are still logged."""
     import json
 
     recipe = Recipe(name="answer-head", models={"teacher": str(tiny_teacher)}, seed=0, stages=[
@@ -89,6 +90,8 @@ def test_sft_stage_trains_with_the_answer_head_and_logs_token_accuracy(rd_engine
     history = json.loads((rd_engine.runs_dir / "answer-head" / "sft" / result.outputs["loss_history"]).read_text())
     assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
     assert all(0 <= h["mean_token_accuracy"] <= 1 for h in history)
+    tokens = [h["num_tokens"] for h in history]
+    assert tokens == sorted(set(tokens)) and 0 < tokens[0] <= 4 * 256
 
 
 def test_a_head_the_hook_cannot_narrow_still_gives_trl_loss(tiny_teacher, tmp_path, monkeypatch):
