@@ -58,11 +58,29 @@ def test_answer_head_gives_trl_loss_and_gradients(tiny_teacher, tmp_path, lora):
     handle.remove()
     assert seen == [(answer_tokens, head.in_features)]
 
+    theirs_seen = []
+    head = theirs.accelerator.unwrap_model(theirs.model).get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, args, out: theirs_seen.append(tuple(args[0].shape)))
     expected, expected_grads = loss_and_grads(theirs, batch)
+    handle.remove()
+    assert (answer_tokens, head.in_features) not in theirs_seen  # answer_head_only false: trl's own path
     assert loss == pytest.approx(float(expected), rel=1e-5)
+    for metric in ("mean_token_accuracy", "num_tokens"):  # trl's metrics, the same numbers
+        assert ours._metrics["train"][metric][-1] == pytest.approx(theirs._metrics["train"][metric][-1]), metric
     assert grads.keys() == expected_grads.keys() and grads
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_outputs_asked_for_come_from_trl(tiny_teacher, tmp_path):
+    """``return_outputs`` (evaluation, ``compute_metrics``) needs the logits: trl's path answers it."""
+    import warnings
+
+    ours, batch = trainer_for(tiny_teacher, tmp_path, True, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # trl 1.x: return_outputs is deprecated
+        loss, outputs = ours.compute_loss(ours.model, dict(batch), return_outputs=True)
+    assert outputs.logits.shape[:2] == batch["input_ids"].shape
 
 
 def test_answer_head_divides_by_the_accumulated_label_count(tiny_teacher, tmp_path):
