@@ -39,18 +39,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_DATA, ROOT, STUDY_REWARD_WEIGHTS, table  # noqa: E402
 
 
+#: each configuration's sft options beyond the shared ones; every fast one has the short prompt, dtype
+#: ``fastest`` and no checkpointing. All but the answer-head ones run trl's own loss, as they were measured.
+TRL_LOSS = {"answer_head_only": False}
+CONFIGS = {
+    "study": TRL_LOSS,
+    "fast": {"lora_layers": 10, **TRL_LOSS},
+    "fast_all_layers": TRL_LOSS,
+    "fast_grouped": {"lora_layers": 10, "group_by_length": True, **TRL_LOSS},
+    "fast_answer_head": {"lora_layers": 10, "group_by_length": True},
+    "fast_answer_head_ungrouped": {"lora_layers": 10},
+}
+
+
 def recipe_for(config: str, args):
     fast = config != "study"
     steps = args.study_steps if not fast else args.all_layers_steps if config == "fast_all_layers" else args.fast_steps
     sft = dict(max_steps=steps, batch_size=8, max_length=320, learning_rate=5e-4, eval_rows=args.dev,
                eval_every=args.study_every if not fast else args.fast_every, eval_max_new_tokens=args.max_new_tokens,
-               gradient_checkpointing=not fast, save_steps=10_000)
-    if config in ("fast", "fast_grouped", "fast_answer_head", "fast_answer_head_ungrouped"):
-        sft["lora_layers"] = 10
-    if config in ("fast_grouped", "fast_answer_head"):
-        sft["group_by_length"] = True
-    if not config.startswith("fast_answer_head"):  # trl's own loss, as these configurations were measured
-        sft["answer_head_only"] = False
+               gradient_checkpointing=not fast, save_steps=10_000, **CONFIGS[config])
     return sft_recipe(f"budget-{config}", "short" if fast else "full", "fastest" if fast else "auto", sft, args,
                       dev=True)
 
@@ -86,7 +93,7 @@ def levers(args) -> None:
     for i in chosen:
         name, prompt, dtype, checkpointing, more = LEVERS[i]
         sft = dict(max_steps=args.lever_steps, batch_size=8, max_length=320, learning_rate=5e-4,
-                   gradient_checkpointing=checkpointing, save_steps=10_000, **{"answer_head_only": False, **more})
+                   gradient_checkpointing=checkpointing, save_steps=10_000, **{**TRL_LOSS, **more})
         recipe = sft_recipe(f"lever-{i}", prompt, dtype, sft, args, dev=False)
         rows.append((name, engine.run(recipe)["sft"].metrics["step_seconds"]))
     base = rows[0][1]
@@ -98,7 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-budget")
-    p.add_argument("--configs", default="study,fast,fast_all_layers")
+    p.add_argument("--configs", default="study,fast,fast_all_layers", help="from: " + ", ".join(CONFIGS))
     p.add_argument("--gold", type=int, default=2000)
     p.add_argument("--dev", type=int, default=300)
     p.add_argument("--study-steps", type=int, default=40)

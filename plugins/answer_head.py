@@ -40,9 +40,8 @@ class AnswerHeadSFTTrainer(SFTTrainer):
     def uses_answer_head(self, model: Any) -> bool:
         """On CUDA and XPU trl 1.x already scores answers only (in tiles, without the logits in memory);
         other loss variants (label smoothing, DFT, a custom loss, MoE aux loss) stay with trl."""
-        args = self.args
         return (self.answer_head_only and model.training and self.accelerator.device.type not in ("cuda", "xpu")
-                and getattr(args, "loss_type", "nll") == "nll" and self.label_smoother is None
+                and getattr(self.args, "loss_type", "nll") == "nll" and self.label_smoother is None
                 and getattr(self, "compute_loss_func", None) is None and not getattr(self, "aux_loss_enabled", False))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

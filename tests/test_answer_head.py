@@ -3,6 +3,8 @@ loss and gradients as trl's own, with the head run on the answer tokens alone.""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -16,8 +18,6 @@ def trainer_for(tiny_teacher, tmp_path, lora: bool, answer_head_only: bool, grad
     from reasondistill.plugins.answer_head import AnswerHeadSFTTrainer
     from reasondistill.plugins.teacher_common import common_args, load_causal_lm, peft_config
     from reasondistill.plugins.teacher_sft import SFTOptions
-
-    from types import SimpleNamespace
 
     torch.manual_seed(0)
     model, tok = load_causal_lm(str(tiny_teacher))
@@ -41,6 +41,17 @@ def loss_and_grads(trainer, batch, num_items_in_batch=None):
     return loss.detach(), grads
 
 
+def loss_grads_and_head_inputs(trainer, batch):
+    """:func:`loss_and_grads`, and the shape of every input the output head was called with."""
+    seen = []
+    head = trainer.accelerator.unwrap_model(trainer.model).get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        return (*loss_and_grads(trainer, batch), seen)
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_answer_head_gives_trl_loss_and_gradients(tiny_teacher, tmp_path, lora):
     """Same loss and the same gradient on every trained weight as trl's SFT loss, with padded rows of
@@ -51,19 +62,11 @@ def test_answer_head_gives_trl_loss_and_gradients(tiny_teacher, tmp_path, lora):
     answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
     assert 0 < answer_tokens < batch["labels"][:, 1:].numel() / 2  # mostly prompt and padding
 
-    seen = []
-    head = ours.accelerator.unwrap_model(ours.model).get_output_embeddings()
-    handle = head.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
-    loss, grads = loss_and_grads(ours, batch)
-    handle.remove()
-    assert seen == [(answer_tokens, head.in_features)]
-
-    theirs_seen = []
-    head = theirs.accelerator.unwrap_model(theirs.model).get_output_embeddings()
-    handle = head.register_forward_hook(lambda m, args, out: theirs_seen.append(tuple(args[0].shape)))
-    expected, expected_grads = loss_and_grads(theirs, batch)
-    handle.remove()
-    assert (answer_tokens, head.in_features) not in theirs_seen  # answer_head_only false: trl's own path
+    loss, grads, seen = loss_grads_and_head_inputs(ours, batch)
+    expected, expected_grads, theirs_seen = loss_grads_and_head_inputs(theirs, batch)
+    width = ours.model.get_output_embeddings().in_features
+    assert seen == [(answer_tokens, width)]
+    assert (answer_tokens, width) not in theirs_seen  # answer_head_only false: trl's own path
     assert loss == pytest.approx(float(expected), rel=1e-5)
     for metric in ("mean_token_accuracy", "num_tokens"):  # trl's metrics, the same numbers
         assert ours._metrics["train"][metric][-1] == pytest.approx(theirs._metrics["train"][metric][-1]), metric
