@@ -23,6 +23,7 @@ from reasondistill.recipe import validate_nested
 from reasondistill.errors import DataError
 from reasondistill.generators import current_teacher
 from reasondistill.fingerprint import write_atomic
+from reasondistill.plugins.parse_health import ParseHealthOptions, ParseMonitor
 
 
 class TeacherAnnotatorOptions(Options):
@@ -112,9 +113,9 @@ def annotate_rows(gen, rows: list[dict], domain, options: TeacherAnnotatorOption
     results = []
     for row, cands in zip(rows, outs):
         parsed = [domain.parse_completion(c.text) for c in cands]
-        results.append([row, cands, parsed])
+        results.append([row, cands, parsed, any(p.ok for p in parsed)])
     for attempt in range(options.retries):  # sampled retries of rows with no parsable label
-        bad = [i for i, (_, cands, parsed) in enumerate(results)
+        bad = [i for i, (_, cands, parsed, _) in enumerate(results)
                if not any(p.ok for p in parsed) and not all(c.error for c in cands)]
         if not bad:
             break
@@ -125,7 +126,7 @@ def annotate_rows(gen, rows: list[dict], domain, options: TeacherAnnotatorOption
             results[i][2] = [domain.parse_completion(c.text) for c in cands]
     out = []
     k = len(domain.labels)
-    for row, cands, parsed in results:
+    for row, cands, parsed, first_try_ok in results:
         votes = Counter(p.label for p in parsed if p.ok)
         if votes:
             label = max(sorted(votes), key=lambda lab: votes[lab])
@@ -142,7 +143,7 @@ def annotate_rows(gen, rows: list[dict], domain, options: TeacherAnnotatorOption
         out.append({**row, "label": -1 if label is None else int(label), "reasoning": parsed[pick].reasoning,
                     "completion": cands[pick].text, "label_probs": [float(p) for p in probs],
                     "confidence": float(votes[label] / n) if label is not None else 0.0,
-                    "parse_ok": label is not None, "teacher": teacher,
+                    "parse_ok": label is not None, "first_try_ok": first_try_ok, "teacher": teacher,
                     "gold_label": gold_label(row),
                     "new_tokens": int(sum(c.tokens for c in cands)),
                     "error": errors[0] if errors and len(errors) == len(cands) else None})
@@ -158,7 +159,7 @@ def gold_label(row: dict) -> int:
     return -1
 
 
-class AnnotateOptions(Options):
+class AnnotateOptions(ParseHealthOptions):
     annotator: ComponentRef("annotator") = "teacher"
     annotator_options: dict[str, Any] = Field(default_factory=dict)
     input: str = Field("pairs", description="the earlier output to annotate")
@@ -200,8 +201,11 @@ class AnnotateStage(Stage):
             jobs.append(("dev_annotations", dev.select(range(min(options.dev_rows, len(dev))))))
             outputs["dev_annotations"] = "dev_annotations"
         for name, data in jobs:
-            stats = annotate_sharded(ctx, annotator, data, teacher, a_opts, options.shard_size, ctx.dir / f"{name}_shards",
-                                     options.max_failed_share)
+            folder = ctx.dir / f"{name}_shards"
+            monitor = ParseMonitor("annotate", options, getattr(a_opts, "max_new_tokens", None),
+                                  f"The shards written are kept in {folder}; a rerun resumes from them")
+            stats = annotate_sharded(ctx, annotator, data, teacher, a_opts, options.shard_size, folder,
+                                     options.max_failed_share, monitor)
             if dist.is_main():
                 merged = merge_shards(ctx.dir / f"{name}_shards")
                 merged.save_to_disk(str(ctx.dir / name))
@@ -228,13 +232,15 @@ def identify_teacher(ctx, teacher: str) -> str:
 
 
 def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: int, folder: Path,
-                     max_failed_share: float = 1.0) -> dict[str, float]:
+                     max_failed_share: float = 1.0, monitor: ParseMonitor | None = None) -> dict[str, float]:
     """Annotate every shard this rank owns that is missing, corrupt or holds failed rows.
 
     Each shard is written atomically as soon as its rows are back; a rerun keeps the complete ones
     and, in a shard with rows that failed in the backend, redoes only those rows. The stage stops
     (work kept) once more than ``max_failed_share`` of the rows done now have failed: a dead server
-    is reported after one shard, not after every request has spent its retries.
+    is reported after one shard, not after every request has spent its retries. ``monitor`` counts
+    the parsed answers (of the kept shards too), shows the share in the progress bar, and stops the
+    stage after a shard that leaves it below ``min_parse_rate``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     n_shards = (len(data) + shard_size - 1) // shard_size
@@ -247,6 +253,10 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
                + sum(1 for s in todo for r in (kept[s] or []) if not r.get("error")))
     ids: dict[str, str] = {}
     started, tokens, pairs, failed = time.time(), 0, 0, 0
+    monitor = monitor or ParseMonitor("annotate", ParseHealthOptions(min_parse_rate=0))
+    for s in mine:  # a resumed stage counts what it kept
+        answered = [r for r in kept[s] or [] if not r.get("error")]
+        monitor.add([r.get("parse_ok", False) for r in answered], [r.get("new_tokens", 0) for r in answered])
     for s in todo:
         shard = data.select(range(s * shard_size, s * shard_size + size[s]))
         rows = kept[s] or [None] * size[s]
@@ -264,15 +274,23 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
         tokens += sum(r.get("new_tokens", 0) for r in new)
         pairs += len(new)
         failed += sum(1 for r in new if r["error"])
+        answered = [r for r in new if not r["error"]]
+        monitor.add([r.get("parse_ok", False) for r in answered], [r.get("new_tokens", 0) for r in answered])
         bar.update(len(redo))
         elapsed = max(1e-9, time.time() - started)
-        bar.set_postfix(pairs_s=f"{pairs / elapsed:.2f}", tok_s=f"{tokens / elapsed:.1f}", failed=failed)
+        bar.set_postfix(pairs_s=f"{pairs / elapsed:.2f}", tok_s=f"{tokens / elapsed:.1f}", failed=failed,
+                        parsed=f"{monitor.rate:.0%}")
         if failed > max_failed_share * pairs:
             bar.close()
             last = next((r["error"] for r in reversed(new) if r["error"]), "in an earlier shard")
             raise DataError(f"annotate: {failed} of {pairs} rows failed in the teacher's backend, more than "
                             f"max_failed_share {max_failed_share:g} (last error: {last}); the shards are kept in "
                             f"{folder}: rerun to resume, only the failed rows are redone")
+        try:
+            monitor.check()
+        except DataError:
+            bar.close()
+            raise
     bar.close()
     dist.barrier()
     return {"seconds_now": time.time() - started, "tokens_now": tokens, "pairs_now": pairs, "failed_now": failed}
@@ -334,6 +352,9 @@ def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
     n = len(ds)
     labels = ds["label"]
     out: dict[str, Any] = {"pairs": n, "parse_rate": round(sum(ds["parse_ok"]) / max(1, n), 4),
+                           # before the sampled retries: the figure teacher_eval's greedy answers give
+                           **({"first_try_parse_rate": round(sum(ds["first_try_ok"]) / max(1, n), 4)}
+                              if "first_try_ok" in ds.column_names else {}),
                            "tokens": int(sum(ds["new_tokens"])),
                            "failed": sum(1 for e in ds["error"] if e) if "error" in ds.column_names else 0}
     for i, name in enumerate(domain.labels):

@@ -187,7 +187,9 @@ class DistillStage(Stage):
         student_c.save(student, tokenizer, out_dir)
         (out_dir / "reasondistill.json").write_text(json.dumps({
             "labels": list(labels), "domain": ctx.domain.name, "domain_options": ctx.domain.settings.model_dump(mode="json"), "max_length": s_opts.max_length,
-            "loss": options.loss, "student": options.student, "base_model": model_path}, indent=2))
+            "loss": options.loss, "student": options.student, "student_options": s_opts.model_dump(mode="json"),
+            "base_model": ctx.recipe.models.get("student") or model_path}, indent=2))
+        hold_to_trained_outputs(ctx, student_c, student, tokenizer, out_dir, train, student_plugin)
         history = [h for h in trainer.state.log_history if "loss" in h]
         (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))
         metrics: dict[str, Any] = {"train_rows": len(train), **source_metrics, "steps": trainer.state.global_step,
@@ -216,6 +218,24 @@ class DistillStage(Stage):
         if (ctx.dir / "dev_predictions.json").exists():
             outputs["dev_predictions"] = "dev_predictions.json"
         return StageResult(outputs=outputs, metrics=metrics)
+
+
+REFERENCE_ROWS = 512
+
+
+def hold_to_trained_outputs(ctx, component, network, tokenizer, out_dir, train, plugin: str) -> None:
+    """Record the in-memory network's probabilities on up to ``REFERENCE_ROWS`` dev (else train)
+    rows, then reload the saved folder and fail, naming the student plugin, if it differs: a
+    ``save`` that drops a trained parameter never reaches dev metrics, export or the server."""
+    from reasondistill.serving import render_items
+    from reasondistill.student_io import check_round_trip, write_trained_outputs
+
+    source = ctx.load_dataset("dev") if ctx.has_input("dev") else train
+    rows = list(source.select(range(min(REFERENCE_ROWS, len(source)))))
+    queries, items = render_items(rows, ctx.domain)
+    probs = component.predictor(out_dir, network=network, tokenizer=tokenizer).predict_proba(queries, items)
+    write_trained_outputs(out_dir, queries, items, probs)
+    check_round_trip(component, out_dir, plugin)
 
 
 def check_network(network: Any, plugin: str) -> None:

@@ -3,6 +3,7 @@ model card), with label agreement and latency of each ONNX variant against torch
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import Field
 
 from reasondistill import Options, Stage, StageResult, hookimpl
@@ -22,6 +23,7 @@ class ExportStage(Stage):
     def run(self, ctx, options: ExportOptions) -> StageResult:
         from reasondistill.onnx_export import OnnxPredictor
         from reasondistill.serving import render_items
+        from reasondistill.student_io import read_trained_outputs
         from reasondistill.student_package import finish_package, start_package, student_component
 
         student = ctx.input("student")
@@ -29,12 +31,16 @@ class ExportStage(Stage):
         onnx_dir = start_package(student, ctx.dir / "model")
         files = component.export_onnx(student, onnx_dir, quantize=options.quantize, optimize=options.optimize)
         metrics = {}
-        if options.agreement_rows and ctx.has_input("dev"):
-            dev = ctx.load_dataset("dev")
-            rows = list(dev.select(range(min(options.agreement_rows, len(dev)))))
-            queries, items = render_items(rows, ctx.domain)
-            torch_pred = component.predictor(student)  # one load serves the reference labels and the latency
-            ref = torch_pred.predict_proba(queries, items).argmax(-1)
+        if options.agreement_rows and (read_trained_outputs(student) or ctx.has_input("dev")):
+            torch_pred = component.predictor(student)  # the saved student: its latency (and labels for old folders)
+            trained = read_trained_outputs(student)
+            if trained:  # held to the network as it was trained, not to a reload of what save wrote
+                queries, items = trained["queries"][:options.agreement_rows], trained["items"][:options.agreement_rows]
+                ref = np.asarray(trained["probs"][:options.agreement_rows]).argmax(-1)
+            else:
+                dev = ctx.load_dataset("dev")
+                queries, items = render_items(list(dev.select(range(min(options.agreement_rows, len(dev))))), ctx.domain)
+                ref = torch_pred.predict_proba(queries, items).argmax(-1)
             metrics["latency_ms_student_torch"] = median_ms(torch_pred, queries, items)
             for variant in files:
                 pred = OnnxPredictor(onnx_dir, variant)

@@ -191,8 +191,8 @@ def evaluate_teacher(ctx, rows: list[dict[str, Any]], max_new_tokens: int = 96, 
         from datasets import Dataset
 
         Dataset.from_list([{"pair_id": r.get("pair_id"), "gold": r["label"], "completion": t,
-                            "label": p.label if p.ok else -1, "scores": json.dumps(v)}
-                           for r, t, p, v in zip(rows, texts, parsed, vectors)]).save_to_disk(str(answers_to))
+                            "label": p.label if p.ok else -1, "new_tokens": int(o[0].tokens), "scores": json.dumps(v)}
+                           for r, t, p, v, o in zip(rows, texts, parsed, vectors, outs)]).save_to_disk(str(answers_to))
     return out
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from reasondistill import BackendSpec, Options, Stage, StageResult, hookimpl
+from reasondistill import BackendSpec, Stage, StageResult, hookimpl
+
+from .parse_health import ParseHealthOptions, ParseMonitor
 
 from .teacher_common import dev_rows, evaluate_teacher
 
 
-class TeacherEvalOptions(Options):
+class TeacherEvalOptions(ParseHealthOptions):
     rows: int = Field(300, ge=1, description="dev pairs to answer")
     max_new_tokens: int = Field(96, ge=4)
     batch_size: int = Field(32, ge=1)
@@ -27,6 +29,14 @@ class TeacherEvalStage(Stage):
         rows = dev_rows(ctx, options.rows)
         metrics = evaluate_teacher(ctx, rows, options.max_new_tokens, options.batch_size,
                                    answers_to=ctx.dir / "answers", backend=options.backend)
+        if metrics:  # the answers are saved first: a stop keeps them to read
+            from datasets import load_from_disk
+
+            answers = load_from_disk(str(ctx.dir / "answers"))
+            monitor = ParseMonitor("teacher_eval", options, options.max_new_tokens,
+                                   f"The answers are kept in {ctx.dir / 'answers'} to read")
+            monitor.add([label >= 0 for label in answers["label"]], answers["new_tokens"])
+            monitor.check()
         outputs = {"answers": "answers"} if metrics else {}
         return StageResult(outputs=outputs, metrics={"rows": len(rows), **metrics})
 

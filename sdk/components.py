@@ -135,23 +135,41 @@ class Student(Component):
         outputs and, when given, input embeddings for ``vocab_size`` tokens."""
 
     def save(self, network: Any, tokenizer: Any, folder: Path) -> None:
-        """Write the trained network and its tokenizer so :meth:`predictor` can load them."""
-        network.model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+        """Write the trained network and its tokenizer so :meth:`predictor` can load them.
+
+        Default: ``network.model.save_pretrained`` plus every parameter outside ``network.model``
+        (a custom head) in ``network.safetensors`` (:mod:`reasondistill.student_io`). The stage then
+        reloads the folder and fails, naming this plugin, if it does not reproduce the trained outputs.
+        """
+        from .student_io import save_network
+
+        save_network(network, tokenizer, folder, self.name)
 
     def predictor(self, folder: Path, network: Any = None, tokenizer: Any = None, batch_size: int = 64) -> Any:
         """An object with ``predict_proba(queries, items) -> ndarray [n, labels]`` for the saved
-        student in ``folder`` (or the in-memory ``network``): the standard view only."""
-        from .serving import Predictor
+        student in ``folder`` (or the in-memory ``network``): the standard view only.
 
-        return Predictor(folder, batch_size=batch_size, model=getattr(network, "model", None), tokenizer=tokenizer)
+        Default: the network's own ``forward_view``; a folder with parameters outside the sequence
+        classifier is rebuilt with :meth:`build` and read back whole.
+        """
+        from .serving import Predictor
+        from .student_io import load_network
+
+        if network is None:
+            network = load_network(self, Path(folder))
+        return Predictor(folder, batch_size=batch_size, network=network, tokenizer=tokenizer)
 
     def export_onnx(self, folder: Path, out_dir: Path, quantize: bool = True, optimize: bool = True) -> dict[str, str]:
         """Write the standard view as ONNX to ``out_dir`` (``model.onnx``, optionally
-        ``model.int8.onnx``, and the tokenizer); returns ``{"fp32": name, "int8": name}``."""
-        from .onnx_export import export_onnx
+        ``model.int8.onnx``, and the tokenizer); returns ``{"fp32": name, "int8": name}``.
 
-        return export_onnx(folder, out_dir, quantize=quantize, optimize=optimize)
+        Default: the sequence classifier, or, for a folder with parameters outside it, the
+        network rebuilt by :meth:`predictor`'s rule and traced through ``forward_view``."""
+        from .onnx_export import export_onnx
+        from .student_io import load_network
+
+        network = load_network(self, Path(folder), inference=False)
+        return export_onnx(folder, out_dir, quantize=quantize, optimize=optimize, network=network)
 
 
 class DistillLoss(Component):

@@ -17,8 +17,12 @@ log = logging.getLogger("reasondistill")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = True, optimize: bool = True) -> dict[str, str]:
+def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = True, optimize: bool = True,
+                network: Any = None) -> dict[str, str]:
     """Write ``model.onnx`` (fp32) and, with ``quantize``, ``model.int8.onnx``, plus the tokenizer.
+
+    ``network``: a :class:`~reasondistill.components.StudentNetwork` to trace through its
+    ``forward_view`` (a student with its own head); default: the folder's sequence classifier.
 
     :return: ``{"fp32": path, "int8": path}`` (relative file names inside ``out_dir``).
     """
@@ -28,8 +32,11 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = Tru
     model_dir, out = Path(model_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(  # runtime: ONNX traces the fp32 CPU model
-        model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    if network is None:
+        model = AutoModelForSequenceClassification.from_pretrained(  # runtime: ONNX traces the fp32 CPU model
+            model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    else:
+        model = _standard_view(network.to(device="cpu", dtype=torch.float32).eval())
     sample = tok(["a query", "another query here"], ["an item title", "a longer item title for the example"],
                  return_tensors="pt", padding=True)
     names = [k for k in INPUTS if k in sample]
@@ -57,6 +64,21 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = Tru
     for leftover in out.glob("*.onnx.data"):
         log.debug("external data kept: %s", leftover)
     return files
+
+
+def _standard_view(network: Any) -> Any:
+    """``network.forward_view``'s logits as a module ONNX can trace (inputs by keyword)."""
+    import torch
+
+    class StandardView(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.config = net, net.model.config
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            return self.net.forward_view(input_ids, attention_mask, token_type_ids)[0]
+
+    return StandardView(network).eval()
 
 
 def _optimize(src: Path, dst: Path, config: Any) -> bool:

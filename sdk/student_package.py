@@ -152,7 +152,9 @@ def start_package(student: Path, out: Path) -> Path:
     """``out`` as a fresh copy of the student's ``save_pretrained`` folder; ONNX files go in ``out/onnx``."""
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(student, out)
+    from .student_io import TRAINED_OUTPUTS  # the distill stage's reference rows stay out of the package
+
+    shutil.copytree(student, out, ignore=shutil.ignore_patterns(TRAINED_OUTPUTS))
     return out / "onnx"
 
 

@@ -201,6 +201,8 @@ def test_only_unparsable_rows_are_retried(teacher, request):
         else:  # at 32 new tokens it misses a few rows (2 of 12 here)
             assert asked[:2] == [12, 12 - sum(first)] and all(a <= asked[1] for a in asked[1:])
         assert sum(r["parse_ok"] for r in out) >= sum(first)
+    # the greedy first answers are recorded apart from the retries: teacher_eval's comparable figure
+    assert [r["first_try_ok"] for r in out] == first
 
 
 def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():

@@ -1,0 +1,116 @@
+"""What was trained is what is saved, evaluated, exported and served (issue 33, item 1).
+
+A third-party student with its own head (a 2-layer MLP over [CLS], built as the plugin guide says:
+``build`` + ``forward_view``) once trained, then lost its head on save: dev metrics, export and the
+server all ran the untrained ``classifier``. These tests train such a student on the tiny models
+through the real distill and export stages.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reasondistill import PluginError, Recipe, hookimpl, step
+from reasondistill.plugins.student_encoder import EncoderClassifier, EncoderStudent
+from reasondistill.student_io import NETWORK_FILE, read_trained_outputs
+
+
+class MLPHead(EncoderStudent):
+    """[CLS] -> Linear -> GELU -> Linear: parameters outside ``network.model``."""
+
+    def __init__(self, model, num_labels):
+        super().__init__(model)
+        hidden = model.config.hidden_size
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.GELU(),
+                                       torch.nn.Linear(hidden, num_labels))
+
+    def forward_view(self, input_ids, attention_mask, token_type_ids=None):
+        _, cls = super().forward_view(input_ids, attention_mask, token_type_ids)
+        return self.mlp(cls), cls
+
+
+class MLPHeadStudent(EncoderClassifier):
+    name = "mlp-head-encoder"
+
+    def build(self, model, num_labels, options, trust_remote_code=False, vocab_size=None):
+        torch.manual_seed(1234)  # the same untrained head on every build: a dropped head must still differ
+        return MLPHead(super().build(model, num_labels, options, trust_remote_code, vocab_size).model, num_labels)
+
+
+class ForgetfulStudent(MLPHeadStudent):
+    """A plugin whose own ``save`` writes only the encoder (the bug issue 33 found in the default)."""
+
+    name = "forgetful-encoder"
+
+    def save(self, network, tokenizer, folder):
+        network.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+class Students:
+    @hookimpl
+    def register_students(self, register):
+        register(MLPHeadStudent())
+        register(ForgetfulStudent())
+
+
+def recipe(student: str, export: bool = False) -> Recipe:
+    stages = [step("pairs", n=240),
+              step("distill", student=student, train_input="pairs", loss="ce", batch_size=16, learning_rate=3e-3,
+                   max_steps=25, logging_steps=5, student_options={"max_length": 48})]
+    if export:
+        stages.append(step("export", agreement_rows=100))
+    return Recipe(name="head", models={"student": "tiny-encoder"}, seed=3, stages=stages)
+
+
+@pytest.fixture
+def students(register_plugin):
+    register_plugin(Students(), "test_students")
+
+
+def test_custom_head_round_trip_and_export(rd_engine, rd_hooks, students):
+    """Train, save, load, predict: the reload gives the trained network's probabilities; the
+    export's agreement is measured against the trained network and the ONNX model has the head."""
+    results = rd_engine.run(recipe("mlp-head-encoder", export=True))
+    folder = rd_engine.runs_dir / "head" / "distill" / "student"
+    assert (folder / NETWORK_FILE).exists()
+    meta = json.loads((folder / "reasondistill.json").read_text())
+    assert meta["student"] == "mlp-head-encoder" and meta["student_options"]["max_length"] == 48
+    assert meta["base_model"] == "tiny-encoder"  # the model's name, not this machine's cache path
+
+    trained = read_trained_outputs(folder)
+    component = rd_hooks.catalogue.get("student", "mlp-head-encoder")
+    reloaded = component.predictor(folder).predict_proba(trained["queries"], trained["items"])
+    assert np.allclose(reloaded, trained["probs"], atol=1e-4)
+    # the head matters: the encoder's own (untrained) classifier gives other answers
+    from reasondistill.serving import Predictor
+
+    plain = Predictor(folder).predict_proba(trained["queries"], trained["items"])
+    assert not np.allclose(plain, trained["probs"], atol=1e-2)
+
+    export = results["export"].metrics
+    assert export["agreement_fp32"] == 1.0 and export["agreement_int8"] >= 0.9
+    from reasondistill.onnx_export import OnnxPredictor
+
+    onnx = OnnxPredictor(rd_engine.runs_dir / "head" / "export" / "model" / "onnx", "fp32")
+    got = onnx.predict_proba(trained["queries"][:20], trained["items"][:20])
+    assert np.allclose(got, np.asarray(trained["probs"][:20]), atol=1e-3)
+    assert not (rd_engine.runs_dir / "head" / "export" / "model" / "trained_outputs.json").exists()
+
+
+def test_builtin_student_round_trip_writes_no_extra_file(rd_engine, rd_hooks):
+    rd_engine.run(recipe("encoder-classifier"))
+    folder = rd_engine.runs_dir / "head" / "distill" / "student"
+    assert not (folder / NETWORK_FILE).exists()  # the plain sequence classifier holds everything
+    trained = read_trained_outputs(folder)
+    reloaded = rd_hooks.catalogue.get("student", "encoder-classifier").predictor(folder)
+    assert np.allclose(reloaded.predict_proba(trained["queries"], trained["items"]), trained["probs"], atol=1e-4)
+
+
+def test_a_save_that_drops_the_head_fails_the_stage_naming_the_plugin(rd_engine, students):
+    with pytest.raises(PluginError, match=r"plugin 'test_students' failed in hook 'Student.save': the saved student .* "
+                                          r"does not reproduce the trained network"):
+        rd_engine.run(recipe("forgetful-encoder"))
+    assert not (rd_engine.runs_dir / "head" / "distill" / "manifest.json").exists()
