@@ -22,7 +22,7 @@ from reasondistill import distributed as dist
 from reasondistill.recipe import validate_nested
 from reasondistill.errors import DataError
 from reasondistill.generators import current_teacher
-from reasondistill.fingerprint import write_atomic
+from reasondistill.fingerprint import portable_ref, write_atomic
 from reasondistill.plugins.parse_health import ParseHealthOptions, ParseMonitor
 
 
@@ -225,7 +225,7 @@ def identify_teacher(ctx, teacher: str) -> str:
     try:
         name = path.resolve().relative_to(ctx.run.dir.resolve()).as_posix()
     except ValueError:
-        name = ctx.recipe.models.get("teacher", path.name)
+        name = portable_ref(ctx.recipe.models.get("teacher", path.name)).split("@")[0]
     files = [p for p in (path / "config.json", path / "model.safetensors") if p.exists()]
     digest = "+".join(fingerprint(p)[7:19] for p in files)
     return f"{name}@{digest}" if digest else name

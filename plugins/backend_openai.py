@@ -27,6 +27,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field
 
+from reasondistill.fingerprint import portable_ref
 from reasondistill import Generation, GenerationBackend, Options, hookimpl
 from reasondistill.errors import BackendError
 from reasondistill.generators import cut_at_stop, label_mass
@@ -162,9 +163,10 @@ class OpenAIGenerator:
         if entry is None:
             raise self._fail(f"model {name!r} is not served{' (auto needs exactly one)' if name == 'auto' else ''}; "
                              f"the server lists: {', '.join(sorted(entries)) or 'nothing'}")
-        self.model = entry["id"]
+        self.model = entry["id"]  # requests name the model as the server does; the record names it portably
         root = entry.get("root")
-        return f"served:{entry['id']}" + (f"@{root}" if root and root != entry["id"] else "")
+        served, origin = portable_ref(entry["id"]), portable_ref(root)
+        return f"served:{served}" + (f"@{origin}" if origin and origin not in (entry["id"], served) else "")
 
     def close(self) -> None:
         """Close the pooled connections (also done when the generator is collected)."""

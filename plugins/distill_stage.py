@@ -12,6 +12,7 @@ from reasondistill import distributed as dist
 from reasondistill.recipe import validate_nested
 from reasondistill.domain import require_ability
 from reasondistill.errors import DataError, PluginError
+from reasondistill.fingerprint import portable_ref
 from reasondistill.hf_compat import warmup_arg
 from reasondistill.plugins.distill_sources import TrainSource, load_source, merge_sources, source_key
 from reasondistill.views import check_encoding
@@ -188,7 +189,7 @@ class DistillStage(Stage):
         (out_dir / "reasondistill.json").write_text(json.dumps({
             "labels": list(labels), "domain": ctx.domain.name, "domain_options": ctx.domain.settings.model_dump(mode="json"), "max_length": s_opts.max_length,
             "loss": options.loss, "student": options.student, "student_options": s_opts.model_dump(mode="json"),
-            "base_model": ctx.recipe.models.get("student") or model_path}, indent=2))
+            "base_model": portable_ref(ctx.recipe.models.get("student") or model_path)}, indent=2))
         hold_to_trained_outputs(ctx, student_c, student, tokenizer, out_dir, train, student_plugin)
         history = [h for h in trainer.state.log_history if "loss" in h]
         (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))

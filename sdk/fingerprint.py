@@ -33,6 +33,21 @@ def fingerprint(path: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def portable_ref(ref: str | None) -> str | None:
+    """A model reference that reads the same on any machine: a name stays as it is; a local folder
+    becomes ``<folder name>@<content digest>`` (its ``config.json`` and weights), never the absolute
+    path of the machine that built it (exports, model cards, lineage, served ids)."""
+    if not ref:
+        return ref
+    path = Path(ref)
+    if not path.is_absolute() and not (os.sep in ref and path.exists()):
+        return ref
+    files = [path / f for f in ("config.json", "model.safetensors")] if path.is_dir() else []
+    digest = "+".join(file_sha256(f)[:12] for f in files if f.exists())
+    name = path.name or ref
+    return f"{name}@{digest}" if digest else name
+
+
 def canonical_hash(data: Any) -> str:
     """A stable hash of JSON-able data (sorted keys)."""
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

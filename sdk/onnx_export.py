@@ -36,7 +36,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = Tru
         model = AutoModelForSequenceClassification.from_pretrained(  # runtime: ONNX traces the fp32 CPU model
             model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     else:
-        model = _standard_view(network.to(device="cpu", dtype=torch.float32).eval())
+        model = _standard_view(network.to(device="cpu", dtype=torch.float32).eval())  # runtime: as above
     sample = tok(["a query", "another query here"], ["an item title", "a longer item title for the example"],
                  return_tensors="pt", padding=True)
     names = [k for k in INPUTS if k in sample]

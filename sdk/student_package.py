@@ -28,7 +28,7 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
     """What produced the student, read from the run's recipe and manifests."""
     from reasondistill import __version__
 
-    from .fingerprint import canonical_hash
+    from .fingerprint import canonical_hash, portable_ref
     from .report import run_stages
 
     recipe = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
@@ -44,10 +44,10 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
         out["annotations"] = {k: metrics[k] for k in ("pairs", "parse_rate", "failed", "teacher_macro_f1",
                                                       "teacher_accuracy", "dev_teacher_macro_f1") if k in metrics}
     else:
-        out["teacher"] = recipe.get("models", {}).get("teacher")
+        out["teacher"] = portable_ref(recipe.get("models", {}).get("teacher"))
     if "distill" in by_use:
         name, m = by_use["distill"]
-        out["student"] = {"base_model": recipe.get("models", {}).get("student"), "loss": m["options"].get("loss"),
+        out["student"] = {"base_model": portable_ref(recipe.get("models", {}).get("student")), "loss": m["options"].get("loss"),
                           "train_rows": m["metrics"].get("train_rows"), "steps": m["metrics"].get("steps")}
         out["dev_metrics"] = {k.removeprefix("dev_"): v for k, v in m["metrics"].items() if k.startswith("dev_")}
         out["retention"] = {k.removeprefix("vs_teacher_"): v for k, v in m["metrics"].items()

@@ -12,6 +12,7 @@ import pytest
 from datasets import load_from_disk
 
 from reasondistill import BackendError, Recipe, step
+from reasondistill.fingerprint import portable_ref
 from reasondistill.generators import cut_at_stop, label_mass
 from reasondistill.hf_compat import transformers_major
 from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
@@ -163,7 +164,7 @@ stages:
   - uses: pairs
     options: {{n: {n}, dev_fraction: 0.0}}
   - uses: annotate
-    options: {{shard_size: {shard}, max_failed_share: {share},
+    options: {{shard_size: {shard}, max_failed_share: {share}, on_low_parse: warn,
                annotator_options: {{max_new_tokens: {tokens}, retries: 0}}}}
 """
 
@@ -208,7 +209,7 @@ def test_failed_rows_fail_the_stage_then_resume_without_loss_and_no_key_leaks(tm
         assert len(rows) == 40 and all(r["parse_ok"] and r["error"] is None for r in rows)
         redone = len(server.requests) - asked
         assert redone < 40, f"the rerun asked {redone} requests; only the failed rows should be redone"
-        assert all(r["teacher"] == "served:teacher-7b@/models/teacher-7b" for r in rows)
+        assert all(r["teacher"] == "served:teacher-7b" for r in rows)  # the server's folder is not recorded
         assert set(server.auth_seen) == {f"Bearer {secret}"}
         for text in [first.stdout, first.stderr, second.stdout, second.stderr]:
             assert secret not in text
@@ -291,7 +292,8 @@ def test_served_greedy_equals_local_backend(tiny_served, tiny_teacher):
     msgs = _messages(16)
     served = OpenAIGenerator(DOM, OpenAIBackendOptions(model=tiny_served.model, base_url=tiny_served.url,
                                                        concurrency=4, **FAST), max_new_tokens=48)
-    assert served.identity == f"served:{tiny_teacher}"
+    assert served.identity == f"served:{portable_ref(str(tiny_teacher))}"  # name@digest, not this machine's path
+    assert served.identity.startswith(f"served:{tiny_teacher.name}@")
     remote = [o[0].text for o in served.generate(msgs)]
     labels = [DOM.parse_completion(t).label for t in remote]
     assert None not in labels and len(set(labels)) >= 2, labels
@@ -349,5 +351,5 @@ def test_served_teacher_recipe_end_to_end(tiny_served, tmp_path, rd_hooks):
     assert ann["pairs"] == 120 and ann["failed"] == 0 and ann["parse_rate"] >= 0.9
     assert 0.0 < ann["teacher_accuracy"] < 1.0
     rows = load_from_disk(str(tmp_path / "runs" / "served_teacher" / "annotate" / "annotations")).to_list()
-    assert {r["teacher"] for r in rows} == {f"served:{tiny_served.model}"}
+    assert {r["teacher"] for r in rows} == {f"served:{portable_ref(tiny_served.model)}"}
     assert "dev_macro_f1" in res["distill"].metrics and res["export"].metrics["agreement_fp32"] >= 0.95

@@ -114,3 +114,31 @@ def test_a_save_that_drops_the_head_fails_the_stage_naming_the_plugin(rd_engine,
                                           r"does not reproduce the trained network"):
         rd_engine.run(recipe("forgetful-encoder"))
     assert not (rd_engine.runs_dir / "head" / "distill" / "manifest.json").exists()
+
+
+def test_artifacts_name_models_portably(rd_engine, tiny_encoder):
+    """A recipe that names its student by a local folder records the folder's name and content
+    digest in the export, the lineage and the model card, never this machine's absolute path."""
+    run = recipe("encoder-classifier", export=True)
+    run.models["student"] = str(tiny_encoder)
+    rd_engine.run(run)
+    package = rd_engine.runs_dir / "head" / "export" / "model"
+    texts = {f: (package / f).read_text() for f in ("reasondistill.json", "lineage.json", "README.md")}
+    base = json.loads(texts["reasondistill.json"])["base_model"]
+    assert base.startswith(tiny_encoder.name + "@") and len(base.split("@")[1]) >= 12
+    for name, text in texts.items():
+        assert str(tiny_encoder) not in text and str(rd_engine.runs_dir) not in text, name
+
+
+def test_portable_ref_keeps_names_and_digests_folders(tmp_path):
+    from reasondistill.fingerprint import portable_ref
+
+    assert portable_ref("tiny-encoder") == "tiny-encoder"
+    assert portable_ref("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert portable_ref(str(folder)) == "my-model"
+    (folder / "config.json").write_text("{}")
+    first = portable_ref(str(folder))
+    (folder / "config.json").write_text('{"a": 1}')
+    assert first.startswith("my-model@") and portable_ref(str(folder)) != first  # the content, not the place

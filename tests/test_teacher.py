@@ -18,7 +18,7 @@ def teacher_recipe(**over):
         step("sft", max_steps=3, batch_size=4, max_length=256, eval_rows=4, eval_max_new_tokens=8),
         step("preference", prompts=6, candidates=3, max_new_tokens=12, min_margin=0.0, max_steps=2, batch_size=2,
              max_length=256, heldout_prompts=3),
-        step("teacher_eval", name="after_dpo", rows=4, max_new_tokens=8),
+        step("teacher_eval", name="after_dpo", rows=4, max_new_tokens=8, on_low_parse="warn"),
     ]
     return Recipe(name="teach", models={"teacher": "tiny-causal-lm"}, seed=2, **over, stages=stages)
 

@@ -34,7 +34,7 @@ stages:
   - uses: reward_model
     options: {epochs: 1, batch_size: 2, max_length: 128}
   - uses: annotate
-    options: {shard_size: 16, dev_rows: 0, annotator_options: {max_new_tokens: 8, batch_size: 8, retries: 0}}
+    options: {shard_size: 16, dev_rows: 0, on_low_parse: warn, annotator_options: {max_new_tokens: 8, batch_size: 8, retries: 0}}
   - uses: distill
     options: {train_input: pairs, reasoning_column: rationale, max_steps: 4, batch_size: 4, learning_rate: 0.002,
               student_options: {max_length: 48, reasoning_tokens: 32}}

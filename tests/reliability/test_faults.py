@@ -99,7 +99,7 @@ def test_truncated_shard_is_detected_and_redone(tmp_path):
     """A run cut off after a shard was truncated (the manifest never written, the stage's state
     left as running): the rerun resumes, finds the shard by its sha256, redoes it alone."""
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(CRSD.format(stage="annotate", options="{shard_size: 16, annotator_options: {max_new_tokens: 6}}"))
+    recipe.write_text(CRSD.format(stage="annotate", options="{shard_size: 16, on_low_parse: warn, annotator_options: {max_new_tokens: 6}}"))
     run(recipe, tmp_path / "runs")
     stage = tmp_path / "runs" / "f" / "annotate"
     before = load_from_disk(str(stage / "annotations")).to_list()
