@@ -19,7 +19,7 @@ from pydantic import Field
 
 from reasondistill import Annotator, BackendSpec, ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
-from reasondistill.recipe import validate_nested
+from reasondistill.recipe import OUTPUT_REF, validate_nested
 from reasondistill.errors import DataError
 from reasondistill.generators import current_teacher
 from reasondistill.fingerprint import portable_ref, write_atomic
@@ -162,7 +162,7 @@ def gold_label(row: dict) -> int:
 class AnnotateOptions(ParseHealthOptions):
     annotator: ComponentRef("annotator") = "teacher"
     annotator_options: dict[str, Any] = Field(default_factory=dict)
-    input: str = Field("pairs", description="the earlier output to annotate")
+    input: str = Field("pairs", description="the earlier output to annotate", json_schema_extra=OUTPUT_REF)
     limit: int | None = Field(None, ge=1, description="annotate only the first N pairs")
     shard_size: int = Field(64, ge=1)
     dev_rows: int = Field(0, ge=0, description="also annotate N dev pairs to measure the teacher")

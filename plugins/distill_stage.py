@@ -9,7 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
-from reasondistill.recipe import validate_nested
+from reasondistill.recipe import OUTPUT_REF, validate_nested
 from reasondistill.domain import require_ability
 from reasondistill.errors import DataError, PluginError
 from reasondistill.fingerprint import portable_ref
@@ -23,11 +23,12 @@ class DistillOptions(Options):
     student_options: dict[str, Any] = Field(default_factory=dict)
     loss: ComponentRef("loss") = "crsd"
     loss_options: dict[str, Any] = Field(default_factory=dict)
-    train_input: str = Field("annotations", description="the earlier output to train on (one source; see sources)")
+    train_input: str = Field("annotations", description="the earlier output to train on (one source; see sources)", json_schema_extra=OUTPUT_REF)
     sources: list[TrainSource] = Field(default_factory=list, description="several training inputs, each with a "
                                        "weight and filters (teacher annotations + gold pairs); replaces train_input")
     gate: str | None = Field(None, description="a quality gate's verdict (an earlier output, e.g. `verdict`): when "
-                             "it falls back, the sources whose labels are the teacher's are dropped")
+                             "it falls back, the sources whose labels are the teacher's are dropped",
+                             json_schema_extra=OUTPUT_REF)
     reasoning_column: str = "reasoning"
     domain_rationale: bool = Field(False, description="reasoning from the domain's rule-written rationale(row, label)")
     hide_verdict: bool = Field(False, description="drop the reasoning's sentences that name a label "
@@ -117,7 +118,30 @@ class DistillStage(Stage):
         opts = DistillOptions.model_validate(raw or {}, context=context)
         student = validate_nested(context, "student", opts.student, opts.student_options, "student_options")
         loss = validate_nested(context, "loss", opts.loss, opts.loss_options, "loss_options")
+        entry = (context or {}).get("catalogue").kind("loss").get(opts.loss) if (context or {}).get("catalogue") else None
+        check_position_limit(context, student, bool(entry and entry.component.needs_reasoning))
         return opts.model_copy(update={"student_options": student.model_dump(), "loss_options": loss.model_dump()})
+
+    def preflight(self, check, options: DistillOptions) -> None:
+        """Tokenize, encode and build the student, and run its views on two of the run's rows."""
+        if not check.rows:
+            return
+        cat = check.hooks.catalogue
+        student_c, loss_c = cat.get("student", options.student), cat.get("loss", options.loss)
+        s_opts = student_c.options(options.student_options)
+        plugin = cat.kind("student")[options.student].plugin
+        model_path, trust = check.model("student"), check.recipe.trust_remote_code
+        tokenizer = student_c.tokenizer(model_path, trust)
+        rows = check.rows[:2]
+        needs_r = loss_c.needs_reasoning
+        reasonings = [check.completion(r) for r in rows] if needs_r else None
+        enc = student_c.encode(tokenizer, [check.domain.query_text(r) for r in rows],
+                               [check.domain.item_text(r) for r in rows], reasonings, s_opts)
+        check_encoding(enc, needs_r, plugin)
+        network = student_c.build(model_path, len(check.domain.labels), s_opts, trust)
+        check_network(network, plugin)
+        dry_call_network(network, [{k: enc[k][i] for k in enc} for i in range(len(rows))], tokenizer,
+                         len(check.domain.labels), needs_r, plugin)
 
     def run(self, ctx, options: DistillOptions) -> StageResult:
         from transformers import TrainingArguments
@@ -160,6 +184,7 @@ class DistillStage(Stage):
                             remove_columns=[c for c in train.column_names if c not in ("label_probs", "weight")])
         student = student_c.build(model_path, len(labels), s_opts, trust, vocab_size=len(tokenizer) if added else None)
         check_network(student, student_plugin)
+        dry_call_network(student, encoded, tokenizer, len(labels), needs_r, student_plugin)
         extra = loss_c.extra_modules(student.hidden_size, l_opts)
         if extra:
             import torch
@@ -237,6 +262,64 @@ def hold_to_trained_outputs(ctx, component, network, tokenizer, out_dir, train, 
     probs = component.predictor(out_dir, network=network, tokenizer=tokenizer).predict_proba(queries, items)
     write_trained_outputs(out_dir, queries, items, probs)
     check_round_trip(component, out_dir, plugin)
+
+
+def dry_call_network(network: Any, encoded, tokenizer, num_labels: int, needs_reasoning: bool, plugin: str) -> None:
+    """Run the network's views on two real rows before training: logits must be ``[rows,
+    num_labels]`` and the vector ``[rows, hidden]``, else one line naming the student plugin (not the
+    loss that would trip over it at the first step). The RNG state is restored, so training is
+    unchanged by the call."""
+    import torch
+
+    from reasondistill.training import PairCollator
+    from reasondistill.views import STANDARD, forward_view, forward_views
+
+    rows = [encoded[i] for i in range(min(2, len(encoded)))]
+    batch = PairCollator(tokenizer)([{k: v for k, v in r.items() if k not in ("label_probs", "weight")} for r in rows])
+    device = next(network.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    hook = "StudentNetwork.forward_shared" if any(k.startswith("shr_") for k in batch) else "StudentNetwork.forward_view"
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        try:
+            views = forward_views(network, batch) if needs_reasoning else (forward_view(network, batch, STANDARD),)
+        except Exception as exc:
+            raise PluginError(plugin, hook, f"failed on a batch of {len(rows)} rows: {type(exc).__name__}: {exc}") from exc
+    for name, out in zip(("standard", "reasoning"), views):
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+            raise PluginError(plugin, hook, f"the {name} view returned {type(out).__name__}, not (logits, cls) tensors")
+        logits, cls = out
+        if tuple(logits.shape) != (len(rows), num_labels):
+            raise PluginError(plugin, hook, f"the {name} view's logits have shape {tuple(logits.shape)}; the domain has "
+                              f"{num_labels} labels, so [{len(rows)}, {num_labels}] for {len(rows)} rows")
+        if cls.dim() != 2 or cls.shape[0] != len(rows):
+            raise PluginError(plugin, hook, f"the {name} view's vector has shape {tuple(cls.shape)}; "
+                              f"[{len(rows)}, hidden] for {len(rows)} rows")
+
+
+def check_position_limit(context: dict | None, student_options: Any, reasoning_view: bool) -> None:
+    """At ``validate``: the student's token budget (``max_length``, plus ``reasoning_tokens`` for
+    the reasoning view) fits its model's positions; else an error naming the option and the limit
+    (a 100,000-token budget once trained, then failed in the server on a long document)."""
+    from reasondistill.errors import RecipeError
+    from reasondistill.models import model_max_positions
+
+    context = context or {}
+    recipe, catalogue = context.get("recipe"), context.get("catalogue")
+    length = getattr(student_options, "max_length", None)
+    if recipe is None or catalogue is None or not isinstance(length, int):
+        return
+    ref = recipe.models.get("student")
+    limit = model_max_positions(ref, catalogue)
+    if not limit:
+        return
+    if length > limit:
+        raise RecipeError("student_options.max_length", f"{length} is above the {limit} positions of the student "
+                          f"model {ref!r}; at most {limit}")
+    extra = (getattr(student_options, "reasoning_tokens", 0) or 0) if reasoning_view else 0
+    if length + extra > limit:
+        raise RecipeError("student_options.reasoning_tokens", f"max_length {length} + reasoning_tokens {extra} = "
+                          f"{length + extra} is above the {limit} positions of the student model {ref!r} (the "
+                          f"reasoning view reads both); at most {limit - length}")
 
 
 def check_network(network: Any, plugin: str) -> None:

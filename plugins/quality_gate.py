@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from reasondistill.recipe import OUTPUT_REF
+
 from reasondistill import Options, Stage, StageResult, hookimpl
 from reasondistill.errors import DataError
 from reasondistill.evaluation import teacher_labels
@@ -28,9 +30,10 @@ log = logging.getLogger("reasondistill")
 
 class GateOptions(Options):
     teacher_input: str = Field("dev_annotations", description="the teacher's answers on gold dev pairs "
-                               "(annotate's dev_annotations: label, gold_label)")
+                               "(annotate's dev_annotations: label, gold_label)", json_schema_extra=OUTPUT_REF)
     reference: str | None = Field(None, description="an earlier student trained on gold pairs only (e.g. "
-                                  "`student_gold_ce.student`): its macro-F1 on the same dev pairs is the bar")
+                                  "`student_gold_ce.student`): its macro-F1 on the same dev pairs is the bar",
+                                  json_schema_extra=OUTPUT_REF)
     reference_macro_f1: float | None = Field(None, ge=0, le=1, description="the bar as a number, instead of a reference student")
     margin: float = Field(0.0, ge=-1, le=1, description="the teacher passes when its macro-F1 >= bar + margin")
     policy: Literal["fail", "warn", "fallback"] = Field("warn", description="what a teacher below the bar does: stop "

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from reasondistill import hookimpl
-from reasondistill.report import run_stages, run_table, verdict_lines
+from reasondistill.report import run_stages, run_table, verdict_lines, warning_lines
 
 
 #: fonts with CJK glyphs, most common first (system fonts, or the ``cjk`` extra's ``mplfonts``)
@@ -142,8 +142,9 @@ def write_report(run_dir: Path) -> Path:
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     lines = [f"# Run `{run_dir.name}`", "", "```", run_table(run_dir), "```", ""]
-    verdicts = verdict_lines(run_dir)
+    verdicts = verdict_lines(run_dir) + warning_lines(run_dir)
     lines += [f"**{line}**" for line in verdicts] + ([""] if verdicts else [])
+    lines += ["## Every metric", "", "```", run_table(run_dir, full=True), "```", ""]
     stages = run_stages(run_dir)
     headline: dict[str, float] = {}
     latency: dict[str, float] = {}

@@ -206,6 +206,14 @@ def reward_vectors(ctx, rows: list[dict[str, Any]], texts: list[str]) -> list[di
     return vectors
 
 
+def preflight_rewards(check) -> None:
+    """A dry call of every reward scorer on well-formed answers to a few of the run's rows: a score
+    that is not a float in [0, 1] fails before the teacher trains (``Hooks.score_reasoning``)."""
+    for row in check.rows:
+        vector = check.hooks.score_reasoning(row, check.completion(row), check.domain)
+        check.hooks.aggregate_reward(vector, check.recipe.reward_weights)
+
+
 def mean_by_dimension(vectors: list[dict[str, float]]) -> dict[str, float]:
     """Each dimension's mean over the vectors that carry it (a scorer may abstain on some)."""
     sums: dict[str, list[float]] = {}

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from reasondistill.recipe import OUTPUT_REF
+
 from reasondistill import Stage, StageResult, hookimpl
 from reasondistill.errors import DataError
 
-from .teacher_common import TeacherTrainOptions, common_args, load_causal_lm, sft_stage_result, teacher_source
+from .teacher_common import (TeacherTrainOptions, common_args, load_causal_lm, preflight_rewards, sft_stage_result,
+                             teacher_source)
 
 
 class DaptOptions(TeacherTrainOptions):
-    inputs: list[str] = Field(default_factory=lambda: ["pairs"], description="earlier outputs whose texts to use")
+    inputs: list[str] = Field(default_factory=lambda: ["pairs"], description="earlier outputs whose texts to use", json_schema_extra=OUTPUT_REF)
     text_columns: list[str] = Field(default_factory=lambda: ["query", "item"],
                                     description="'item' is rendered by the domain with its extra fields")
     text_files: list[str] = Field(default_factory=list, description="plain-text files, one document a line")
@@ -51,6 +54,11 @@ class DaptStage(Stage):
             return {f"text_files[{i}]": fingerprint(p) for i, p in enumerate(options.text_files)}
         except FileNotFoundError as exc:
             raise DataError(f"text_files: {exc.args[0]}: no such file") from None
+
+    def preflight(self, check, options: DaptOptions) -> None:
+        """The reward scorers its dev evaluation will call, dry-called on the run's rows."""
+        if options.eval_rows:
+            preflight_rewards(check)
 
     def run(self, ctx, options: DaptOptions) -> StageResult:
         from datasets import Dataset

@@ -8,7 +8,7 @@ from reasondistill import BackendSpec, Stage, StageResult, hookimpl
 
 from .parse_health import ParseHealthOptions, ParseMonitor
 
-from .teacher_common import dev_rows, evaluate_teacher
+from .teacher_common import dev_rows, evaluate_teacher, preflight_rewards
 
 
 class TeacherEvalOptions(ParseHealthOptions):
@@ -24,6 +24,10 @@ class TeacherEvalStage(Stage):
     description = "Parse rate, accuracy, macro-F1 and mean reward per dimension of the current teacher."
     Options = TeacherEvalOptions
     generates = True
+
+    def preflight(self, check, options: TeacherEvalOptions) -> None:
+        """The reward scorers it will call, dry-called on the run's rows."""
+        preflight_rewards(check)
 
     def run(self, ctx, options: TeacherEvalOptions) -> StageResult:
         rows = dev_rows(ctx, options.rows)

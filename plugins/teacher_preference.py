@@ -18,18 +18,20 @@ from typing import Any
 
 from pydantic import Field
 
+from reasondistill.recipe import OUTPUT_REF
+
 from reasondistill import BackendSpec, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
 from reasondistill.generators import load_generator
 from reasondistill.errors import DataError
 
 from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluate_teacher, load_causal_lm,
-                             mean_by_dimension, peft_config, reward_vectors, teacher_source,
+                             mean_by_dimension, peft_config, preflight_rewards, reward_vectors, teacher_source,
                              train_and_save)
 
 
 class PreferenceOptions(TeacherTrainOptions):
-    input: str = Field("pairs", description="the earlier output whose pairs become prompts")
+    input: str = Field("pairs", description="the earlier output whose pairs become prompts", json_schema_extra=OUTPUT_REF)
     prompts: int = Field(64, ge=1, description="prompts to sample candidates for")
     candidates: int = Field(4, ge=2, description="K sampled chains a prompt")
     temperature: float = Field(1.0, gt=0)
@@ -129,6 +131,10 @@ class PreferenceStage(Stage):
     Options = PreferenceOptions
     generates = True
     distributed = True
+
+    def preflight(self, check, options: PreferenceOptions) -> None:
+        """The reward scorers it will call, dry-called on the run's rows."""
+        preflight_rewards(check)
 
     def run(self, ctx, options: PreferenceOptions) -> StageResult:
         if options.learned_reward:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from reasondistill.recipe import OUTPUT_REF
+
 from reasondistill import BackendSpec, Options, Stage, StageResult, hookimpl
 from reasondistill.domain import require_ability
 from reasondistill.errors import DataError
@@ -17,7 +19,7 @@ from reasondistill.errors import DataError
 
 class ReasoningDataOptions(Options):
     source: Literal["column", "domain", "rationalize", "column_then_rationalize"] = "column_then_rationalize"
-    input: str = Field("pairs", description="the earlier output with gold labels")
+    input: str = Field("pairs", description="the earlier output with gold labels", json_schema_extra=OUTPUT_REF)
     reasoning_column: str = Field("rationale", description="where given chains live (source 'column')")
     limit: int | None = Field(None, ge=1)
     samples: int = Field(2, ge=1, description="rationalization attempts a pair (sampled after the first)")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from reasondistill.recipe import OUTPUT_REF
+
 from reasondistill import Stage, StageResult, hookimpl
 
-from .teacher_common import TeacherTrainOptions, common_args, load_causal_lm, sft_stage_result, teacher_source
+from .teacher_common import (TeacherTrainOptions, common_args, load_causal_lm, preflight_rewards, sft_stage_result,
+                             teacher_source)
 
 
 class SFTOptions(TeacherTrainOptions):
-    input: str = Field("sft_data", description="prompt-completion chats (the reasoning stage's output)")
+    input: str = Field("sft_data", description="prompt-completion chats (the reasoning stage's output)", json_schema_extra=OUTPUT_REF)
     epochs: float = Field(2.0, gt=0)
 
 
@@ -19,6 +22,11 @@ class SFTStage(Stage):
     description = "Reasoning SFT (trl SFTTrainer, assistant completion only, LoRA merged into safetensors)."
     Options = SFTOptions
     distributed = True
+
+    def preflight(self, check, options: SFTOptions) -> None:
+        """The reward scorers its dev evaluation will call, dry-called on the run's rows."""
+        if options.eval_rows:
+            preflight_rewards(check)
 
     def run(self, ctx, options: SFTOptions) -> StageResult:
         from trl import SFTConfig

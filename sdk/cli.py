@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a recipe against the installed plugins; writes nothing")
     _recipe_args(p)
+    p.add_argument("--deep", action="store_true", help="also dry-call every plugin the run uses on a few of its "
+                   "rows (domain, reward scorers, the student's forward): what run does first, without training")
 
     p = sub.add_parser("plugins", help="every hook and the plugins implementing it, and every component")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -63,20 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="a run's stages, timings and metrics as a table")
     p.add_argument("run", help="run name (under --runs-dir) or a run folder")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--all", action="store_true", help="every metric of every stage (default: the headline numbers)")
+    p.add_argument("--json", action="store_true", help="every stage's status, seconds and metrics as JSON")
     return parser
 
 
 def cmd_run(args) -> int:
     from .engine import Engine
     from .recipe import find_recipe, load_recipe
-    from .report import verdict_lines
+    from .report import run_table, verdict_lines, warning_lines
 
     recipe = load_recipe(args.recipe, args.profile)
     results = Engine(runs_dir=args.runs_dir).run(recipe, force=args.force, source=str(find_recipe(args.recipe)), name=args.name)
     ran = [n for n, r in results.items() if not r.skipped]
     run_dir = Path(args.runs_dir) / (args.name or recipe.name)
     print(f"run {args.name or recipe.name}: {len(ran)} stage(s) ran, {len(results) - len(ran)} up to date -> {run_dir}")
-    for line in verdict_lines(run_dir):
+    print(run_table(run_dir))
+    for line in verdict_lines(run_dir) + warning_lines(run_dir):
         print(line)
     return 0
 
@@ -86,8 +91,10 @@ def cmd_validate(args) -> int:
     from .recipe import find_recipe, load_recipe
 
     recipe = load_recipe(args.recipe, args.profile)
-    stages = Engine().validate(recipe, source=str(find_recipe(args.recipe)))
-    print(f"{recipe.name}: valid ({len(stages)} stages: {', '.join(s.name for s in stages)})")
+    engine, source = Engine(), str(find_recipe(args.recipe))
+    stages = engine.validate(recipe, source=source)
+    deep = f"; every plugin dry-called on {engine.check_deep(recipe, source)} rows" if args.deep else ""
+    print(f"{recipe.name}: valid ({len(stages)} stages: {', '.join(s.name for s in stages)}){deep}")
     return 0
 
 
@@ -135,11 +142,14 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report import run_table, verdict_lines
+    from .report import run_json, run_table, verdict_lines, warning_lines
 
     folder = Path(args.run) if Path(args.run).is_dir() and (Path(args.run) / "recipe.json").exists() else Path(args.runs_dir) / args.run
-    print(run_table(folder))
-    for line in verdict_lines(folder):
+    if args.json:
+        print(run_json(folder))
+        return 0
+    print(run_table(folder, full=args.all))
+    for line in verdict_lines(folder) + warning_lines(folder):
         print(line)
     return 0
 

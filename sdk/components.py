@@ -66,6 +66,11 @@ class Stage(Component):
         """Fingerprints of external inputs (files named in options), part of the stage hash."""
         return {}
 
+    def preflight(self, check: Any, options: Any) -> None:
+        """A dry call before the run starts (:mod:`reasondistill.preflight`): call the plugins this
+        stage will use on ``check.rows`` (a few of the run's own rows) and raise what they get
+        wrong, so the mistake is found before any stage trains. Default: nothing to call."""
+
 
 class Annotator(Component):
     """Makes a teacher label pairs with a reasoning chain (the annotations contract)."""
@@ -199,6 +204,9 @@ class ModelSource(Component):
     #: ``causal-lm`` (fits the ``teacher`` role) or ``encoder`` (fits ``student``); ``validate``
     #: refuses a recipe that gives a role a model of the other kind
     model_kind: ClassVar[str] = "causal-lm"
+    #: the longest token sequence the model reads (its ``max_position_embeddings``), so ``validate``
+    #: can refuse a ``max_length`` beyond it without materialising the model; ``None``: unknown
+    max_positions: ClassVar[int | None] = None
 
     @abstractmethod
     def materialize(self, cache_dir: Path) -> Path:

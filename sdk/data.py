@@ -42,13 +42,19 @@ def detect_format(path: Path) -> str:
     raise DataError(f"{path}: cannot tell the format from the extension; set format to one of {', '.join(FORMATS)}")
 
 
-def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+def _encoding_hint(encoding: str) -> str:
+    return ("; if the file is in another encoding, set the pairs option encoding (e.g. latin-1, cp1252, gb18030)"
+            if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig") else "")
+
+
+def _read_jsonl(path: Path, encoding: str = "utf-8") -> Iterable[dict[str, Any]]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode(encoding)
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path} line {lineno}: invalid UTF-8 at byte {exc.start}") from None
+                raise DataError(f"{path} line {lineno}: not valid {encoding} at byte {exc.start}"
+                                f"{_encoding_hint(encoding)}") from None
             if not line.strip():
                 continue
             try:
@@ -60,22 +66,22 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
             yield row
 
 
-def _read_csv(path: Path) -> Iterable[dict[str, Any]]:
+def _read_csv(path: Path, encoding: str = "utf-8") -> Iterable[dict[str, Any]]:
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding=encoding) as fh:
             sample = fh.read(4096)
             fh.seek(0)
             delimiter = "\t" if path.suffix.lower() == ".tsv" or sample.count("\t") > sample.count(",") else ","
             yield from csv.DictReader(fh, delimiter=delimiter)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
+        raise DataError(f"{path}: not valid {encoding} at byte {exc.start}{_encoding_hint(encoding)}") from None
 
 
-def _read_table(path: Path, fmt: str) -> Iterable[dict[str, Any]]:
+def _read_table(path: Path, fmt: str, encoding: str = "utf-8") -> Iterable[dict[str, Any]]:
     if fmt == "jsonl":
-        return _read_jsonl(path)
+        return _read_jsonl(path, encoding)
     if fmt == "csv":
-        return _read_csv(path)
+        return _read_csv(path, encoding)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -87,32 +93,37 @@ def _read_table(path: Path, fmt: str) -> Iterable[dict[str, Any]]:
 
 
 def load_pairs(path: str | Path, format: str | None = None, columns: dict[str, str] | None = None,
-               limit: int | None = None, num_labels: int | None = None) -> tuple[Any, LoadReport]:
+               limit: int | None = None, num_labels: int | None = None, encoding: str = "utf-8",
+               label_map: dict[str, int] | None = None) -> tuple[Any, LoadReport]:
     """Load pairs from ``path`` and check them; returns ``(datasets.Dataset, LoadReport)``.
 
     :param columns: contract name -> source column, e.g. ``{"query": "search_term"}``.
     :param num_labels: when given, labels must be integers in ``[0, num_labels)``.
+    :param encoding: of a CSV or JSONL file.
+    :param label_map: text label -> grade (``{"relevant": 2}``); integer labels pass through.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
         raise DataError(f"{path}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     rename = {src: dst for dst, src in (columns or {}).items()}
     rows: list[dict[str, Any]] = []
     report = LoadReport()
-    for row in _read_table(path, fmt):
+    for row in _read_table(path, fmt, encoding):
         row = {rename.get(k, k): v for k, v in row.items()}
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     report.rows_read = len(rows)
-    return rows_to_pairs(rows, str(path), report, num_labels), report
+    return rows_to_pairs(rows, str(path), report, num_labels, label_map), report
 
 
 def rows_to_pairs(rows: list[dict[str, Any]], source: str, report: LoadReport | None = None,
-                  num_labels: int | None = None) -> Any:
+                  num_labels: int | None = None, label_map: dict[str, int] | None = None) -> Any:
     """Check rows against the pairs contract and build a ``datasets.Dataset``."""
     from datasets import Dataset
 
@@ -145,12 +156,16 @@ def rows_to_pairs(rows: list[dict[str, Any]], source: str, report: LoadReport | 
             continue
         if "label" in row and row["label"] is not None and row["label"] != "":
             label = row["label"]
+            if label_map and isinstance(label, str) and label.strip() in label_map:
+                label = label_map[label.strip()]
             try:
                 as_int = int(label)
                 if as_int != float(label):
                     raise ValueError
             except (TypeError, ValueError):
-                raise DataError(f"{source} row {i}: column 'label' must be an integer grade, got {label!r}") from None
+                hint = (f"; label_map has {', '.join(map(repr, label_map))}" if label_map else
+                        "; map text labels to grades with the pairs option label_map (e.g. {relevant: 2})")
+                raise DataError(f"{source} row {i}: column 'label' must be an integer grade, got {label!r}{hint}") from None
             if num_labels is not None and not 0 <= as_int < num_labels:
                 raise DataError(f"{source} row {i}: label {as_int} is outside the schema 0..{num_labels - 1}")
             row["label"] = as_int

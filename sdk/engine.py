@@ -21,12 +21,14 @@ from .manager import Catalogue, Hooks, get_hooks
 from .recipe import Recipe, ResolvedStage, resolve, resolve_domain
 from .runtime import current as current_runtime
 from .runtime import resolve_runtime, using
+from .preflight import run_preflight
 from .runstore import (
     STATE,
     RunInfo,
     StageContext,
     StageResult,
     clear_dir,
+    discard_if_empty,
     package_versions,
     read_manifest,
     verify_outputs,
@@ -83,9 +85,12 @@ def stage_options_view(options, catalogue: Catalogue) -> dict:
 class Engine:
     """Executes recipes against a runs folder, through the typed hook facade."""
 
-    def __init__(self, hooks: Hooks | None = None, runs_dir: str | Path = "runs"):
+    def __init__(self, hooks: Hooks | None = None, runs_dir: str | Path = "runs", preflight: bool = True):
+        """:param preflight: dry-call every plugin the run uses on a few of its rows before any stage
+            runs (:mod:`reasondistill.preflight`)."""
         self.hooks = hooks or get_hooks()
         self.runs_dir = Path(runs_dir)
+        self.preflight = preflight
 
     def validate(self, recipe: Recipe, source: str | None = None) -> list[ResolvedStage]:
         """Resolve every stage; raises RecipeError before anything is written."""
@@ -105,7 +110,17 @@ class Engine:
         runtime = resolve_runtime(recipe.runtime, processes=dist.world(), local_rank=dist.local_rank())
         log.info("runtime: %s", runtime)
         with using(runtime), runtime.threads_applied():
+            if self.preflight:
+                run_preflight(recipe, stages, domain, self.hooks)
             return self._run_stages(recipe, stages, force, name, domain)
+
+    def check_deep(self, recipe: Recipe, source: str | None = None) -> int:
+        """``validate``, then the run's dry calls (``reasondistill validate --deep``); writes no run."""
+        stages = self.validate(recipe, source)
+        domain = resolve_domain(recipe, self.hooks.catalogue, source)
+        runtime = resolve_runtime(recipe.runtime, processes=dist.world(), local_rank=dist.local_rank())
+        with using(runtime), runtime.threads_applied():
+            return run_preflight(recipe, stages, domain, self.hooks)
 
     def _run_stages(self, recipe: Recipe, stages: list[ResolvedStage], force: set[str], name: str | None,
                     domain) -> dict[str, StageResult]:
@@ -131,7 +146,12 @@ class Engine:
                 log.info("stage %s: up to date, skipped", stage.name)
             else:
                 rerun_rest = True  # later stages depend on this stage's fresh outputs
-                result = self._execute(run, stage, stage_dir, digest, external, domain, produced)
+                try:
+                    result = self._execute(run, stage, stage_dir, digest, external, domain, produced)
+                except Exception:
+                    if dist.is_main():  # no half-written run folder: only work a rerun resumes from stays
+                        discard_if_empty(stage_dir, run.dir)
+                    raise
             produced[stage.name] = {k: stage_dir / v for k, v in result.outputs.items()}
             results[stage.name] = result
             if dist.is_main():

@@ -295,9 +295,12 @@ def checked_score(plugin: str, dim: str, value: Any) -> float:
     metrics and manifests (as non-standard JSON ``NaN``) with every stage marked complete.
     """
     import math
+    import numbers
 
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real takes numpy's float32/float64 and ints too; a bool or a string is a mistake
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PluginError(plugin, "score_reasoning", f"dimension {dim!r}: score {value!r} is not a number")
+    value = float(value)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise PluginError(plugin, "score_reasoning", f"dimension {dim!r}: score {value!r} is outside [0, 1]")
     return float(value)

@@ -42,3 +42,26 @@ def resolve_model(ref: str, hooks: Any = None, domain: Any = None) -> str:
         names = ", ".join(sorted(hooks.catalogue.kind("model")))
         raise ModelError(f"model {ref!r} is neither a registered model ({names}) nor a local folder")
     return ref  # a hub id: transformers resolves it (from its cache when offline)
+
+
+def model_max_positions(ref: str | None, catalogue: Any) -> int | None:
+    """The longest token sequence model ``ref`` reads, known without loading it: a registered
+    model's declared ``max_positions``, or a local folder's ``config.json``; ``None`` when unknown
+    (a hub id, a model that declares nothing)."""
+    import json
+
+    if not ref:
+        return None
+    entry = catalogue.kind("model").get(ref)
+    if entry is not None:
+        return getattr(entry.component, "max_positions", None)
+    config = Path(ref).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            if isinstance(data.get(key), int):
+                return data[key]
+    return None

@@ -260,8 +260,38 @@ def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[R
         for key, producer in spec.inputs.items():
             if producer.split(".")[0] not in names[:i]:
                 raise RecipeError(f"stages[{i}].inputs.{key}", f"no earlier stage named {producer!r}", source)
+        for path, ref in output_refs(options):
+            stage_name, dot, _ = ref.partition(".")
+            if dot and stage_name not in names[:i]:
+                earlier = ", ".join(names[:i]) or "none"
+                raise RecipeError(f"stages[{i}].options.{path}", f"{ref!r} names stage {stage_name!r}, which is not an "
+                                  f"earlier stage (earlier stages: {earlier})", source)
         out.append(ResolvedStage(spec, component, options))
     return out
+
+
+#: ``Field(..., json_schema_extra=OUTPUT_REF)`` marks an option that names an earlier output
+#: (``pairs``, or ``stage.output``); ``validate`` checks the stage part of the dotted form.
+OUTPUT_REF = {"output_ref": True}
+
+
+def output_refs(options: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """``(field path, value)`` of every option marked :data:`OUTPUT_REF`, nested models and lists
+    of models included."""
+    found: list[tuple[str, str]] = []
+    for name, info in type(options).model_fields.items():
+        value = getattr(options, name)
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("output_ref"):
+            values = value if isinstance(value, list) else [value]
+            found += [(f"{prefix}{name}", v) for v in values if isinstance(v, str)]
+        elif isinstance(value, BaseModel):
+            found += output_refs(value, f"{prefix}{name}.")
+        elif isinstance(value, list):
+            for j, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found += output_refs(item, f"{prefix}{name}[{j}].")
+    return found
 
 
 def validate_nested(context: dict | None, kind: str, name: str, raw: dict[str, Any], field: str) -> Any:

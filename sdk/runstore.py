@@ -175,3 +175,19 @@ def clear_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+
+
+def discard_if_empty(stage_dir: Path, run_dir: Path) -> None:
+    """After a stage failed: remove its folder when it holds no work (only the state file, stale
+    temp files, empty folders), and the run folder when no stage folder is left in it. Work a rerun
+    can resume from (annotation shards, checkpoints, a trained teacher) is never touched."""
+    import shutil
+
+    def holds_work(folder: Path) -> bool:
+        return any(p.is_file() and p.name != STATE and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                   for p in folder.rglob("*"))
+
+    if stage_dir.is_dir() and not holds_work(stage_dir):
+        shutil.rmtree(stage_dir)
+    if run_dir.is_dir() and not any(p.is_dir() for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)

@@ -1,5 +1,7 @@
 """The quickstart recipe end to end with the tiny profile, then a rerun that does no work."""
 
+import json
+
 from reasondistill.cli import main
 
 
@@ -16,6 +18,29 @@ def test_quickstart_tiny_profile_end_to_end(tiny_quickstart, capsys):
     assert main(["run", "quickstart", "--profile", "tiny", "--runs-dir", str(runs)]) == 0
     assert "0 stage(s) ran" in capsys.readouterr().out
     assert main(["show", "quickstart", "--runs-dir", str(runs)]) == 0
-    table = capsys.readouterr().out
+    shown = capsys.readouterr().out
+    table = "\n".join(line for line in shown.splitlines() if not line.startswith(("warning:", "gate")))
     assert "distill" in table and "dev_macro_f1=" in table
     assert table in report  # the report carries the same table
+    assert max(len(line) for line in table.splitlines()) < 160  # headline numbers, not every metric (~900 chars)
+    assert main(["show", "quickstart", "--runs-dir", str(runs), "--all"]) == 0
+    assert "train_loss=" in capsys.readouterr().out
+    assert main(["show", "quickstart", "--runs-dir", str(runs), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["distill"]["status"] == "complete" and "train_loss" in data["distill"]["metrics"]
+
+
+def test_run_warns_in_plain_words(tiny_quickstart, capsys):
+    """The tiny profile's teacher parses about a third of its answers: the end of the run says so,
+    and names every class the student never predicts on dev (read from its predictions)."""
+    run = tiny_quickstart / "quickstart"
+    assert main(["show", "quickstart", "--runs-dir", str(tiny_quickstart)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    parse = json.loads((run / "annotate" / "manifest.json").read_text())["metrics"]["parse_rate"]
+    assert f"warning: annotate: only {parse:.0%} of the teacher's answers parsed (parse_rate)" in warnings
+    preds = json.loads((run / "distill" / "dev_predictions.json").read_text())
+    never = {label for i, label in enumerate(preds["labels"]) if i not in preds["pred"]}
+    said = {line.split("never predicts ")[1].split(" on")[0].strip("'") for line in warnings
+            if line.startswith("warning: distill: the student never predicts")}
+    assert said == never
+    assert all(line in (run / "report.md").read_text() for line in warnings)

@@ -162,3 +162,55 @@ def test_every_builtin_recipe_and_profile_validates(name, profile):
     recipe = load_recipe(name, profile)
     stages = Engine().validate(recipe, source=name)
     assert [s.spec.stage_name for s in stages] == [s.stage_name for s in recipe.stages]
+
+
+@pytest.mark.parametrize("stage, options, field", [
+    ("distill", {"train_input": "nope.pairs"}, "train_input"),
+    ("distill", {"sources": [{"input": "pairs"}, {"input": "gold.pairs", "reasoning_from": "star.sft_data"}]},
+     "sources[1].input"),
+    ("annotate", {"input": "later.pairs"}, "input"),
+])
+def test_an_option_naming_a_stage_that_is_not_earlier_fails_validate(rd_engine, stage, options, field):
+    """``stage.output`` in an option names a stage: one that does not exist (or runs later) is a
+    validate error naming the option, not an error after the stages before it have run."""
+    from reasondistill import RecipeError, Recipe, step
+
+    recipe = Recipe(name="refs", stages=[step("pairs", n=20), step(stage, **options), step("pairs", name="later")])
+    with pytest.raises(RecipeError, match=rf"stages\[1\]\.options\.{__import__('re').escape(field)}: '.*' names stage "
+                                          r"'\w+', which is not an earlier stage \(earlier stages: pairs\)"):
+        rd_engine.validate(recipe)
+    rd_engine.validate(Recipe(name="refs", stages=[step("pairs", n=20), step(stage)]))  # defaults name no stage
+
+
+@pytest.mark.parametrize("loss, student_options, message", [
+    ("ce", {"max_length": 100000}, r"student_options\.max_length: 100000 is above the 512 positions of the student "
+                                   r"model 'tiny-encoder'; at most 512"),
+    ("crsd", {"max_length": 400, "reasoning_tokens": 200}, r"student_options\.reasoning_tokens: max_length 400 \+ "
+                                                           r"reasoning_tokens 200 = 600 is above the 512 positions"),
+])
+def test_a_token_budget_beyond_the_students_positions_fails_validate(rd_engine, loss, student_options, message):
+    from reasondistill import Recipe, step
+
+    def recipe(opts):
+        return Recipe(name="len", models={"student": "tiny-encoder"}, stages=[
+            step("pairs", n=20), step("distill", train_input="pairs", loss=loss, reasoning_column="rationale",
+                                      student_options=opts)])
+
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.options\." + message):
+        rd_engine.validate(recipe(student_options))
+    rd_engine.validate(recipe({"max_length": 512, "reasoning_tokens": 0}))  # at the limit: accepted
+    if loss == "ce":  # the reasoning view is never encoded: its budget is not counted
+        rd_engine.validate(recipe({"max_length": 512, "reasoning_tokens": 128}))
+
+
+def test_model_max_positions_reads_a_local_folder(tmp_path):
+    import json
+
+    from reasondistill.manager import Hooks
+    from reasondistill.models import model_max_positions
+
+    catalogue = Hooks().catalogue
+    assert model_max_positions("all-minilm-l6-v2", catalogue) == 512
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 256}))
+    assert model_max_positions(str(tmp_path), catalogue) == 256
+    assert model_max_positions("org/unknown-hub-model", catalogue) is None

@@ -8,7 +8,7 @@ import torch
 from reasondistill import Recipe, step
 from reasondistill.plugins.distill_losses import CRSD, CrossEntropy, LogitKD
 from reasondistill.plugins.local_services import LocalServices
-from reasondistill.plugins.student_encoder import EncoderClassifier
+from reasondistill.plugins.student_encoder import EncoderClassifier, EncoderStudent
 from reasondistill.serving import Predictor
 from reasondistill.training import PairCollator
 
@@ -325,6 +325,10 @@ def test_distill_adds_characters_and_serves_them(rd_engine, tmp_path):
     ("layout", "'bad_student' failed in hook 'Student.encode': the loss needs the reasoning view"),
     ("build", "'bad_student' failed in hook 'Student.build': returned a Linear, not a torch.nn.Module with "
               "forward_view, hidden_size and extra (missing: forward_view, hidden_size, extra)"),
+    ("logits", "'bad_student' failed in hook 'StudentNetwork.forward_view': the standard view's logits have shape "
+               "(2, 6); the domain has 3 labels, so [2, 3] for 2 rows"),
+    ("forward", "'bad_student' failed in hook 'StudentNetwork.forward_view': failed on a batch of 2 rows: "
+                "RuntimeError: my head"),
 ])
 def test_a_student_breaking_the_contract_is_named_before_training(rd_engine, register_plugin, broken, message):
     """What a third-party student encodes and builds is checked on use: one line naming its plugin."""
@@ -342,7 +346,19 @@ def test_a_student_breaking_the_contract_is_named_before_training(rd_engine, reg
             return out
 
         def build(self, model, num_labels, options, trust_remote_code=False, vocab_size=None):
-            return torch.nn.Linear(2, 2) if broken == "build" else super().build(model, num_labels, options)
+            if broken == "build":
+                return torch.nn.Linear(2, 2)
+            net = super().build(model, num_labels, options)
+            return Twice(net.model) if broken == "logits" else Raises(net.model) if broken == "forward" else net
+
+    class Twice(EncoderStudent):  # a head of the wrong width
+        def forward_view(self, input_ids, attention_mask, token_type_ids=None):
+            logits, cls = super().forward_view(input_ids, attention_mask, token_type_ids)
+            return torch.cat([logits, logits], -1), cls
+
+    class Raises(EncoderStudent):
+        def forward_view(self, input_ids, attention_mask, token_type_ids=None):
+            raise RuntimeError("my head")
 
     class P:
         @hookimpl

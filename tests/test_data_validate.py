@@ -1,0 +1,108 @@
+"""Your own data is checked at ``validate``, before any stage runs (issue 33, item 3).
+
+A missing, empty or Latin-1 file, a wrong column or a label outside the domain's grades once failed
+inside ``pairs`` after the run folder was made. ``validate`` now reads each source's first rows
+(``VALIDATE_ROWS``) with the stage's own loader; the stage still checks every row, and a stage that
+fails leaves no half-written run folder.
+"""
+
+import json
+
+import pytest
+
+from reasondistill import DataError, Recipe, RecipeError, step
+
+HEADER = "query,item,label\n"
+
+
+def recipe(source, **options) -> Recipe:
+    return Recipe(name="own", domain="local_services", stages=[step("pairs", source=str(source), **options)])
+
+
+def write_csv(path, rows, encoding="utf-8"):
+    path.write_bytes((HEADER + "".join(f"{q},{i},{lab}\n" for q, i, lab in rows)).encode(encoding))
+    return path
+
+
+def text(path, content):
+    path.write_text(content)
+    return path
+
+
+ROWS = [("pizza near me", "Blue Door: pizza", 2), ("gym", "Sunny Club: gym", 2), ("pizza", "Nail salon", 0)] * 10
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "absent.csv", r"source: .*absent\.csv: no such file or folder"),
+    (lambda d: text(d / "empty.csv", ""), r"source: .*empty\.csv: the file is empty"),
+    (lambda d: text(d / "header.csv", HEADER), r"source: .*header\.csv: no rows"),
+    (lambda d: write_csv(d / "latin.csv", [("café crème", "Café du Port: café", 2)] * 3, "latin-1"),
+     r"source: .*latin\.csv: not valid utf-8 at byte \d+; if the file is in another encoding, set the pairs option "
+     r"encoding"),
+    (lambda d: write_csv(d / "seven.csv", ROWS[:5] + [("q", "i", 7)]),
+     r"source: .*seven\.csv row 5: label 7 is outside the schema 0\.\.2"),
+    (lambda d: write_csv(d / "text.csv", [("q", "i", "relevant")]),
+     r"source: .*text\.csv row 0: column 'label' must be an integer grade, got 'relevant'; map text labels to "
+     r"grades with the pairs option label_map"),
+    (lambda d: text(d / "cols.csv", "search_term,title\nq,i\n"),
+     r"source: .*cols\.csv: missing column 'query' \(columns: search_term, title\); map one with columns"),
+    (lambda d: text(d / "bad.jsonl", '{"query": "q", "item": "i"}\nnot json\n'),
+     r"source: .*bad\.jsonl line 2: not valid JSON"),
+])
+def test_a_bad_source_fails_validate_naming_the_file(rd_engine, tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.options.*" + message):
+        rd_engine.validate(recipe(path))
+    assert not rd_engine.runs_dir.exists()  # nothing written
+
+
+def test_dev_source_is_checked_too(rd_engine, tmp_path):
+    good = write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(RecipeError, match=r"dev_source: .*nope\.csv: no such file"):
+        rd_engine.validate(recipe(good, dev_source=str(tmp_path / "nope.csv")))
+
+
+def test_encoding_and_label_map_read_a_users_file(rd_engine, tmp_path):
+    rows = [("café crème", "Café du Port: café", "relevant"), ("gym", "Nail salon", "irrelevant"),
+            ("pizza", "Pizza hut: pizza and pasta", "partly")] * 10
+    path = write_csv(tmp_path / "mine.csv", rows, "latin-1")
+    res = rd_engine.run(recipe(path, encoding="latin-1", dev_fraction=0.0,
+                               label_map={"irrelevant": 0, "partly": 1, "relevant": 2}))
+    assert res["pairs"].metrics["pairs"] == 30
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(rd_engine.runs_dir / "own" / "pairs" / "pairs"))
+    assert ds[0]["query"] == "café crème" and sorted(set(ds["label"])) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"encoding": "latin-9000"}, "encoding: unknown text encoding 'latin-9000'"),
+    ({"label_map": {"relevant": 3}}, r"label_map: \{'relevant': 3\} outside the domain's grades 0\.\.2"),
+])
+def test_bad_encoding_or_label_map_fail_validate(rd_engine, tmp_path, options, message):
+    with pytest.raises(RecipeError, match=message):
+        rd_engine.validate(recipe(write_csv(tmp_path / "ok.csv", ROWS), **options))
+
+
+def test_a_stage_that_fails_leaves_no_half_written_run_folder(rd_engine, tmp_path):
+    """A bad row past the rows validate reads fails the stage; the run folder it made is gone."""
+    from reasondistill.plugins.core_stages import VALIDATE_ROWS
+
+    path = write_csv(tmp_path / "late.csv", [("q%d" % i, "item", i % 3) for i in range(VALIDATE_ROWS + 5)] + [("q", "i", 9)])
+    rd_engine.validate(recipe(path))  # the first rows are fine
+    with pytest.raises(DataError, match=r"late\.csv row \d+: label 9 is outside the schema"):
+        rd_engine.run(recipe(path))
+    assert not (rd_engine.runs_dir / "own").exists()
+
+
+def test_a_failed_stage_keeps_the_earlier_stages_and_its_own_work(rd_engine, tmp_path):
+    """Only an empty stage folder goes: finished stages, and work a rerun resumes from, stay."""
+    good = write_csv(tmp_path / "ok.csv", ROWS)
+    run = Recipe(name="own", domain="local_services", models={"student": "tiny-encoder"}, stages=[
+        step("pairs", source=str(good), dev_fraction=0.0),
+        step("distill", train_input="pairs", loss="ce", batch_size=64, max_steps=1)])
+    with pytest.raises(DataError, match="fewer than batch_size 64"):
+        rd_engine.run(run)
+    folder = rd_engine.runs_dir / "own"
+    assert (folder / "pairs" / "manifest.json").exists() and not (folder / "distill").exists()
+    assert json.loads((folder / "recipe.json").read_text())["name"] == "own"
