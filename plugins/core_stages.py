@@ -133,13 +133,30 @@ class PairsStage(Stage):
         if len(dev):  # an empty dev split is no output: a later `dev` then means an earlier stage's
             dev.save_to_disk(str(ctx.dir / "dev"))  # (datasets cannot read an empty one back)
             outputs["dev"] = "dev"
-        metrics: dict[str, Any] = {"pairs": len(pairs), "dev": len(dev)}
+        metrics: dict[str, Any] = {"pairs": len(pairs), "dev": len(dev), **leakage(pairs, dev)}
         if "label" in pairs.column_names:
             for i, name in enumerate(ctx.domain.labels):
                 metrics[f"share_{name.replace(' ', '_')}"] = round(sum(1 for x in pairs["label"] if x == i) / max(1, len(pairs)), 4)
         if repairs:
             metrics["repairs"] = repairs
         return StageResult(outputs=outputs, metrics=metrics)
+
+
+def leakage(train, dev) -> dict[str, int]:
+    """What makes dev figures optimistic or training lopsided, counted (the run's end warns about
+    each in plain words): dev queries also in train (a ``dev_source`` can share them; ``dev_fraction``
+    holds out whole queries), and (query, item) pairs that occur more than once in train."""
+    out = {}
+    if len(dev):
+        shared = set(dev["query"]) & set(train["query"])
+        out["dev_queries_in_train"] = len(shared)
+    seen: set[tuple[str, str]] = set()
+    repeats = 0
+    for q, i in zip(train["query"], train["item"]):
+        repeats += (q, i) in seen
+        seen.add((q, i))
+    out["duplicate_pairs"] = repeats
+    return out
 
 
 @hookimpl

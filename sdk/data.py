@@ -42,9 +42,17 @@ def detect_format(path: Path) -> str:
     raise DataError(f"{path}: cannot tell the format from the extension; set format to one of {', '.join(FORMATS)}")
 
 
+def _utf8(encoding: str) -> bool:
+    return encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+
+
+def _not_valid(encoding: str) -> str:
+    return "invalid UTF-8" if _utf8(encoding) else f"not valid {encoding}"
+
+
 def _encoding_hint(encoding: str) -> str:
     return ("; if the file is in another encoding, set the pairs option encoding (e.g. latin-1, cp1252, gb18030)"
-            if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig") else "")
+            if _utf8(encoding) else "")
 
 
 def _read_jsonl(path: Path, encoding: str = "utf-8") -> Iterable[dict[str, Any]]:
@@ -53,7 +61,7 @@ def _read_jsonl(path: Path, encoding: str = "utf-8") -> Iterable[dict[str, Any]]
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path} line {lineno}: not valid {encoding} at byte {exc.start}"
+                raise DataError(f"{path} line {lineno}: {_not_valid(encoding)} at byte {exc.start}"
                                 f"{_encoding_hint(encoding)}") from None
             if not line.strip():
                 continue
@@ -74,7 +82,7 @@ def _read_csv(path: Path, encoding: str = "utf-8") -> Iterable[dict[str, Any]]:
             delimiter = "\t" if path.suffix.lower() == ".tsv" or sample.count("\t") > sample.count(",") else ","
             yield from csv.DictReader(fh, delimiter=delimiter)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid {encoding} at byte {exc.start}{_encoding_hint(encoding)}") from None
+        raise DataError(f"{path}: {_not_valid(encoding)} at byte {exc.start}{_encoding_hint(encoding)}") from None
 
 
 def _read_table(path: Path, fmt: str, encoding: str = "utf-8") -> Iterable[dict[str, Any]]:

@@ -53,9 +53,10 @@ class Preflight:
         return self.domain.format_completion(reasoning, label)
 
 
-def sample_rows(recipe: Any, stages: list[Any], domain: Any, plugin: str) -> list[dict[str, Any]]:
+def sample_rows(recipe: Any, stages: list[Any], domain: Any, plugin: str, hooks: Any) -> list[dict[str, Any]]:
     """The first rows the run's ``pairs`` stage will bring in (its file, or the domain's generator)."""
     from .data import load_pairs
+    from .failures import stage_failures
 
     pairs = next((s for s in stages if s.spec.uses == "pairs"), None)
     options = pairs.options if pairs is not None else None
@@ -66,33 +67,38 @@ def sample_rows(recipe: Any, stages: list[Any], domain: Any, plugin: str) -> lis
         return ds.to_list()
     if not domain.can_generate:
         return []
-    try:
+    with stage_failures(pairs.name if pairs is not None else "pairs", hooks):  # named as the stage would be
         rows = domain.generate(n=10, seed=recipe.seed, noise=0.0)
-    except Exception as exc:
-        raise PluginError(plugin, "Domain.generate", f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "query" in r and "item" in r for r in rows):
         raise PluginError(plugin, "Domain.generate", "must return a list of dicts with query and item")
     return rows[:SAMPLE]
 
 
+def _call(plugin: str, hook: str, method: Any, *args: Any) -> Any:
+    from .failures import one_line
+
+    try:
+        return method(*args)
+    except Exception as exc:
+        raise PluginError(plugin, hook, one_line(exc)) from exc
+
+
 def check_domain(domain: Any, rows: list[dict[str, Any]], plugin: str) -> None:
     """The domain's prompts are chat messages, and its parser reads back what it formats."""
     for row in rows[:2]:
-        try:
-            messages = domain.messages(row)
-        except Exception as exc:
-            raise PluginError(plugin, "Domain.messages", f"{type(exc).__name__}: {exc}") from exc
+        messages = _call(plugin, "Domain.messages", domain.messages, row)
         if not (isinstance(messages, list) and messages and all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in messages)):
             raise PluginError(plugin, "Domain.messages", "must return a list of {role, content} dicts of text, "
                               f"got {messages!r:.120}")
         for label, name in enumerate(domain.labels):
-            reasoning = domain.rationale(row, label) if domain.writes_rationale else "The item fits the query."
+            reasoning = (_call(plugin, "Domain.rationale", domain.rationale, row, label) if domain.writes_rationale
+                         else "The item fits the query.")
             if not isinstance(reasoning, str):
                 raise PluginError(plugin, "Domain.rationale", f"returned {type(reasoning).__name__}, not text")
-            text = domain.format_completion(reasoning, label)
-            parsed = domain.parse_completion(text)
+            text = _call(plugin, "Domain.format_completion", domain.format_completion, reasoning, label)
+            parsed = _call(plugin, "Domain.parse_completion", domain.parse_completion, text)
             if not parsed.ok or parsed.label != label:
                 raise PluginError(plugin, "Domain.parse_completion", f"reads {text[-80:]!r} (label {name!r}, written "
                                   f"by format_completion) as {parsed.label!r}: the teacher's answers would not parse")
@@ -103,7 +109,7 @@ def run_preflight(recipe: Any, stages: list[Any], domain: Any, hooks: Any) -> in
     from .failures import stage_failures
 
     plugin = hooks.catalogue.kind("domain")[recipe.domain].plugin
-    rows = sample_rows(recipe, stages, domain, plugin)
+    rows = sample_rows(recipe, stages, domain, plugin, hooks)
     check_domain(domain, rows, plugin)
     check = Preflight(recipe, domain, hooks, rows)
     for stage in stages:

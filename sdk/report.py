@@ -81,6 +81,12 @@ def warning_lines(run_dir: Path) -> list[str]:
             rate = metrics.get(key)
             if isinstance(rate, (int, float)) and rate < LOW_PARSE:
                 lines.append(f"warning: {name}: only {rate:.0%} of the teacher's answers parsed ({key})")
+        if metrics.get("dev_queries_in_train"):
+            lines.append(f"warning: {name}: {metrics['dev_queries_in_train']} dev queries also occur in the training "
+                         "pairs: dev figures are optimistic (hold out whole queries: dev_fraction, or a disjoint dev_source)")
+        if metrics.get("duplicate_pairs"):
+            lines.append(f"warning: {name}: {metrics['duplicate_pairs']} training pairs repeat a (query, item) pair "
+                         "already seen: they weigh more in training")
         if m.get("uses") == "annotate" and metrics.get("pairs"):
             never = [k.removeprefix("share_") for k, v in metrics.items() if k.startswith("share_") and v == 0]
             for label in never:

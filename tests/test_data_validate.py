@@ -37,7 +37,7 @@ ROWS = [("pizza near me", "Blue Door: pizza", 2), ("gym", "Sunny Club: gym", 2),
     (lambda d: text(d / "empty.csv", ""), r"source: .*empty\.csv: the file is empty"),
     (lambda d: text(d / "header.csv", HEADER), r"source: .*header\.csv: no rows"),
     (lambda d: write_csv(d / "latin.csv", [("café crème", "Café du Port: café", 2)] * 3, "latin-1"),
-     r"source: .*latin\.csv: not valid utf-8 at byte \d+; if the file is in another encoding, set the pairs option "
+     r"source: .*latin\.csv: invalid UTF-8 at byte \d+; if the file is in another encoding, set the pairs option "
      r"encoding"),
     (lambda d: write_csv(d / "seven.csv", ROWS[:5] + [("q", "i", 7)]),
      r"source: .*seven\.csv row 5: label 7 is outside the schema 0\.\.2"),
@@ -106,3 +106,17 @@ def test_a_failed_stage_keeps_the_earlier_stages_and_its_own_work(rd_engine, tmp
     folder = rd_engine.runs_dir / "own"
     assert (folder / "pairs" / "manifest.json").exists() and not (folder / "distill").exists()
     assert json.loads((folder / "recipe.json").read_text())["name"] == "own"
+
+
+def test_dev_queries_shared_with_train_and_repeated_pairs_are_counted_and_warned(rd_engine, tmp_path):
+    from reasondistill.report import warning_lines
+
+    train = write_csv(tmp_path / "train.csv", ROWS)  # three distinct pairs, each ten times
+    dev = write_csv(tmp_path / "dev.csv", [("gym", "Sunny Club: gym", 2), ("sushi", "Blue Door: pizza", 0)])
+    m = rd_engine.run(recipe(train, dev_source=str(dev)))["pairs"].metrics
+    assert m["dev_queries_in_train"] == 1 and m["duplicate_pairs"] == len(ROWS) - 3
+    lines = warning_lines(rd_engine.runs_dir / "own")
+    assert any("1 dev queries also occur in the training pairs" in line for line in lines)
+    assert any(f"{len(ROWS) - 3} training pairs repeat" in line for line in lines)
+    clean = rd_engine.run(Recipe(name="gen", stages=[step("pairs", n=100)]))["pairs"].metrics
+    assert clean["dev_queries_in_train"] == 0  # dev_fraction holds out whole queries

@@ -382,7 +382,9 @@ def test_failure_after_training_keeps_the_teacher_and_the_rerun_reuses_it(rd_eng
 
         @hookimpl
         def score_reasoning(self, example, completion, domain):
-            raise RuntimeError("scorer down")
+            if not domain.parse_completion(completion).ok:  # well-formed answers (the dry call's) pass
+                raise RuntimeError("scorer down")
+            return {"down": 1.0}
 
     recipe = Recipe(name="keep", models={"teacher": "tiny-causal-lm"},
                     stages=[step("pairs", n=60), step("reasoning", source="column"),

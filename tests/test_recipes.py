@@ -214,3 +214,13 @@ def test_model_max_positions_reads_a_local_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 256}))
     assert model_max_positions(str(tmp_path), catalogue) == 256
     assert model_max_positions("org/unknown-hub-model", catalogue) is None
+
+
+def test_reward_weights_naming_no_declared_dimension_fail_validate(rd_engine):
+    from reasondistill import Recipe, step
+
+    recipe = Recipe(name="w", reward_weights={"faithfulnes": 2.0}, stages=[step("pairs", n=20)])
+    with pytest.raises(RecipeError, match=r"reward_weights\.faithfulnes: no scorer plugin scores this dimension; "
+                                          r"declared: .*faithfulness"):
+        rd_engine.validate(recipe)
+    rd_engine.validate(Recipe(name="w", reward_weights={"faithfulness": 2.0}, stages=[step("pairs", n=20)]))

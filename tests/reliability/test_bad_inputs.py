@@ -173,28 +173,31 @@ def test_plugin_code_raising_in_a_stage_is_one_line_naming_stage_plugin_and_func
     assert "Traceback" in err and "second line of detail" in err and err.rstrip().endswith("no towns today")
 
 
-def test_domain_parse_error_in_annotate_names_the_domain_plugin_and_keeps_the_pairs(
+def test_domain_parse_error_names_the_domain_plugin_before_any_stage_runs(
         rd_engine, monkeypatch, rd_hooks, register_plugin, tiny_teacher):
+    """A parser that raises is found by the run's dry call (it parses the domain's own formatted
+    answers) before pairs or the teacher run: nothing is computed, so nothing is lost."""
     TRIED["n"] += 1
-    from reasondistill import Recipe, step
-    from reasondistill.failures import StageError
+    from reasondistill import PluginError, Recipe, step
 
     _buggy(register_plugin, monkeypatch, rd_hooks, "parse_completion")
     recipe = Recipe(name="p", domain="buggy_domain", models={"teacher": str(tiny_teacher)},
                     stages=[step("pairs", n=20, dev_fraction=0.0),
                             step("annotate", annotator_options={"max_new_tokens": 8}, shard_size=8)])
-    with pytest.raises(StageError) as exc:
+    with pytest.raises(PluginError) as exc:
         rd_engine.run(recipe)
-    assert str(exc.value).startswith("stage 'annotate' failed in plugin 'buggy_plugin' "
-                                     "(_RaisingDomain.parse_completion): KeyError: 'verdict'")
-    assert (rd_engine.runs_dir / "p" / "pairs" / "manifest.json").exists()
+    assert str(exc.value) == "plugin 'buggy_plugin' failed in hook 'Domain.parse_completion': KeyError: 'verdict'"
+    assert not (rd_engine.runs_dir / "p").exists()
 
 
 def test_our_own_errors_inside_a_stage_gain_the_stage_name(rd_engine, tmp_path):
     TRIED["n"] += 1
     from reasondistill import Recipe, step
 
-    path = jsonl(tmp_path, [GOOD] * 10 + [{"query": "q", "item": "x", "label": 5}])
+    from reasondistill.plugins.core_stages import VALIDATE_ROWS
+
+    # past the rows validate reads, so the stage itself meets the bad label
+    path = jsonl(tmp_path, [GOOD] * (VALIDATE_ROWS + 10) + [{"query": "q", "item": "x", "label": 5}])
     with pytest.raises(DataError, match=r"^stage 'pairs': .*p\.jsonl"):
         rd_engine.run(Recipe(name="d", stages=[step("pairs", source=str(path))]))
 
