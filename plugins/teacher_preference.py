@@ -25,12 +25,13 @@ from reasondistill import distributed as dist
 from reasondistill.generators import load_generator
 from reasondistill.errors import DataError
 
+from .parse_health import ParseHealthOptions, ParseMonitor
 from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluate_teacher, load_causal_lm,
                              mean_by_dimension, peft_config, preflight_rewards, reward_vectors, teacher_source,
                              train_and_save)
 
 
-class PreferenceOptions(TeacherTrainOptions):
+class PreferenceOptions(TeacherTrainOptions, ParseHealthOptions):
     input: str = Field("pairs", description="the earlier output whose pairs become prompts", json_schema_extra=OUTPUT_REF)
     prompts: int = Field(64, ge=1, description="prompts to sample candidates for")
     candidates: int = Field(4, ge=2, description="K sampled chains a prompt")
@@ -50,6 +51,12 @@ class PreferenceOptions(TeacherTrainOptions):
     backend: BackendSpec | None = Field(None, description="how the SFT teacher samples candidates (default: the "
                                                           "recipe's backends.teacher, else transformers); a "
                                                           "served copy of the policy's starting point")
+    # lower than annotate's 0.5: the format reward is how DPO raises a low parse rate (0.49 after SFT ->
+    # 0.88 on the QBQTC run, docs/benchmarks.md), so half-unparsable samples are this stage's input;
+    # under 10% too few candidates parse to make pairs that teach the verdict
+    min_parse_rate: float = Field(0.1, ge=0, le=1, json_schema_extra={"hash": False},
+                                  description="the share of sampled candidates that must parse (checked before any "
+                                              "DPO step); 0 = no check")
     label_flips: bool = Field(False, description="also pair each gold-labelled chosen answer against itself with each "
                                                  "wrong label (Domain.relabel): pairs that differ only in the verdict")
 
@@ -191,6 +198,11 @@ class PreferenceStage(Stage):
         outs = gen.generate([ctx.domain.messages(r) for r in rows], do_sample=True, temperature=options.temperature,
                             top_p=options.top_p, n=options.candidates, seed=ctx.seed,
                             progress=ctx.progress(total=len(rows), desc="sampling", unit="prompt"))
+        sampled = [g for o in outs for g in o]
+        monitor = ParseMonitor("preference", options, options.max_new_tokens,
+                               "Nothing is trained yet: the teacher it sampled from is the previous stage's")
+        monitor.add([ctx.domain.parse_completion(g.text).ok for g in sampled], [g.tokens for g in sampled])
+        monitor.check()  # before any DPO step: pairs of unparsable answers teach the verdict nothing
         pairs, dropped = build_pairs(ctx, rows, [[g.text for g in o] for o in outs], options.min_margin,
                                      options.prefer_gold_chosen, options.label_flips)
         if not pairs:
@@ -200,6 +212,7 @@ class PreferenceStage(Stage):
         prefs.save_to_disk(str(ctx.dir / "preferences"))
         heldout = dev_rows(ctx, options.heldout_prompts)
         metrics: dict[str, Any] = {"prompts": len(rows), "pairs": len(pairs), "dropped_prompts": dropped,
+                                   "sample_parse_rate": round(monitor.rate, 4),
                                    "label_flip_pairs": sum(p["label_flip"] for p in pairs),
                                    "mean_margin": round(sum(p["margin"] for p in pairs) / len(pairs), 4)}
         gold_of = {r["pair_id"]: _gold(r) for r in rows}

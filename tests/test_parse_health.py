@@ -65,3 +65,14 @@ def test_the_options_do_not_change_the_stage_hash(rd_engine):
     first = rd_engine.run(annotate_recipe(on_low_parse="warn"))["annotate"]
     again = rd_engine.run(annotate_recipe(on_low_parse="warn", min_parse_rate=0.0))["annotate"]
     assert not first.skipped and again.skipped
+
+
+def test_preference_sampling_stops_before_any_dpo_step(rd_engine):
+    recipe = Recipe(name="pref", models={"teacher": "tiny-causal-lm"}, seed=2, stages=[
+        step("pairs", n=40), step("reasoning", source="column", limit=8),
+        step("preference", prompts=2, candidates=2, max_new_tokens=8, min_margin=0.0, max_steps=1, batch_size=2,
+             max_length=256, lora=False)])
+    with pytest.raises(DataError, match=r"preference: the teacher's answers parsed in 0 of 4 rows \(0\.0%\), below "
+                                        r"min_parse_rate 0\.1\. .* Nothing is trained yet"):
+        rd_engine.run(recipe)
+    assert not (rd_engine.runs_dir / "pref" / "preference" / "teacher").exists()

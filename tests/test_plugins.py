@@ -228,7 +228,7 @@ def test_third_party_scorer_is_a_reward_dimension(third_party, tmp_path):
             options: {source: column, limit: 8}
           - uses: preference
             options: {prompts: 4, candidates: 3, max_new_tokens: 8, min_margin: 0.0, max_steps: 1, batch_size: 2,
-                      max_length: 256}
+                      max_length: 256, on_low_parse: warn}
         """))
     out = _cli(["run", "p.yaml"], third_party, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

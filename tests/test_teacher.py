@@ -16,7 +16,7 @@ def teacher_recipe(**over):
         step("dapt", max_steps=2, batch_size=4, max_length=64, lora=True, lora_r=4, eval_rows=4, eval_max_new_tokens=8),
         step("reasoning", source="column", limit=48),
         step("sft", max_steps=3, batch_size=4, max_length=256, eval_rows=4, eval_max_new_tokens=8),
-        step("preference", prompts=6, candidates=3, max_new_tokens=12, min_margin=0.0, max_steps=2, batch_size=2,
+        step("preference", prompts=6, candidates=3, max_new_tokens=12, min_margin=0.0, on_low_parse="warn", max_steps=2, batch_size=2,
              max_length=256, heldout_prompts=3),
         step("teacher_eval", name="after_dpo", rows=4, max_new_tokens=8, on_low_parse="warn"),
     ]
@@ -156,6 +156,7 @@ def test_learned_multi_head_reward_model(teacher_run):
     recipe.stages.append(step("reward_model", epochs=2, batch_size=4, max_length=128))
     recipe.stages.append(step("preference", name="preference2", prompts=4, candidates=3, max_new_tokens=12,
                               min_margin=0.0, max_steps=1, batch_size=2, max_length=256, learned_reward=True,
+                              on_low_parse="warn",
                               sft_weight=0.5))
     results = Engine(engine.hooks, engine.runs_dir).run(recipe)
     rm = results["reward_model"].metrics

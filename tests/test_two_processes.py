@@ -29,7 +29,7 @@ stages:
   - uses: sft
     options: {max_steps: 2, batch_size: 2, max_length: 256, eval_rows: 0}
   - uses: preference
-    options: {prompts: 6, candidates: 2, max_new_tokens: 8, min_margin: 0.0, max_steps: 2, batch_size: 2,
+    options: {prompts: 6, candidates: 2, max_new_tokens: 8, min_margin: 0.0, on_low_parse: warn, max_steps: 2, batch_size: 2,
               max_length: 256, heldout_prompts: 0, eval_rows: 0}
   - uses: reward_model
     options: {epochs: 1, batch_size: 2, max_length: 128}

@@ -26,7 +26,7 @@ stages:
 """
 DISTILL_OPTS = ("{train_input: pairs, reasoning_column: rationale, max_steps: 16, save_steps: 4, batch_size: 8, "
                 "learning_rate: 0.002, student_options: {max_length: 48, reasoning_tokens: 32}}")
-DPO_OPTS = ("{input: pairs, prompts: 8, candidates: 2, max_new_tokens: 8, min_margin: 0.0, max_steps: 8, save_steps: 2, "
+DPO_OPTS = ("{input: pairs, on_low_parse: warn, prompts: 8, candidates: 2, max_new_tokens: 8, min_margin: 0.0, max_steps: 8, save_steps: 2, "
             "batch_size: 2, max_length: 512, lora: false}")
 
 
