@@ -261,9 +261,12 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
         shard = data.select(range(s * shard_size, s * shard_size + size[s]))
         rows = kept[s] or [None] * size[s]
         redo = [i for i, r in enumerate(rows) if r is None or r.get("error")]
+        shard_started = time.time()
         new = annotator.annotate(ctx, shard.select(redo) if len(redo) < size[s] else shard, teacher, options).to_list()
+        per_row = (time.time() - shard_started) / max(1, len(new))
         for i, r in zip(redo, new):
             r.setdefault("error", None)
+            r["seconds"] = round(per_row, 6)  # so a resumed stage's pairs/s covers every row, not the redone ones
             given = r.get("teacher", "")
             if given not in ids:  # fingerprinting the weights once per stage, not once per row
                 ids[given] = identify_teacher(ctx, given)
@@ -359,7 +362,11 @@ def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
                            "failed": sum(1 for e in ds["error"] if e) if "error" in ds.column_names else 0}
     for i, name in enumerate(domain.labels):
         out[f"share_{name.replace(' ', '_')}"] = round(sum(1 for x in labels if x == i) / max(1, n), 4)
-    if stats["seconds_now"] > 0 and stats["pairs_now"]:
+    spent = sum(s or 0 for s in ds["seconds"]) if "seconds" in ds.column_names else 0
+    if spent > 0:  # every row, the ones a resumed run kept included (per process under several ranks)
+        out["pairs_per_s"] = round(n / spent, 3)
+        out["tokens_per_s"] = round(out["tokens"] / spent, 2)
+    elif stats["seconds_now"] > 0 and stats["pairs_now"]:
         out["pairs_per_s"] = round(stats["pairs_now"] / stats["seconds_now"], 3)
         out["tokens_per_s"] = round(stats["tokens_now"] / stats["seconds_now"], 2)
     gold = ds["gold_label"]

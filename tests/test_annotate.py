@@ -232,6 +232,10 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
                        {"seconds_now": 1.0, "pairs_now": 3, "tokens_now": 27})
     assert thirds["share_relevant"] == 0.3333 and thirds["parse_rate"] == 0.6667  # 4 decimals
     assert thirds["failed"] == 0  # annotations with no error column (a plugin's) failed nowhere
+    # rows carry their own seconds: a resumed stage's speed covers the kept rows too, not the redone one
+    timed = ds.add_column("seconds", [0.5, 0.5, 0.5, 0.5])
+    whole = summarize(timed, LocalServices(), {"seconds_now": 0.01, "pairs_now": 1, "tokens_now": 5})
+    assert whole["pairs_per_s"] == 2.0 and whole["tokens_per_s"] == 13.5
 
 
 def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny_causal_lm):
