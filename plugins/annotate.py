@@ -33,10 +33,10 @@ class TeacherAnnotatorOptions(Options):
                                                   "rows finish)")
     max_new_tokens: int = Field(96, ge=4)
     do_sample: bool = False
-    temperature: float = Field(0.7, gt=0)
+    temperature: float = Field(0.7, gt=0, le=5, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1)
-    self_consistency: int = Field(1, ge=1, description="N sampled chains; majority label, agreement as confidence")
-    retries: int = Field(1, ge=0, description="re-generate unparseable outputs (sampled) this many times")
+    self_consistency: int = Field(1, ge=1, le=64, description="N sampled chains; majority label, agreement as confidence")
+    retries: int = Field(1, ge=0, le=20, description="re-generate unparseable outputs (sampled) this many times")
     bf16_check_rows: int = Field(32, ge=0, description=(
         "where a local teacher runs bf16 on a CPU (runtime.dtype: fastest): label the stage's first N pairs in "
         "bf16 and in fp32 before annotating, and fall back to fp32 below bf16_min_agreement; 0 = no check"))

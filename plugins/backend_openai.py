@@ -62,7 +62,7 @@ class OpenAIBackendOptions(Options):
                                                         "template renders the prompt (default: plain text)")
     concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once", json_schema_extra=TRANSPORT)
     timeout: float = Field(120.0, gt=0, description="seconds for one whole response", json_schema_extra=TRANSPORT)
-    retries: int = Field(4, ge=0, description="retries of a failed request", json_schema_extra=TRANSPORT)
+    retries: int = Field(4, ge=0, le=100, description="retries of a failed request", json_schema_extra=TRANSPORT)
     backoff: float = Field(0.5, gt=0, description="first wait in seconds, doubled per retry, with +-50% jitter",
                            json_schema_extra=TRANSPORT)
     max_backoff: float = Field(30.0, gt=0, description="longest wait between retries (Retry-After may ask more)",

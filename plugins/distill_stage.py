@@ -34,10 +34,10 @@ class DistillOptions(Options):
     hide_verdict: bool = Field(False, description="drop the reasoning's sentences that name a label "
                                                   "(Domain.strip_verdict), so the reasoning view cannot copy it")
     label_column: str = "label"
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    epochs: float = Field(3.0, gt=0, le=10000, description="passes over the training rows")
+    max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
     batch_size: int = Field(32, ge=2, description="also the InfoNCE negatives per row + 1")
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="peak learning rate (AdamW); above 1 diverges")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     logging_steps: int = Field(10, ge=1)

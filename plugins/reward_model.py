@@ -107,10 +107,10 @@ def make_trainer_class():
 class RewardModelOptions(Options):
     encoder: str = Field("tiny-encoder", description="a registered model, folder or hub id for the shared encoder")
     input: str = "preferences"
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, le=10000, description="passes over the training rows")
     max_steps: int = -1
     batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="peak learning rate (AdamW); above 1 diverges")
     max_length: int = Field(256, ge=16)
     heldout_fraction: float = Field(0.2, ge=0, lt=1)
 

@@ -36,11 +36,11 @@ class TeacherTrainOptions(Options):
         "off CUDA, run the output head only where the loss reads it (the answer's tokens, not the prompt's): "
         "the same loss; trl scores every position there (on CUDA it already scores answers only); "
         "false = trl's own loss"), json_schema_extra={"hash": "unless_default"})
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    epochs: float = Field(1.0, gt=0, le=10000, description="passes over the training rows")
+    max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="peak learning rate (AdamW); above 1 diverges")
     max_length: int = Field(512, ge=16)
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1)

@@ -34,8 +34,8 @@ from .teacher_common import (TeacherTrainOptions, common_args, dev_rows, evaluat
 class PreferenceOptions(TeacherTrainOptions, ParseHealthOptions):
     input: str = Field("pairs", description="the earlier output whose pairs become prompts", json_schema_extra=OUTPUT_REF)
     prompts: int = Field(64, ge=1, description="prompts to sample candidates for")
-    candidates: int = Field(4, ge=2, description="K sampled chains a prompt")
-    temperature: float = Field(1.0, gt=0)
+    candidates: int = Field(4, ge=2, le=64, description="K sampled chains a prompt")
+    temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=8)
     gen_batch_size: int = Field(32, ge=1)
@@ -43,7 +43,7 @@ class PreferenceOptions(TeacherTrainOptions, ParseHealthOptions):
     beta: float = Field(0.1, gt=0)
     sft_weight: float = Field(0.0, ge=0, description="weight of an NLL term on the chosen answers next to the DPO "
                                                       "loss (RPO; trl loss_type ['sigmoid', 'sft'])")
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="peak learning rate (AdamW); above 1 diverges")
     heldout_prompts: int = Field(0, ge=0, description="dev prompts to compare reward before and after DPO")
     learned_reward: bool = Field(False, description="add the dimensions of an earlier reward_model output")
     balance_labels: bool = Field(True, description="draw prompts evenly across gold labels (where there are any)")

@@ -25,7 +25,7 @@ class ReasoningDataOptions(Options):
     samples: int = Field(2, ge=1, description="rationalization attempts a pair (sampled after the first)")
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(96, ge=8)
-    temperature: float = Field(0.8, gt=0)
+    temperature: float = Field(0.8, gt=0, le=5, description="sampling temperature")
     backend: BackendSpec | None = Field(None, description="how the teacher runs (default: the recipe's "
                                                           "backends.teacher, else transformers)")
 

@@ -14,7 +14,7 @@ from .teacher_common import (TeacherTrainOptions, common_args, load_causal_lm, p
 
 class SFTOptions(TeacherTrainOptions):
     input: str = Field("sft_data", description="prompt-completion chats (the reasoning stage's output)", json_schema_extra=OUTPUT_REF)
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(2.0, gt=0, le=10000, description="passes over the training rows")
 
 
 class SFTStage(Stage):

@@ -1,5 +1,7 @@
 """Recipe validation, YAML loading, profiles and the CLI's exit codes."""
 
+import re
+
 import pytest
 import yaml
 
@@ -224,3 +226,30 @@ def test_reward_weights_naming_no_declared_dimension_fail_validate(rd_engine):
                                           r"declared: .*faithfulness"):
         rd_engine.validate(recipe)
     rd_engine.validate(Recipe(name="w", reward_weights={"faithfulness": 2.0}, stages=[step("pairs", n=20)]))
+
+
+@pytest.mark.parametrize("uses, option, limit, beyond", [
+    ("distill", "learning_rate", 1, 1.5),
+    ("distill", "epochs", 10000, 10001),
+    ("distill", "max_steps", -1, -2),
+    ("sft", "learning_rate", 1, 2),
+    ("preference", "candidates", 64, 65),
+    ("preference", "temperature", 5, 5.5),
+    ("annotate", "annotator_options.self_consistency", 64, 65),
+    ("annotate", "annotator_options.retries", 20, 21),
+    ("annotate", "min_parse_rate", 1, 1.01),
+])
+def test_numeric_options_have_sane_bounds_checked_on_the_boundary(rd_engine, uses, option, limit, beyond):
+    """The value at the limit is accepted; one past it fails validate naming the option and the limit."""
+    from reasondistill import Recipe, step
+
+    def recipe(value):
+        head, _, leaf = option.rpartition(".")
+        options = {head: {leaf: value}} if head else {option: value}
+        return Recipe(name="b", models={"teacher": "tiny-causal-lm", "student": "tiny-encoder"},
+                      stages=[step("pairs", n=20), step(uses, **options)])
+
+    rd_engine.validate(recipe(limit))
+    with pytest.raises(RecipeError, match=rf"stages\[1\]\.options\.{re.escape(option)}: .*(less|greater) than or "
+                                          rf"equal to {re.escape(str(limit))}"):
+        rd_engine.validate(recipe(beyond))
