@@ -209,6 +209,7 @@ class AnnotateStage(Stage):
             if dist.is_main():
                 merged = merge_shards(ctx.dir / f"{name}_shards")
                 merged.save_to_disk(str(ctx.dir / name))
+                stats = {**stats, "seconds_all": read_seconds(ctx.dir / f"{name}_shards")}
                 prefix = "" if name == "annotations" else "dev_"
                 metrics.update({prefix + k: v for k, v in summarize(merged, ctx.domain, stats).items()})
         dist.barrier()
@@ -263,17 +264,16 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
         redo = [i for i, r in enumerate(rows) if r is None or r.get("error")]
         shard_started = time.time()
         new = annotator.annotate(ctx, shard.select(redo) if len(redo) < size[s] else shard, teacher, options).to_list()
-        per_row = (time.time() - shard_started) / max(1, len(new))
+        kept_seconds = read_seconds(folder, s) * (size[s] - len(redo)) / size[s]
         for i, r in zip(redo, new):
             r.setdefault("error", None)
-            r["seconds"] = round(per_row, 6)  # so a resumed stage's pairs/s covers every row, not the redone ones
             given = r.get("teacher", "")
             if given not in ids:  # fingerprinting the weights once per stage, not once per row
                 ids[given] = identify_teacher(ctx, given)
             r["teacher"] = ids[given]
             rows[i] = r
         check_teacher(folder, rows)
-        write_shard(folder, s, rows)
+        write_shard(folder, s, rows, kept_seconds + time.time() - shard_started)
         tokens += sum(r.get("new_tokens", 0) for r in new)
         pairs += len(new)
         failed += sum(1 for r in new if r["error"])
@@ -314,13 +314,29 @@ def check_teacher(folder: Path, rows: list[dict]) -> None:
                         "start over with the new teacher")
 
 
-def write_shard(folder: Path, index: int, rows: list[dict]) -> None:
-    """The shard, then its sha256 sidecar: a shard counts as done only when both agree."""
+def write_shard(folder: Path, index: int, rows: list[dict], seconds: float | None = None) -> None:
+    """The shard, then its sha256 sidecar: a shard counts as done only when both agree. ``seconds``
+    (the time its rows took, kept apart from the rows so a rerun writes the same data) lets a
+    resumed stage report its speed over every row, not just the ones it redid."""
     import hashlib
 
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if seconds is not None:
+        write_atomic(folder / f"shard-{index:05d}.seconds", f"{seconds:.6f}")
     write_atomic(folder / f"shard-{index:05d}.jsonl", text)
     write_atomic(folder / f"shard-{index:05d}.sha256", hashlib.sha256(text.encode()).hexdigest())
+
+
+def read_seconds(folder: Path, index: int | None = None) -> float:
+    """The seconds recorded for one shard, or for every shard of ``folder`` (0 where none is)."""
+    paths = [folder / f"shard-{index:05d}.seconds"] if index is not None else sorted(folder.glob("shard-*.seconds"))
+    total = 0.0
+    for path in paths:
+        try:
+            total += float(path.read_text())
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def read_shard(folder: Path, index: int) -> list[dict] | None:
@@ -362,7 +378,7 @@ def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
                            "failed": sum(1 for e in ds["error"] if e) if "error" in ds.column_names else 0}
     for i, name in enumerate(domain.labels):
         out[f"share_{name.replace(' ', '_')}"] = round(sum(1 for x in labels if x == i) / max(1, n), 4)
-    spent = sum(s or 0 for s in ds["seconds"]) if "seconds" in ds.column_names else 0
+    spent = stats.get("seconds_all", 0)
     if spent > 0:  # every row, the ones a resumed run kept included (per process under several ranks)
         out["pairs_per_s"] = round(n / spent, 3)
         out["tokens_per_s"] = round(out["tokens"] / spent, 2)

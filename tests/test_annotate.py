@@ -232,10 +232,18 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
                        {"seconds_now": 1.0, "pairs_now": 3, "tokens_now": 27})
     assert thirds["share_relevant"] == 0.3333 and thirds["parse_rate"] == 0.6667  # 4 decimals
     assert thirds["failed"] == 0  # annotations with no error column (a plugin's) failed nowhere
-    # rows carry their own seconds: a resumed stage's speed covers the kept rows too, not the redone one
-    timed = ds.add_column("seconds", [0.5, 0.5, 0.5, 0.5])
-    whole = summarize(timed, LocalServices(), {"seconds_now": 0.01, "pairs_now": 1, "tokens_now": 5})
+    # the shards' recorded seconds: a resumed stage's speed covers the kept rows too, not the redone one
+    whole = summarize(ds, LocalServices(), {"seconds_now": 0.01, "pairs_now": 1, "tokens_now": 5, "seconds_all": 2.0})
     assert whole["pairs_per_s"] == 2.0 and whole["tokens_per_s"] == 13.5
+
+
+def test_seconds_of_kept_shards_count_after_a_resume(tmp_path):
+    from reasondistill.plugins.annotate import read_seconds, write_shard
+
+    write_shard(tmp_path, 0, [{"a": 1}], 1.5)
+    write_shard(tmp_path, 1, [{"a": 2}], 0.25)
+    write_shard(tmp_path, 2, [{"a": 3}])  # a plugin's shard with no time: counts 0
+    assert read_seconds(tmp_path) == 1.75 and read_seconds(tmp_path, 1) == 0.25 and read_seconds(tmp_path, 2) == 0
 
 
 def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny_causal_lm):

@@ -15,7 +15,7 @@ def test_smollm2_through_dapt_sft_preference_and_reload(rd_engine):
         step("dapt", max_steps=2, batch_size=2, max_length=64, lora_r=4),
         step("reasoning", source="column", limit=8),
         step("sft", max_steps=2, batch_size=2, max_length=256, lora_r=4),
-        step("preference", prompts=2, candidates=2, max_new_tokens=16, min_margin=0.0, max_steps=1, batch_size=2,
+        step("preference", prompts=2, candidates=2, max_new_tokens=16, min_margin=0.0, on_low_parse="warn", max_steps=1, batch_size=2,
              max_length=256, lora_r=4),
     ])
     results = rd_engine.run(recipe)
