@@ -115,6 +115,15 @@ def test_truncated_shard_is_detected_and_redone(tmp_path):
     after = load_from_disk(str(stage / "annotations")).to_list()
     assert after == before and len({r["pair_id"] for r in after}) == len(after)
     assert {p.name: p.stat().st_mtime_ns for p in shards if p != shard} == untouched, "only the bad shard is redone"
+    # the resumed stage's record covers every row: the same counts and rates, and a speed over all rows
+    resumed = json.loads((stage / MANIFEST).read_text())["metrics"]
+    for key in ("pairs", "parse_rate", "tokens", "failed", "teacher_accuracy", "teacher_macro_f1"):
+        assert resumed.get(key) == manifest["metrics"].get(key), key
+    from reasondistill.plugins.annotate import read_seconds
+
+    folder = stage / "annotations_shards"
+    assert read_seconds(folder) > read_seconds(folder, 2) > 0  # the kept shards' time counts too
+    assert resumed["pairs_per_s"] == round(len(after) / read_seconds(folder), 3)
 
 
 def test_deleted_model_file_is_recomputed(tmp_path):
