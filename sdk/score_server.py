@@ -184,9 +184,8 @@ class MicroBatcher:
                 self._busy = True
                 try:
                     probs = await loop.run_in_executor(self._pool, self.score, pairs)
-                except Exception as exc:  # the model failed: every waiting request hears why
-                    for job in jobs:
-                        job.future.set_exception(exc)
+                except Exception as exc:
+                    await self._isolate(jobs, exc)
                 else:
                     start = 0
                     for job in jobs:
@@ -196,6 +195,20 @@ class MicroBatcher:
                     self.queued_pairs -= size
                     self.batches += 1
                     self._busy = False
+
+
+    async def _isolate(self, jobs: list[_Job], exc: Exception) -> None:
+        """A batch failed: score each of its requests alone, so one request the model cannot take
+        fails by itself and the others it was batched with still get their answers."""
+        if len(jobs) == 1:
+            jobs[0].future.set_exception(exc)
+            return
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            try:
+                job.future.set_result(await loop.run_in_executor(self._pool, self.score, job.pairs))
+            except Exception as alone:
+                job.future.set_exception(alone)
 
 
 def check_pairs(body: Any, options: ServeOptions, extra_fields: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -234,11 +247,20 @@ def check_text(value: Any, where: str, options: ServeOptions) -> str:
         raise BadRequest(422, f"{where}: empty string")
     if len(value) > options.max_chars:
         raise BadRequest(413, f"{where}: {len(value)} characters, more than max_chars {options.max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): valid JSON, not valid text
+        raise BadRequest(422, f"{where}: a lone surrogate at character {exc.start} is not text") from None
     return value
 
 
 async def read_json(request: Any, options: ServeOptions) -> Any:
-    """The body as JSON within the size and time limits; 400/408/413 otherwise."""
+    """The body as JSON within the size and time limits; 400/408/413/415 otherwise."""
+    kind = request.headers.get("content-type")
+    if kind is not None:
+        media = kind.split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise BadRequest(415, f"Content-Type {media or 'empty'!r}; send application/json")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > options.max_body_bytes:
         raise BadRequest(413, f"body of {declared} bytes, more than max_body_bytes {options.max_body_bytes}")
@@ -262,10 +284,14 @@ async def read_json(request: Any, options: ServeOptions) -> Any:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise BadRequest(400, "empty body; send a JSON object")
     try:
         return json.loads(text)
     except ValueError as exc:
         raise BadRequest(400, f"body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BadRequest(400, "body is nested too deeply") from None
 
 
 def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: Scorer | None = None) -> Any:
@@ -292,6 +318,10 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
             except BadRequest as exc:
                 headers = {"Retry-After": "1"} if exc.status == 503 else None
                 return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
+            except Exception as exc:  # the same shape, one log line; the traceback only at debug level
+                log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+                log.debug("traceback", exc_info=True)
+                return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
         return endpoint
 
     async def score(request):
@@ -314,8 +344,10 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
             raise BadRequest(413, f"documents: {len(docs)}, more than max_pairs {options.max_pairs}")
         texts = [check_text(d, f"documents[{i}]", options) for i, d in enumerate(docs)]
         top_n = body.get("top_n", len(texts))
-        if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1:
-            raise BadRequest(422, "top_n: must be a positive integer")
+        if not isinstance(top_n, int) or isinstance(top_n, bool) or not 1 <= top_n <= options.max_pairs:
+            raise BadRequest(422, f"top_n: must be an integer from 1 to max_pairs {options.max_pairs}")
+        if not isinstance(body.get("return_documents", False), bool):
+            raise BadRequest(422, "return_documents: must be true or false")
         probs = await batcher.submit([{"query": query, "item": t} for t in texts])
         ranked = sorted(((scorer.result(p)["score"], i) for i, p in enumerate(probs)), key=lambda x: (-x[0], x[1]))
         out = [{"index": i, "relevance_score": s, **({"document": texts[i]} if body.get("return_documents") else {})}

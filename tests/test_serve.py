@@ -113,6 +113,11 @@ BAD_INPUTS = [
      "max_body_bytes"),
     ("a 3,000-character field", json.dumps({"pairs": [{"query": "q", "item": "x" * 3000}]}).encode(), 413,
      "max_chars 2000"),
+    ("a lone surrogate", b'{"pairs": [{"query": "pizza \\ud800", "item": "x"}]}', 422,
+     "pairs[0].query: a lone surrogate at character 6 is not text"),
+    ("nested 100,000 deep", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    ("an empty body", b"", 400, "empty body"),
+    ("a body of spaces", b"   ", 400, "empty body"),
 ]
 
 
@@ -252,3 +257,68 @@ def test_bad_serve_flag_is_one_line_naming_it(package):
     missing = subprocess.run([sys.executable, "-m", "reasondistill", "serve", "no-such-run"], env=env(),
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no-such-run" in missing.stderr
+
+
+@pytest.mark.parametrize("kind", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+def test_a_non_json_content_type_is_415(server, kind):
+    resp = _raw(server, json.dumps({"pairs": [PAIR]}).encode(), {"content-type": kind})
+    assert resp.status_code == 415 and "send application/json" in resp.json()["error"]
+    ok = _raw(server, json.dumps({"pairs": [PAIR]}).encode(), {"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_control_characters_are_scored_not_a_500(server):
+    resp = httpx.post(server + "/score", json={"pairs": [{"query": "pi\x00zza\x1b[31m", "item": "x\x07\u200b"}]},
+                      timeout=30)
+    assert resp.status_code == 200 and len(resp.json()["results"]) == 1
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"top_n": 10**100}, "top_n: must be an integer from 1 to max_pairs"),
+    ({"top_n": 1e100}, "top_n: must be an integer"),
+    ({"top_n": 0}, "top_n: must be an integer"),
+    ({"return_documents": "no"}, "return_documents: must be true or false"),
+])
+def test_rerank_options_are_strict(server, extra, reason):
+    resp = httpx.post(server + "/rerank", json={"query": "pizza", "documents": ["a", "b"], **extra}, timeout=30)
+    assert resp.status_code == 422 and reason in resp.json()["error"]
+
+
+def test_a_request_the_model_cannot_take_fails_alone_in_its_micro_batch():
+    """Three requests batched together, one of which makes the model raise: it fails, the others
+    are re-scored without it and answered."""
+    import asyncio
+    import threading
+
+    import numpy as np
+
+    from reasondistill.score_server import MicroBatcher
+
+    gate = threading.Event()
+    calls = []
+
+    def score(pairs):
+        calls.append([p["query"] for p in pairs])
+        if pairs[0]["query"] == "first":
+            gate.wait(5)  # hold the model busy until the others have queued
+        if any(p["query"] == "boom" for p in pairs):
+            raise TypeError("cannot encode")
+        return np.full((len(pairs), 3), 1 / 3)
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch=64, max_wait_ms=0, max_queue=100)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([{"query": "first"}]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.submit([{"query": q}, {"query": q}])) for q in ("a", "boom", "b")]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    first, a, boom, b = asyncio.run(main())
+    assert isinstance(boom, TypeError)
+    assert a.shape == (2, 3) and b.shape == (2, 3) and first.shape == (1, 3)
+    assert calls[1] == ["a", "a", "boom", "boom", "b", "b"]  # one batch, then each request alone
+    assert calls[2:] == [["a", "a"], ["boom", "boom"], ["b", "b"]]
