@@ -210,6 +210,9 @@ class DistillStage(Stage):
             return StageResult()
 
         out_dir = ctx.dir / "student"
+        config = getattr(getattr(student, "model", None), "config", None)
+        if config is not None:  # the exported config.json names the domain's labels, not LABEL_0..2
+            config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
         student_c.save(student, tokenizer, out_dir)
         (out_dir / "reasondistill.json").write_text(json.dumps({
             "labels": list(labels), "domain": ctx.domain.name, "domain_options": ctx.domain.settings.model_dump(mode="json"), "max_length": s_opts.max_length,

@@ -15,8 +15,10 @@ validation gives the one-line errors the bad-input table documents instead of py
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import ReasonDistillError
 
 log = logging.getLogger("reasondistill")
+#: one line per request: method, path, status, milliseconds (``serve`` prints it to stderr)
+access = logging.getLogger("reasondistill.access")
 
 
 class ServeOptions(BaseModel):
@@ -46,6 +50,8 @@ class ServeOptions(BaseModel):
     max_body_bytes: int = Field(1_000_000, ge=64, description="request body size at most")
     body_timeout_s: float = Field(10.0, gt=0, description="seconds to receive a whole request body")
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: all cores)")
+    api_key: str | None = Field(None, repr=False, description="require 'Authorization: Bearer KEY' on every route but "
+                                "/health (default: the REASONDISTILL_API_KEY environment variable; none: open)")
 
 
 class BadRequest(Exception):
@@ -308,11 +314,28 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
     scorer = scorer or Scorer(folder, options.variant, options.max_batch, options.threads)
     batcher = MicroBatcher(scorer, options.max_batch, options.max_wait_ms, options.max_queue)
     metadata = {**read_lineage(folder), "variant": options.variant, "labels": scorer.labels,
-                "limits": options.model_dump(exclude={"variant", "threads"})}
+                "limits": options.model_dump(exclude={"variant", "threads", "api_key"})}
     started = time.time()
+    key = options.api_key or os.environ.get("REASONDISTILL_API_KEY") or None
 
-    def guarded(handler):
+    def authorized(request) -> bool:
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        # constant time: how much of a guess matched must not show in the answer's timing
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+    def guarded(handler, open_route: bool = False):
         async def endpoint(request):
+            begun = time.perf_counter()
+            response = await answer(request)
+            access.info("%s %s %d %.1fms", request.method, request.url.path, response.status_code,
+                        (time.perf_counter() - begun) * 1000)
+            return response
+
+        async def answer(request):
+            if key and not open_route and not authorized(request):
+                return JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
             try:
                 return JSONResponse(await handler(request))
             except BadRequest as exc:
@@ -368,7 +391,8 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
         await batcher.stop()
 
     routes = [Route("/score", guarded(score), methods=["POST"]), Route("/rerank", guarded(rerank), methods=["POST"]),
-              Route("/health", guarded(health), methods=["GET"]), Route("/metadata", guarded(meta), methods=["GET"])]
+              Route("/health", guarded(health, open_route=True), methods=["GET"]),
+              Route("/metadata", guarded(meta), methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.batcher, app.state.scorer = batcher, scorer
     return app
@@ -378,7 +402,16 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options
     """Run the scoring server until SIGINT/SIGTERM; queued requests finish before it exits."""
     import uvicorn
 
+    options = options or ServeOptions()
     app = create_app(folder, options)
+    if host not in ("127.0.0.1", "localhost", "::1") and not (options.api_key or os.environ.get("REASONDISTILL_API_KEY")):
+        log.warning("serving on %s without an API key: anyone who can reach this port can score; set --api-key or "
+                    "REASONDISTILL_API_KEY, and put TLS in front (docs/serving.md)", host)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False  # one line per request, not one more through the CLI's own handler
     print(f"reasondistill: scoring {folder} on http://{host}:{port} (POST /score, POST /rerank, GET /health, "
           f"GET /metadata)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,

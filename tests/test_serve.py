@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reasondistill.plugins.backend_openai import httpx_module
+from reasondistill.plugins.local_services import LocalServices
 
 from .reliability.helpers import env
 from .served import free_port
@@ -322,3 +323,39 @@ def test_a_request_the_model_cannot_take_fails_alone_in_its_micro_batch():
     assert a.shape == (2, 3) and b.shape == (2, 3) and first.shape == (1, 3)
     assert calls[1] == ["a", "a", "boom", "boom", "b", "b"]  # one batch, then each request alone
     assert calls[2:] == [["a", "a"], ["boom", "boom"], ["b", "b"]]
+
+
+def test_api_key_guards_every_route_but_health_and_the_access_log_has_a_line_per_request(package):
+    proc, url = start_server(package, "--api-key", "s3cret-key")
+    try:
+        body = {"pairs": [PAIR]}
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret-key"}):
+            resp = httpx.post(url + "/score", json=body, headers=headers, timeout=30)
+            assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer", headers
+            assert "missing or wrong API key" in resp.json()["error"]
+        assert httpx.get(url + "/metadata", timeout=30).status_code == 401
+        assert httpx.get(url + "/health", timeout=30).status_code == 200  # liveness stays open
+        ok = {"authorization": "Bearer s3cret-key"}
+        assert httpx.post(url + "/score", json=body, headers=ok, timeout=30).status_code == 200
+        meta = httpx.get(url + "/metadata", headers=ok, timeout=30)
+        assert meta.status_code == 200 and "s3cret-key" not in meta.text
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0]
+    lines = [line for line in out.splitlines() if " POST /score " in line]
+    assert len(lines) == 4 and [line.split(" POST /score ")[1].split()[0] for line in lines] == ["401"] * 3 + ["200"]
+    assert all(line.rstrip().endswith("ms") for line in lines)
+
+
+def test_api_key_from_the_environment_and_label_names_in_the_config(package, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from reasondistill.score_server import ServeOptions, create_app
+
+    monkeypatch.setenv("REASONDISTILL_API_KEY", "from-env")
+    with TestClient(create_app(package, ServeOptions(variant="fp32"))) as client:
+        assert client.post("/score", json={"pairs": [PAIR]}).status_code == 401
+        resp = client.post("/score", json={"pairs": [PAIR]}, headers={"authorization": "Bearer from-env"})
+        assert resp.status_code == 200 and resp.json()["results"][0]["label"] in LocalServices.labels
+    config = json.loads((package / "config.json").read_text())
+    assert list(config["id2label"].values()) == list(LocalServices.labels)  # not LABEL_0..2
