@@ -118,8 +118,9 @@ class DistillStage(Stage):
         opts = DistillOptions.model_validate(raw or {}, context=context)
         student = validate_nested(context, "student", opts.student, opts.student_options, "student_options")
         loss = validate_nested(context, "loss", opts.loss, opts.loss_options, "loss_options")
-        entry = (context or {}).get("catalogue").kind("loss").get(opts.loss) if (context or {}).get("catalogue") else None
-        check_position_limit(context, student, bool(entry and entry.component.needs_reasoning))
+        catalogue = (context or {}).get("catalogue")
+        loss_entry = catalogue.kind("loss").get(opts.loss) if catalogue is not None else None
+        check_position_limit(context, student, bool(loss_entry and loss_entry.component.needs_reasoning))
         return opts.model_copy(update={"student_options": student.model_dump(), "loss_options": loss.model_dump()})
 
     def preflight(self, check, options: DistillOptions) -> None:

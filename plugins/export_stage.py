@@ -31,9 +31,9 @@ class ExportStage(Stage):
         onnx_dir = start_package(student, ctx.dir / "model")
         files = component.export_onnx(student, onnx_dir, quantize=options.quantize, optimize=options.optimize)
         metrics = {}
-        if options.agreement_rows and (read_trained_outputs(student) or ctx.has_input("dev")):
+        trained = read_trained_outputs(student)
+        if options.agreement_rows and (trained or ctx.has_input("dev")):
             torch_pred = component.predictor(student)  # the saved student: its latency (and labels for old folders)
-            trained = read_trained_outputs(student)
             if trained:  # held to the network as it was trained, not to a reload of what save wrote
                 queries, items = trained["queries"][:options.agreement_rows], trained["items"][:options.agreement_rows]
                 ref = np.asarray(trained["probs"][:options.agreement_rows]).argmax(-1)

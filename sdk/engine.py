@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from . import distributed as dist
 from .errors import ArtifactError, RecipeError
@@ -18,10 +18,11 @@ from .failures import stage_failures
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
 from .generators import BackendSpec, hash_view
 from .manager import Catalogue, Hooks, get_hooks
+from .models import resolve_model
+from .preflight import run_preflight
 from .recipe import Recipe, ResolvedStage, resolve, resolve_domain
 from .runtime import current as current_runtime
 from .runtime import resolve_runtime, using
-from .preflight import run_preflight
 from .runstore import (
     STATE,
     RunInfo,
@@ -111,7 +112,7 @@ class Engine:
         log.info("runtime: %s", runtime)
         with using(runtime), runtime.threads_applied():
             if self.preflight:
-                run_preflight(recipe, stages, domain, self.hooks)
+                run_preflight(recipe, stages, domain, self.hooks, self._resolver(domain))
             return self._run_stages(recipe, stages, force, name, domain)
 
     def check_deep(self, recipe: Recipe, source: str | None = None) -> int:
@@ -120,7 +121,10 @@ class Engine:
         domain = resolve_domain(recipe, self.hooks.catalogue, source)
         runtime = resolve_runtime(recipe.runtime, processes=dist.world(), local_rank=dist.local_rank())
         with using(runtime), runtime.threads_applied():
-            return run_preflight(recipe, stages, domain, self.hooks)
+            return run_preflight(recipe, stages, domain, self.hooks, self._resolver(domain))
+
+    def _resolver(self, domain) -> Any:
+        return lambda ref: resolve_model(ref, self.hooks, domain)
 
     def _run_stages(self, recipe: Recipe, stages: list[ResolvedStage], force: set[str], name: str | None,
                     domain) -> dict[str, StageResult]:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from .data import load_pairs
 from .errors import PluginError, RecipeError
+from .failures import one_line, stage_failures
 
 log = logging.getLogger("reasondistill")
 
@@ -32,15 +34,15 @@ class Preflight:
     domain: Any
     hooks: Any
     rows: list[dict[str, Any]]
+    #: model reference -> local folder, materialised as a stage gets it (the engine's resolver)
+    resolve: Callable[[str], str]
 
     def model(self, role: str) -> str:
-        """The local folder of the model the recipe gives ``role`` (materialised, as a stage gets it)."""
-        from .models import resolve_model
-
+        """The local folder of the model the recipe gives ``role``."""
         ref = self.recipe.models.get(role)
         if ref is None:
             raise RecipeError(f"models.{role}", f"the run needs a {role} model; set models.{role}")
-        return resolve_model(ref, self.hooks, self.domain)
+        return self.resolve(ref)
 
     def label(self, row: dict[str, Any]) -> int:
         value = row.get("label")
@@ -55,9 +57,6 @@ class Preflight:
 
 def sample_rows(recipe: Any, stages: list[Any], domain: Any, plugin: str, hooks: Any) -> list[dict[str, Any]]:
     """The first rows the run's ``pairs`` stage will bring in (its file, or the domain's generator)."""
-    from .data import load_pairs
-    from .failures import stage_failures
-
     pairs = next((s for s in stages if s.spec.uses == "pairs"), None)
     options = pairs.options if pairs is not None else None
     source = getattr(options, "source", "generate")
@@ -75,8 +74,6 @@ def sample_rows(recipe: Any, stages: list[Any], domain: Any, plugin: str, hooks:
 
 
 def _call(plugin: str, hook: str, method: Any, *args: Any) -> Any:
-    from .failures import one_line
-
     try:
         return method(*args)
     except Exception as exc:
@@ -104,14 +101,13 @@ def check_domain(domain: Any, rows: list[dict[str, Any]], plugin: str) -> None:
                                   f"by format_completion) as {parsed.label!r}: the teacher's answers would not parse")
 
 
-def run_preflight(recipe: Any, stages: list[Any], domain: Any, hooks: Any) -> int:
-    """Every dry call of the run; returns the number of sample rows used."""
-    from .failures import stage_failures
-
+def run_preflight(recipe: Any, stages: list[Any], domain: Any, hooks: Any, resolve: Callable[[str], str]) -> int:
+    """Every dry call of the run; ``resolve`` materialises a model reference. Returns the number of
+    sample rows used."""
     plugin = hooks.catalogue.kind("domain")[recipe.domain].plugin
     rows = sample_rows(recipe, stages, domain, plugin, hooks)
     check_domain(domain, rows, plugin)
-    check = Preflight(recipe, domain, hooks, rows)
+    check = Preflight(recipe, domain, hooks, rows, resolve)
     for stage in stages:
         with stage_failures(stage.name, hooks):
             stage.component.preflight(check, stage.options)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ReasonDistillError
+from .score_inputs import BadRequest, check_pairs, check_text, read_json
 
 log = logging.getLogger("reasondistill")
 #: one line per request: method, path, status, milliseconds (``serve`` prints it to stderr)
@@ -52,14 +52,6 @@ class ServeOptions(BaseModel):
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: all cores)")
     api_key: str | None = Field(None, repr=False, description="require 'Authorization: Bearer KEY' on every route but "
                                 "/health (default: the REASONDISTILL_API_KEY environment variable; none: open)")
-
-
-class BadRequest(Exception):
-    """A client error: HTTP ``status`` and a one-line reason."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
 
 
 class Scorer:
@@ -215,89 +207,6 @@ class MicroBatcher:
                 job.future.set_result(await loop.run_in_executor(self._pool, self.score, job.pairs))
             except Exception as alone:
                 job.future.set_exception(alone)
-
-
-def check_pairs(body: Any, options: ServeOptions, extra_fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The ``/score`` body's pairs, or ``BadRequest`` naming the first field at fault."""
-    if not isinstance(body, dict):
-        raise BadRequest(422, "body must be a JSON object with a 'pairs' list")
-    unknown = set(body) - {"pairs"}
-    if unknown:
-        raise BadRequest(422, f"unknown field {sorted(unknown)[0]!r}; the body is {{\"pairs\": [...]}}")
-    pairs = body.get("pairs")
-    if not isinstance(pairs, list):
-        raise BadRequest(422, "pairs: missing, or not a list")
-    if not pairs:
-        raise BadRequest(422, "pairs: empty list")
-    if len(pairs) > options.max_pairs:
-        raise BadRequest(413, f"pairs: {len(pairs)} pairs, more than max_pairs {options.max_pairs}")
-    allowed = {"query", "item", *extra_fields}
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, dict):
-            raise BadRequest(422, f"pairs[{i}]: must be an object with 'query' and 'item'")
-        for key in ("query", "item"):
-            check_text(pair.get(key), f"pairs[{i}].{key}", options)
-        unknown = sorted(set(pair) - allowed)
-        if unknown:
-            raise BadRequest(422, f"pairs[{i}]: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        for key in extra_fields:
-            if key in pair and not isinstance(pair[key], (str, int, float)) and pair[key] is not None:
-                raise BadRequest(422, f"pairs[{i}].{key}: must be a string or a number")
-    return pairs
-
-
-def check_text(value: Any, where: str, options: ServeOptions) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(422, f"{where}: {'missing' if value is None else 'must be a string'}")
-    if not value.strip():
-        raise BadRequest(422, f"{where}: empty string")
-    if len(value) > options.max_chars:
-        raise BadRequest(413, f"{where}: {len(value)} characters, more than max_chars {options.max_chars}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): valid JSON, not valid text
-        raise BadRequest(422, f"{where}: a lone surrogate at character {exc.start} is not text") from None
-    return value
-
-
-async def read_json(request: Any, options: ServeOptions) -> Any:
-    """The body as JSON within the size and time limits; 400/408/413/415 otherwise."""
-    kind = request.headers.get("content-type")
-    if kind is not None:
-        media = kind.split(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise BadRequest(415, f"Content-Type {media or 'empty'!r}; send application/json")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > options.max_body_bytes:
-        raise BadRequest(413, f"body of {declared} bytes, more than max_body_bytes {options.max_body_bytes}")
-    data = bytearray()
-
-    async def receive() -> None:
-        async for chunk in request.stream():
-            data.extend(chunk)
-            if len(data) > options.max_body_bytes:
-                raise BadRequest(413, f"body larger than max_body_bytes {options.max_body_bytes}")
-
-    try:
-        if hasattr(asyncio, "timeout"):  # 3.11+: no extra task per request
-            async with asyncio.timeout(options.body_timeout_s):
-                await receive()
-        else:  # pragma: no cover - Python 3.10
-            await asyncio.wait_for(receive(), options.body_timeout_s)
-    except (asyncio.TimeoutError, TimeoutError):
-        raise BadRequest(408, f"body not received within {options.body_timeout_s:g} s") from None
-    try:
-        text = bytes(data).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(400, f"body is not valid UTF-8 (byte {exc.start})") from None
-    if not text.strip():
-        raise BadRequest(400, "empty body; send a JSON object")
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(400, f"body is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise BadRequest(400, "body is nested too deeply") from None
 
 
 def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: Scorer | None = None) -> Any:

@@ -238,7 +238,7 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
 
 
 def test_seconds_of_kept_shards_count_after_a_resume(tmp_path):
-    from reasondistill.plugins.annotate import read_seconds, write_shard
+    from reasondistill.plugins.annotation_shards import read_seconds, write_shard
 
     write_shard(tmp_path, 0, [{"a": 1}], 1.5)
     write_shard(tmp_path, 1, [{"a": 2}], 0.25)
@@ -271,7 +271,7 @@ def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny
 
 def test_a_resumed_annotation_with_another_teacher_names_both(tmp_path):
     from reasondistill.errors import DataError
-    from reasondistill.plugins.annotate import check_teacher
+    from reasondistill.plugins.annotation_shards import check_teacher
 
     check_teacher(tmp_path, [{"teacher": "sft/teacher@aa"}, {"teacher": "x", "error": "HTTP 500"}])
     assert (tmp_path / "teacher.txt").read_text() == "sft/teacher@aa"

@@ -56,7 +56,8 @@ def test_a_stage_that_scores_nothing_does_not_call_the_scorers(rd_engine, regist
     register_plugin(scorer(None), "my_scorer")
     from reasondistill.preflight import Preflight
 
-    check = Preflight(teacher_recipe(), LocalServices(), rd_engine.hooks, [{"query": "q", "item": "i", "label": 1}])
+    check = Preflight(teacher_recipe(), LocalServices(), rd_engine.hooks, [{"query": "q", "item": "i", "label": 1}],
+                      resolve=str)
     quiet = rd_engine.validate(teacher_recipe(eval_rows=0))[-1]
     quiet.component.preflight(check, quiet.options)  # no scorer called, no error
     scoring = rd_engine.validate(teacher_recipe())[-1]
@@ -105,3 +106,34 @@ def test_validate_deep_dry_calls_without_writing(tmp_path, monkeypatch, capsys):
     assert main(["validate", "quickstart", "--profile", "tiny", "--deep"]) == 0
     assert "every plugin dry-called on 4 rows" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
+
+
+def test_failure_after_training_keeps_the_teacher_and_the_rerun_reuses_it(rd_engine, register_plugin):
+    """sft trains, saves, then its dev evaluation fails in a scorer plugin: the rerun resumes with
+    the trained teacher instead of training again from step 0."""
+    from reasondistill import PluginError, hookimpl
+
+    class Broken:
+        @hookimpl
+        def reward_dimensions(self):
+            return ["down"]
+
+        @hookimpl
+        def score_reasoning(self, example, completion, domain):
+            if not domain.parse_completion(completion).ok:  # well-formed answers (the dry call's) pass
+                raise RuntimeError("scorer down")
+            return {"down": 1.0}
+
+    recipe = Recipe(name="keep", models={"teacher": "tiny-causal-lm"},
+                    stages=[step("pairs", n=60), step("reasoning", source="column"),
+                            step("sft", max_steps=2, lora=False, batch_size=2, max_length=320, eval_rows=2,
+                                 eval_max_new_tokens=8)])
+    name = register_plugin(Broken(), "broken_scorer")
+    with pytest.raises(PluginError, match="scorer down"):
+        rd_engine.run(recipe)
+    weights = rd_engine.runs_dir / "keep" / "sft" / "teacher" / "model.safetensors"
+    trained_at = weights.stat().st_mtime_ns
+    rd_engine.hooks.unregister(name)
+    m = rd_engine.run(recipe)["sft"].metrics
+    assert m["resumed_from"] == "trained" and m["steps"] == 2
+    assert weights.stat().st_mtime_ns == trained_at and "teacher_macro_f1" in m
