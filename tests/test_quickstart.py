@@ -44,3 +44,17 @@ def test_run_warns_in_plain_words(tiny_quickstart, capsys):
             if line.startswith("warning: distill: the student never predicts")}
     assert said == never
     assert all(line in (run / "report.md").read_text() for line in warnings)
+
+
+def test_never_predicted_classes_are_named_with_their_dev_counts(tmp_path):
+    """Hand-made predictions: the warning names exactly the classes the student never predicts."""
+    from reasondistill.report import _never_predicted
+
+    path = tmp_path / "dev_predictions.json"
+    path.write_text(json.dumps({"gold": [0, 1, 2, 2, 1], "pred": [0, 0, 1, 1, 0],
+                                "labels": ["irrelevant", "partly relevant", "relevant"]}))
+    assert _never_predicted("distill", path) == [
+        "warning: distill: the student never predicts 'relevant' on the 5 dev pairs (2 of them are 'relevant'): "
+        "its F1 for it is 0"]
+    path.write_text(json.dumps({"gold": [0, 1, 2], "pred": [0, 1, 2], "labels": ["a", "b", "c"]}))
+    assert _never_predicted("distill", path) == []
