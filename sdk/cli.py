@@ -168,7 +168,8 @@ def cmd_serve(args) -> int:
         from .errors import RecipeError
 
         err = exc.errors(include_url=False)[0]
-        raise RecipeError("--" + str(err["loc"][0]).replace("_", "-"), err["msg"]) from None
+        field = str(err["loc"][0]) if err["loc"] else "max_wait_ms"  # the one check across two options
+        raise RecipeError("--" + field.replace("_", "-"), err["msg"].removeprefix("Value error, ")) from None
     serve(folder, args.host, args.port, options)
     return 0
 

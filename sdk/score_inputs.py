@@ -10,11 +10,11 @@ from typing import Any
 
 
 class BadRequest(Exception):
-    """A client error: HTTP ``status`` and a one-line reason."""
+    """A refusal: HTTP ``status``, a one-line reason, and for a 503 the seconds to wait (``Retry-After``)."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, retry_after: int | None = None):
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.retry_after = status, reason, retry_after
 
 
 def check_pairs(body: Any, options: Any, extra_fields: tuple[str, ...]) -> list[dict[str, Any]]:

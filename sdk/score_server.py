@@ -2,11 +2,13 @@
 
 An ASGI app (Starlette on uvicorn, the ``serve`` extra): ``POST /score`` (a batch of pairs ->
 label, label probabilities, ranking score per pair), ``POST /rerank`` (one query, many documents,
-sorted, the shape TEI/Cohere/Jina rerankers use), ``GET /health`` and ``GET /metadata`` (the
-model card's lineage). Concurrent requests are scored together by one :class:`MicroBatcher`, so
-a busy server runs the model on full batches while an idle one adds no wait. Every limit (body
-bytes, body read time, pairs per request, characters per field, queued pairs) answers a 4xx or
-503 with a one-line reason; nothing a client sends can grow memory without bound.
+sorted, the shape TEI/Cohere/Jina rerankers use), ``GET /health`` (liveness), ``GET /ready``
+(readiness: 503 while warming up or draining), ``GET /metrics`` (Prometheus) and ``GET /metadata``
+(the model card's lineage). Concurrent requests share batches formed by pairs
+(:mod:`~reasondistill.micro_batcher`); every limit (body bytes and read time, header bytes and read
+time, connections, pairs per request, characters per field, queued pairs, queue wait) answers a
+4xx or 503 with a one-line reason, so nothing a client sends can grow memory or latency without
+bound.
 
 Written on Starlette rather than FastAPI: the request schema is three fields, and hand-checked
 validation gives the one-line errors the bad-input table documents instead of pydantic's lists.
@@ -19,21 +21,18 @@ import hmac
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ReasonDistillError
+from .micro_batcher import MicroBatcher
 from .score_inputs import BadRequest, check_pairs, check_text, read_json
 
 log = logging.getLogger("reasondistill")
-#: one line per request: method, path, status, milliseconds (``serve`` prints it to stderr)
-access = logging.getLogger("reasondistill.access")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class ServeOptions(BaseModel):
@@ -41,17 +40,46 @@ class ServeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     variant: Literal["int8", "fp32", "torch"] = Field("int8", description="ONNX int8, ONNX fp32 or the torch model")
-    max_batch: int = Field(64, ge=1, description="pairs scored together at most")
+    max_batch: int = Field(64, ge=1, description="pairs scored together at most; larger requests are split")
     max_wait_ms: float = Field(0.0, ge=0, description="wait this long for more pairs before scoring a short batch "
                                                       "(0: never wait; batches form while the model is busy)")
     max_queue: int = Field(4096, ge=1, description="pairs waiting at most; beyond, 503 with Retry-After")
+    max_queue_ms: float = Field(1000.0, gt=0, description="a request that would wait longer than this before its first "
+                                "pair is scored gets 503 with Retry-After at once, never a late answer")
     max_pairs: int = Field(256, ge=1, description="pairs in one request at most")
     max_chars: int = Field(4096, ge=1, description="characters in one field at most")
     max_body_bytes: int = Field(1_000_000, ge=64, description="request body size at most")
     body_timeout_s: float = Field(10.0, gt=0, description="seconds to receive a whole request body")
+    max_header_bytes: int = Field(16_384, ge=1024, description="request line and headers at most; beyond, 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds to receive a request's headers; beyond, 408 and "
+                                    "the connection closes (slow clients cannot hold the server)")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection closes after this many seconds")
+    max_connections: int = Field(1024, ge=1, description="open connections at most; beyond, 503 at connect")
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: all cores)")
     api_key: str | None = Field(None, repr=False, description="require 'Authorization: Bearer KEY' on every route but "
-                                "/health (default: the REASONDISTILL_API_KEY environment variable; none: open)")
+                                "/health and /ready (default: the REASONDISTILL_API_KEY environment variable; none: open)")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the server, "
+                                    "comma-separated (default: none, CORS off)")
+    ssl_certfile: str | None = Field(None, description="serve HTTPS with this PEM certificate (or terminate TLS in a "
+                                     "reverse proxy, docs/serving.md)")
+    ssl_keyfile: str | None = Field(None, description="the private key of --ssl-certfile")
+    http: Literal["auto", "httptools", "h11"] = Field("auto", description="uvicorn's HTTP implementation (the limits "
+                                                      "hold for each)")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _wait_within_queue_limit(self) -> ServeOptions:
+        if self.max_wait_ms >= self.max_queue_ms:
+            raise ValueError(f"max_wait_ms ({self.max_wait_ms:g}) must be below max_queue_ms ({self.max_queue_ms:g}): "
+                             "every request would be refused after waiting for batch-mates")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        return self.api_key or os.environ.get("REASONDISTILL_API_KEY") or None
 
 
 class Scorer:
@@ -111,121 +139,31 @@ class Scorer:
                 "probs": {name: round(float(p), 6) for name, p in zip(self.labels, probs)}, "score": round(score, 6)}
 
 
-@dataclass
-class _Job:
-    pairs: list[dict[str, Any]]
-    future: asyncio.Future
-
-
-class MicroBatcher:
-    """Scores the pairs of concurrent requests together, one batch at a time, in one worker thread.
-
-    Without ``max_wait_ms`` a lone request is scored at once; requests that arrive while the model
-    is busy queue up and are scored together next, so batches grow with load by themselves.
-    """
-
-    def __init__(self, score: Callable[[list[dict[str, Any]]], np.ndarray], max_batch: int, max_wait_ms: float,
-                 max_queue: int):
-        self.score, self.max_batch, self.max_wait, self.max_queue = score, max_batch, max_wait_ms / 1000, max_queue
-        self.queue: deque[_Job] = deque()
-        self.queued_pairs = 0
-        self.batches = 0
-        self._busy = False
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reasondistill-score")
-
-    def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        """Finish every queued request, then stop."""
-        while self.queue or self._busy:
-            await asyncio.sleep(0.005)
-        if self._task is not None:
-            self._task.cancel()
-        self._pool.shutdown(wait=True)
-
-    async def submit(self, pairs: list[dict[str, Any]]) -> np.ndarray:
-        if self.queued_pairs + len(pairs) > self.max_queue:
-            raise BadRequest(503, f"server busy: {self.queued_pairs} pairs queued (max_queue {self.max_queue})")
-        loop = asyncio.get_running_loop()
-        if not self._busy and not self.queue and not self.max_wait:  # idle: score now, no hop through the loop
-            self._busy, self.queued_pairs = True, self.queued_pairs + len(pairs)
-            try:
-                return await loop.run_in_executor(self._pool, self.score, pairs)
-            finally:
-                self._busy, self.queued_pairs, self.batches = False, self.queued_pairs - len(pairs), self.batches + 1
-                if self.queue:
-                    self._wake.set()
-        job = _Job(pairs, loop.create_future())
-        self.queue.append(job)
-        self.queued_pairs += len(pairs)
-        self._wake.set()
-        return await job.future
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.queue and not self._busy:
-                if self.max_wait and sum(len(j.pairs) for j in self.queue) < self.max_batch:
-                    await asyncio.sleep(self.max_wait)
-                jobs, size = [], 0
-                while self.queue and (not jobs or size + len(self.queue[0].pairs) <= self.max_batch):
-                    job = self.queue.popleft()
-                    jobs.append(job)
-                    size += len(job.pairs)
-                pairs = [p for j in jobs for p in j.pairs]
-                self._busy = True
-                try:
-                    probs = await loop.run_in_executor(self._pool, self.score, pairs)
-                except Exception as exc:
-                    await self._isolate(jobs, exc)
-                else:
-                    start = 0
-                    for job in jobs:
-                        job.future.set_result(probs[start:start + len(job.pairs)])
-                        start += len(job.pairs)
-                finally:
-                    self.queued_pairs -= size
-                    self.batches += 1
-                    self._busy = False
-
-
-    async def _isolate(self, jobs: list[_Job], exc: Exception) -> None:
-        """A batch failed: score each of its requests alone, so one request the model cannot take
-        fails by itself and the others it was batched with still get their answers."""
-        if len(jobs) == 1:
-            jobs[0].future.set_exception(exc)
-            return
-        loop = asyncio.get_running_loop()
-        for job in jobs:
-            try:
-                job.future.set_result(await loop.run_in_executor(self._pool, self.score, job.pairs))
-            except Exception as alone:
-                job.future.set_exception(alone)
-
-
 def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: Scorer | None = None) -> Any:
     """The ASGI app serving the student package in ``folder``."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    from .score_metrics import ServerMetrics
     from .student_package import read_lineage
 
     options = options or ServeOptions()
     scorer = scorer or Scorer(folder, options.variant, options.max_batch, options.threads)
-    batcher = MicroBatcher(scorer, options.max_batch, options.max_wait_ms, options.max_queue)
+    state = {"ready": False, "draining": False}
+    metrics = ServerMetrics(lambda: batcher.queued_pairs, lambda: state["ready"] and not state["draining"])
+    batcher = MicroBatcher(scorer, options.max_batch, options.max_wait_ms, options.max_queue, options.max_queue_ms,
+                           on_batch=metrics.batch)
+    private = {"variant", "threads", "api_key", "ssl_certfile", "ssl_keyfile", "cors_origins", "http"}
     metadata = {**read_lineage(folder), "variant": options.variant, "labels": scorer.labels,
-                "limits": options.model_dump(exclude={"variant", "threads", "api_key"})}
+                "limits": options.model_dump(exclude=private)}
     started = time.time()
-    key = options.api_key or os.environ.get("REASONDISTILL_API_KEY") or None
+    key = options.resolved_api_key()
 
     def authorized(request) -> bool:
         given = request.headers.get("authorization", "")
@@ -236,9 +174,10 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
     def guarded(handler, open_route: bool = False):
         async def endpoint(request):
             begun = time.perf_counter()
+            request.state.pairs, request.state.timing = 0, {}
             response = await answer(request)
-            access.info("%s %s %d %.1fms", request.method, request.url.path, response.status_code,
-                        (time.perf_counter() - begun) * 1000)
+            metrics.request(request.method, request.url.path, response.status_code, request.state.pairs,
+                            request.state.timing.get("queue_ms"), time.perf_counter() - begun)
             return response
 
         async def answer(request):
@@ -246,19 +185,42 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
                 return JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
             try:
-                return JSONResponse(await handler(request))
+                result = await handler(request)
+                return result if isinstance(result, Response) else JSONResponse(result)
             except BadRequest as exc:
-                headers = {"Retry-After": "1"} if exc.status == 503 else None
+                headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
                 return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
+            except ClientDisconnect:  # gone while sending its body: nothing to answer, one access line
+                return Response(status_code=499)
             except Exception as exc:  # the same shape, one log line; the traceback only at debug level
                 log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
                 log.debug("traceback", exc_info=True)
                 return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
         return endpoint
 
+    async def scored(request, pairs: list[dict[str, Any]]) -> np.ndarray:
+        """The pairs' probabilities; if the client disconnects first, its work leaves the queue and
+        the request ends as 499 (the access log's one line says so)."""
+        request.state.pairs = len(pairs)
+        work = asyncio.ensure_future(batcher.submit(pairs, request.state.timing))
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+        if work.cancelled():
+            raise ClientDisconnect()
+        return work.result()
+
+    async def disconnected(request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     async def score(request):
         pairs = check_pairs(await read_json(request, options), options, scorer.item_fields)
-        probs = await batcher.submit(pairs)
+        probs = await scored(request, pairs)
         return {"results": [scorer.result(p) for p in probs]}
 
     async def rerank(request):
@@ -280,7 +242,7 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
             raise BadRequest(422, f"top_n: must be an integer from 1 to max_pairs {options.max_pairs}")
         if not isinstance(body.get("return_documents", False), bool):
             raise BadRequest(422, "return_documents: must be true or false")
-        probs = await batcher.submit([{"query": query, "item": t} for t in texts])
+        probs = await scored(request, [{"query": query, "item": t} for t in texts])
         ranked = sorted(((scorer.result(p)["score"], i) for i, p in enumerate(probs)), key=lambda x: (-x[0], x[1]))
         out = [{"index": i, "relevance_score": s, **({"document": texts[i]} if body.get("return_documents") else {})}
                for s, i in ranked[:top_n]]
@@ -290,30 +252,51 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
         return {"status": "ok", "queued_pairs": batcher.queued_pairs, "batches": batcher.batches,
                 "uptime_s": round(time.time() - started, 1)}
 
+    async def ready(request):
+        if state["draining"]:
+            raise BadRequest(503, "shutting down: finishing accepted requests")
+        if not state["ready"]:
+            raise BadRequest(503, "starting: the model is warming up")
+        return {"status": "ready"}
+
+    async def prometheus(request):
+        body, kind = metrics.render()
+        return Response(body, media_type=kind)
+
     async def meta(request):
         return metadata
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        await batcher.warm_up([{"query": "warm up", "item": "warm up"}])  # first-call costs before traffic
+        state["ready"] = True
         yield
+        state["draining"] = True
         await batcher.stop()
 
     routes = [Route("/score", guarded(score), methods=["POST"]), Route("/rerank", guarded(rerank), methods=["POST"]),
               Route("/health", guarded(health, open_route=True), methods=["GET"]),
+              Route("/ready", guarded(ready, open_route=True), methods=["GET"]),
+              Route("/metrics", guarded(prometheus), methods=["GET"]),
               Route("/metadata", guarded(meta), methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.batcher, app.state.scorer = batcher, scorer
+    middleware = [Middleware(CORSMiddleware, allow_origins=options.cors_origins, allow_methods=["GET", "POST"],
+                             allow_headers=["authorization", "content-type"], max_age=600)] if options.cors_origins else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app.state.batcher, app.state.scorer, app.state.serving = batcher, scorer, state
     return app
 
 
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options: ServeOptions | None = None) -> None:
-    """Run the scoring server until SIGINT/SIGTERM; queued requests finish before it exits."""
+    """Run the scoring server until SIGINT/SIGTERM: /ready turns 503 at once, accepted requests finish."""
     import uvicorn
+
+    from .score_connections import guarded_protocol, protocol_class
+    from .score_metrics import access
 
     options = options or ServeOptions()
     app = create_app(folder, options)
-    if host not in ("127.0.0.1", "localhost", "::1") and not (options.api_key or os.environ.get("REASONDISTILL_API_KEY")):
+    if host not in LOOPBACK and not options.resolved_api_key():
         log.warning("serving on %s without an API key: anyone who can reach this port can score; set --api-key or "
                     "REASONDISTILL_API_KEY, and put TLS in front (docs/serving.md)", host)
     handler = logging.StreamHandler()
@@ -321,7 +304,19 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False  # one line per request, not one more through the CLI's own handler
-    print(f"reasondistill: scoring {folder} on http://{host}:{port} (POST /score, POST /rerank, GET /health, "
-          f"GET /metadata)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                h11_max_incomplete_event_size=64 * 1024)
+    protocol = guarded_protocol(protocol_class(options.http), options.header_timeout_s, options.max_header_bytes,
+                                options.max_connections)
+    scheme = "https" if options.ssl_certfile else "http"
+    print(f"reasondistill: scoring {folder} on {scheme}://{host}:{port} (POST /score, POST /rerank, GET /health, "
+          f"GET /ready, GET /metrics, GET /metadata)", flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                            http=protocol, timeout_keep_alive=options.keep_alive_s,
+                            h11_max_incomplete_event_size=options.max_header_bytes * 2,
+                            ssl_certfile=options.ssl_certfile, ssl_keyfile=options.ssl_keyfile)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # readiness turns 503 the moment draining starts
+            app.state.serving["draining"] = True
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
