@@ -144,6 +144,7 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.cors import CORSMiddleware
     from starlette.requests import ClientDisconnect
@@ -210,6 +211,7 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
             gone.cancel()
             if not work.done():
                 work.cancel()
+                await asyncio.gather(work, return_exceptions=True)  # it has left the queue
         if work.cancelled():
             raise ClientDisconnect()
         return work.result()
@@ -282,16 +284,46 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
               Route("/metadata", guarded(meta), methods=["GET"])]
     middleware = [Middleware(CORSMiddleware, allow_origins=options.cors_origins, allow_methods=["GET", "POST"],
                              allow_headers=["authorization", "content-type"], max_age=600)] if options.cors_origins else []
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    async def no_route(request, exc):  # 404 and 405 in the one error shape, naming what exists
+        if exc.status_code == 405:
+            allowed = sorted(m.strip() for m in exc.headers.get("Allow", "").split(",") if m.strip() not in ("", "HEAD"))
+            reason = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+        elif exc.status_code == 404:
+            reason = f"no route {request.url.path}; routes: " + ", ".join(r.path for r in routes)
+        else:
+            reason = str(exc.detail)
+        return JSONResponse({"error": reason}, status_code=exc.status_code, headers=exc.headers)
+
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: no_route})
     app.state.batcher, app.state.scorer, app.state.serving = batcher, scorer, state
     return app
 
 
-def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options: ServeOptions | None = None) -> None:
-    """Run the scoring server until SIGINT/SIGTERM: /ready turns 503 at once, accepted requests finish."""
+def uvicorn_server(app: Any, host: str, port: int, options: ServeOptions) -> Any:
+    """The uvicorn server for ``app`` with the connection limits of ``options``; SIGTERM turns
+    /ready 503 at once, then accepted requests finish."""
     import uvicorn
 
     from .score_connections import guarded_protocol, protocol_class
+
+    protocol = guarded_protocol(protocol_class(options.http), options.header_timeout_s, options.max_header_bytes,
+                                options.max_connections)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                            http=protocol, timeout_keep_alive=options.keep_alive_s,
+                            h11_max_incomplete_event_size=options.max_header_bytes * 2,
+                            ssl_certfile=options.ssl_certfile, ssl_keyfile=options.ssl_keyfile)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.serving["draining"] = True
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options: ServeOptions | None = None) -> None:
+    """Run the scoring server until SIGINT/SIGTERM: /ready turns 503 at once, accepted requests finish."""
     from .score_metrics import access
 
     options = options or ServeOptions()
@@ -304,19 +336,7 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False  # one line per request, not one more through the CLI's own handler
-    protocol = guarded_protocol(protocol_class(options.http), options.header_timeout_s, options.max_header_bytes,
-                                options.max_connections)
     scheme = "https" if options.ssl_certfile else "http"
     print(f"reasondistill: scoring {folder} on {scheme}://{host}:{port} (POST /score, POST /rerank, GET /health, "
           f"GET /ready, GET /metrics, GET /metadata)", flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                            http=protocol, timeout_keep_alive=options.keep_alive_s,
-                            h11_max_incomplete_event_size=options.max_header_bytes * 2,
-                            ssl_certfile=options.ssl_certfile, ssl_keyfile=options.ssl_keyfile)
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:  # readiness turns 503 the moment draining starts
-            app.state.serving["draining"] = True
-            super().handle_exit(sig, frame)
-
-    Server(config).run()
+    uvicorn_server(app, host, port, options).run()

@@ -20,7 +20,7 @@ from .reliability.helpers import env
 from .served import free_port
 
 httpx = httpx_module()
-LIMITS = ["--max-pairs", "64", "--max-chars", "2000", "--max-body-bytes", "400000", "--body-timeout-s", "1.5"]
+from .serve_cases import CASES, LIMITS, OWN_TESTS, PAIR
 
 
 def start_server(target: Path, *flags: str) -> tuple[subprocess.Popen, str]:
@@ -92,43 +92,35 @@ def test_rerank_sorts_documents_by_score(server, dev_pairs):
     assert all(r["document"] == docs[r["index"]] for r in ranked)
 
 
-def _raw(url: str, payload: bytes, headers: dict | None = None) -> httpx.Response:
-    return httpx.post(url + "/score", content=payload, headers={"content-type": "application/json", **(headers or {})},
-                      timeout=30)
-
-
-PAIR = {"query": "pizza", "item": "Golden Pizza House"}
-BAD_INPUTS = [
-    ("malformed JSON", b'{"pairs": [', 400, "not valid JSON"),
-    ("invalid UTF-8", b'{"pairs": [{"query": "\xff\xfe", "item": "x"}]}', 400, "not valid UTF-8"),
-    ("not an object", b'[1, 2]', 422, "JSON object"),
-    ("missing pairs", b'{}', 422, "pairs: missing"),
-    ("extra top-level field", json.dumps({"pairs": [PAIR], "debug": 1}).encode(), 422, "unknown field 'debug'"),
-    ("missing item", json.dumps({"pairs": [{"query": "q"}]}).encode(), 422, "pairs[0].item: missing"),
-    ("extra pair field", json.dumps({"pairs": [{**PAIR, "colour": "red"}]}).encode(), 422, "unknown field 'colour'"),
-    ("query not a string", json.dumps({"pairs": [{"query": 5, "item": "x"}]}).encode(), 422, "must be a string"),
-    ("empty string", json.dumps({"pairs": [{"query": "  ", "item": "x"}]}).encode(), 422, "empty string"),
-    ("empty pairs", b'{"pairs": []}', 422, "empty list"),
-    ("10,000 pairs", json.dumps({"pairs": [{"query": "q", "item": "i"}] * 10000}).encode(), 413, "max_pairs 64"),
-    ("a 1 MB field", json.dumps({"pairs": [{"query": "q", "item": "x" * 1_000_000}]}).encode(), 413,
-     "max_body_bytes"),
-    ("a 3,000-character field", json.dumps({"pairs": [{"query": "q", "item": "x" * 3000}]}).encode(), 413,
-     "max_chars 2000"),
-    ("a lone surrogate", b'{"pairs": [{"query": "pizza \\ud800", "item": "x"}]}', 422,
-     "pairs[0].query: a lone surrogate at character 6 is not text"),
-    ("nested 100,000 deep", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
-    ("an empty body", b"", 400, "empty body"),
-    ("a body of spaces", b"   ", 400, "empty body"),
-]
-
-
-@pytest.mark.parametrize("name, payload, status, reason", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_is_a_4xx_with_a_one_line_reason(server, name, payload, status, reason):
-    resp = _raw(server, payload)
+@pytest.mark.parametrize("name, method, path, payload, headers, status, reason", CASES, ids=[c[0] for c in CASES])
+def test_the_bad_input_table(server, name, method, path, payload, headers, status, reason):
+    """Each row of docs/serving.md's table against the running server; it keeps serving after each."""
+    resp = httpx.request(method, server + path, content=payload or None, headers=headers, timeout=30)
     assert resp.status_code == status, resp.text
-    error = resp.json()["error"]
-    assert reason in error and "\n" not in error
+    if status != 200:
+        error = resp.json()["error"]
+        assert reason in error and "\n" not in error
     assert httpx.post(server + "/score", json={"pairs": [PAIR]}, timeout=30).status_code == 200, "still serving"
+
+
+def test_the_docs_table_is_this_table():
+    """docs/serving.md shows exactly the rows tested here, and each row with a test of its own names one that exists."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    section = text.split("### Bad input", 1)[1].split("\n#", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| input")]
+    documented = {r[0]: (int(r[1]), r[2].strip("`")) for r in rows}
+    expected = {c[0]: (c[5], c[6]) for c in CASES} | {k: v[:2] for k, v in OWN_TESTS.items()}
+    assert len(rows) == len(documented) == len(expected) >= 70
+    for name, (status, reason) in expected.items():
+        assert documented.get(name, (None, ""))[0] == status, name
+        assert reason in documented[name][1].replace("\\|", "|"), name
+    here = {n for n in globals() if n.startswith("test_")}
+    elsewhere = (Path(__file__).parent / "test_serve_traffic.py").read_text(encoding="utf-8")
+    for name, (_, _, test) in OWN_TESTS.items():
+        assert test in here or re.search(rf"def {test}\b", elsewhere), f"{name}: no test {test}"
 
 
 def _answer(sock: socket.socket) -> str:
@@ -258,31 +250,6 @@ def test_bad_serve_flag_is_one_line_naming_it(package):
     missing = subprocess.run([sys.executable, "-m", "reasondistill", "serve", "no-such-run"], env=env(),
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no-such-run" in missing.stderr
-
-
-@pytest.mark.parametrize("kind", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
-def test_a_non_json_content_type_is_415(server, kind):
-    resp = _raw(server, json.dumps({"pairs": [PAIR]}).encode(), {"content-type": kind})
-    assert resp.status_code == 415 and "send application/json" in resp.json()["error"]
-    ok = _raw(server, json.dumps({"pairs": [PAIR]}).encode(), {"content-type": "application/json; charset=utf-8"})
-    assert ok.status_code == 200
-
-
-def test_control_characters_are_scored_not_a_500(server):
-    resp = httpx.post(server + "/score", json={"pairs": [{"query": "pi\x00zza\x1b[31m", "item": "x\x07\u200b"}]},
-                      timeout=30)
-    assert resp.status_code == 200 and len(resp.json()["results"]) == 1
-
-
-@pytest.mark.parametrize("extra, reason", [
-    ({"top_n": 10**100}, "top_n: must be an integer from 1 to max_pairs"),
-    ({"top_n": 1e100}, "top_n: must be an integer"),
-    ({"top_n": 0}, "top_n: must be an integer"),
-    ({"return_documents": "no"}, "return_documents: must be true or false"),
-])
-def test_rerank_options_are_strict(server, extra, reason):
-    resp = httpx.post(server + "/rerank", json={"query": "pizza", "documents": ["a", "b"], **extra}, timeout=30)
-    assert resp.status_code == 422 and reason in resp.json()["error"]
 
 
 def test_a_request_the_model_cannot_take_fails_alone_in_its_micro_batch():
