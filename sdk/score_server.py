@@ -203,6 +203,8 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
         """The pairs' probabilities; if the client disconnects first, its work leaves the queue and
         the request ends as 499 (the access log's one line says so)."""
         request.state.pairs = len(pairs)
+        if batcher.idle_for(len(pairs)):  # scored at once: nothing to drop, no watcher to pay for
+            return await batcher.submit(pairs, request.state.timing)
         work = asyncio.ensure_future(batcher.submit(pairs, request.state.timing))
         gone = asyncio.ensure_future(disconnected(request))
         try:

@@ -177,21 +177,21 @@ def test_a_request_that_waited_past_max_queue_ms_is_refused_not_scored_late():
 
 
 def test_admission_refuses_at_once_when_the_queued_work_exceeds_max_queue_ms():
-    """Boundary of the estimate: queued work equal to max_queue_ms is admitted, more is refused."""
+    """Boundary of the estimate: queued work equal to 0.8 of max_queue_ms is admitted, more is refused."""
     async def main():
         batcher = MicroBatcher(lambda p: np.zeros((len(p), 3)), max_batch=8, max_wait_ms=0, max_queue=1000,
-                               max_queue_ms=500)
+                               max_queue_ms=625)
         batcher.pairs_per_s = 100.0  # as measured: 50 queued pairs are 500 ms of work
         batcher._busy = True
         batcher.queued_pairs = 50
-        batcher._admit(1)  # 500 ms: equal to the limit, admitted
+        batcher._admit(1)  # 500 ms: equal to ADMIT_SHARE (0.8) of the limit, admitted
         batcher.queued_pairs = 51
         with pytest.raises(BadRequest) as refused:
             batcher._admit(1)
         return refused.value
 
     refused = asyncio.run(main())
-    assert refused.status == 503 and refused.retry_after == 1 and "about 510 ms" in refused.reason
+    assert refused.status == 503 and refused.retry_after == 1 and "about 510 ms" in refused.reason and "max_queue_ms 625" in refused.reason
 
 
 def test_full_queue_boundary_in_pairs():
