@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {"int": int, "float": float}.get(getattr(field.annotation, "__name__", ""), str)
         if name == "threads":
             kind = int
-        p.add_argument(flag, dest=name, type=kind, default=None, help=f"{field.description} (default {field.default})")
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default in (None, []) or "(default" in (field.description or "") else f" (default {default})"
+        choices = list(getattr(field.annotation, "__args__", ())) if "Literal" in str(field.annotation) else None
+        p.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=f"{field.description}{shown}")
 
     p = sub.add_parser("push", help="upload a run's student package to the Hugging Face Hub")
     p.add_argument("target", help="a run name (under --runs-dir), a run folder, or a student package folder")
