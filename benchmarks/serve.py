@@ -11,8 +11,10 @@ process; beside it, in this process, the same ONNX variant at batch 1 (latency) 
 ``CrossEncoder`` of the same weights behind Starlette (``benchmarks/crossencoder_server.py``, one
 ``predict`` per request in Starlette's thread pool). Phases:
 
-1. ``/score`` (one pair a request) and ``/rerank`` (50 candidates) at 1, 8, 32 and 64 clients.
-   Target: ``/rerank`` at 32 clients at least 0.9x the in-process batch-64 throughput.
+1. ``/score`` (one pair a request, a fixed number of requests) and ``/rerank`` (50 candidates, for
+   a fixed time, counting answers within it) at 1, 8, 32 and 64 clients; a refused client waits
+   as ``Retry-After`` says (and, in two more rows, only 50 ms). Target: ``/rerank`` at 32 clients
+   at least 0.9x the in-process batch-64 throughput.
 2. Overload: ``/rerank`` requests arriving at twice the measured capacity for 30 s. Targets: no
    5xx but 503; accepted requests' p99 at most ``max_queue_ms`` plus one batch; refusals at once.
 3. 500 slow connections (headers a byte a second, from another process) held open while 8 clients
@@ -59,8 +61,20 @@ async def post_json(reader, writer, path: str, body: bytes) -> tuple[int, bytes]
     writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     head = await reader.readuntil(b"\r\n\r\n")
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    return int(head[9:12]), await reader.readexactly(length)
+    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+    return int(head[9:12]), await reader.readexactly(int(fields[b"content-length"]))
+
+
+async def post_json_or_wait(reader, writer, path: str, body: bytes, backoff: float | None) -> tuple[int, bytes]:
+    """``post_json``; after a 503, wait as ``Retry-After`` says (``backoff`` None) or ``backoff`` s."""
+    writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    head = await reader.readuntil(b"\r\n\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+    status, payload = int(head[9:12]), await reader.readexactly(int(fields[b"content-length"]))
+    if status == 503:
+        await asyncio.sleep(float(fields.get(b"retry-after", b"1")) if backoff is None else backoff)
+    return status, payload
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,37 +82,55 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def load(url: str, bodies: list[bytes], path: str, pairs_each: int, concurrency: int, requests: int
-         ) -> tuple[float, float, float, int]:
+def load(url: str, bodies: list[bytes], path: str, pairs_each: int, concurrency: int, requests: int,
+         seconds: float | None = None, backoff: float | None = None) -> tuple[float, float, float, int]:
     """p50 and p99 latency (ms) of the answered requests, pairs/s answered, and how many were
-    refused (503), of ``requests`` requests from ``concurrency`` clients, each an asyncio task with
-    its own keep-alive connection; a refused client waits 50 ms before its next request."""
+    refused (503), from ``concurrency`` clients, each an asyncio task with its own keep-alive
+    connection; a refused client waits as ``Retry-After`` says (or ``backoff`` seconds, a client
+    that ignores it) before its next request. Either ``requests`` requests
+    in all, or (``seconds``) as many as the clients send in that time: then pairs/s is the steady
+    rate of answers, from the first answer to the last within the time, so neither the ramp-up
+    (the first batch filling) nor the ramp-down (the last clients finishing alone, batches half
+    empty) is in the figure; both weigh on large requests at high concurrency."""
     host, port = url.split("//")[1].split(":")
     times: list[float] = []
+    done_at: list[float] = []
     refused = 0
     per_client = max(1, requests // concurrency)
+    deadline = None
 
     async def client(c: int) -> None:
         nonlocal refused
         reader, writer = await asyncio.open_connection(host, int(port))
-        for i in range(per_client):
+        i = 0
+        while (i < per_client) if deadline is None else (time.perf_counter() < deadline):
             t = time.perf_counter()
-            status, payload = await post_json(reader, writer, path, bodies[(c * per_client + i) % len(bodies)])
+            status, payload = await post_json_or_wait(reader, writer, path, bodies[(c * per_client + i) % len(bodies)],
+                                                      backoff)
+            i += 1
             if status == 503:
                 refused += 1
-                await asyncio.sleep(0.05)
                 continue
             assert status == 200, payload
-            times.append((time.perf_counter() - t) * 1000)
+            if deadline is None or time.perf_counter() <= deadline:
+                times.append((time.perf_counter() - t) * 1000)
+                done_at.append(time.perf_counter())
         writer.close()
 
     async def run() -> float:
+        nonlocal deadline
         started = time.perf_counter()
+        if seconds is not None:
+            deadline = started + seconds
         await asyncio.gather(*(client(c) for c in range(concurrency)))
-        return time.perf_counter() - started
+        return seconds if seconds is not None else time.perf_counter() - started
 
     wall = asyncio.run(run())
-    return statistics.median(times), percentile(times, 0.99), len(times) * pairs_each / wall, refused
+    if seconds is not None and len(done_at) > 1:  # the steady rate: answers between the first and the last
+        rate = (len(done_at) - 1) * pairs_each / (done_at[-1] - done_at[0])
+    else:
+        rate = len(times) * pairs_each / wall
+    return statistics.median(times), percentile(times, 0.99), rate, refused
 
 
 def open_loop(url: str, bodies: list[bytes], path: str, rate: float, seconds: float) -> dict[int, list[float]]:
@@ -222,13 +254,14 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=640, help="one-pair /score requests per concurrency level")
     p.add_argument("--concurrency", default="1,8,32,64")
     p.add_argument("--overload-s", type=float, default=30.0)
+    p.add_argument("--rerank-s", type=float, default=15.0, help="seconds of /rerank load per concurrency level")
     p.add_argument("--slow", type=int, default=500, help="slow connections in phase 3")
     p.add_argument("--quick", action="store_true", help="fewer requests, 10 s overload, 100 slow connections")
     p.add_argument("--port", type=int, default=8093)
     p.add_argument("--server-args", default="", help="extra `reasondistill serve` flags, e.g. '--max-wait-ms 2'")
     args = p.parse_args()
     if args.quick:
-        args.requests, args.overload_s, args.slow = 192, 10.0, 100
+        args.requests, args.overload_s, args.slow, args.rerank_s = 192, 10.0, 100, 6.0
 
     from reasondistill.onnx_export import OnnxPredictor
     from reasondistill.plugins.product_search import ProductSearch
@@ -273,10 +306,14 @@ def main() -> None:
                         h50, h99, rate, rate / rate64, refused])
         rerank_rate = {}
         for c in levels:
-            n = max(c, args.requests // 8)
-            h50, h99, rate, refused = load(url, rerank_bodies, "/rerank", 50, c, n)
+            h50, h99, rate, refused = load(url, rerank_bodies, "/rerank", 50, c, 0, seconds=args.rerank_s)
             rerank_rate[c] = rate
             out.append(["reasondistill /rerank, 50 candidates", c, h50, h99, rate, rate / rate64, refused])
+        for c in levels[-2:]:
+            h50, h99, rate, refused = load(url, rerank_bodies, "/rerank", 50, c, 0, seconds=args.rerank_s,
+                                           backoff=0.05)
+            out.append(["reasondistill /rerank, 50 candidates, clients retry after 50 ms (ignoring Retry-After)", c,
+                        h50, h99, rate, rate / rate64, refused])
 
         # 2. overload at twice capacity
         capacity = max(rerank_rate.values()) / 50  # /rerank requests a second

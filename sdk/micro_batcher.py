@@ -112,7 +112,9 @@ class MicroBatcher:
             return 0.0
         return self.queued_pairs / self.pairs_per_s  # the batch being scored counts whole: a cautious guess
 
-    def _admit(self, n: int) -> None:
+    def admit(self, n: int) -> None:
+        """Refuse (``BadRequest`` 503) ``n`` more pairs now; ``admit(0)`` before a body is read
+        refuses at the cost of its headers alone while the queue is already over the limit."""
         if self.queued_pairs + n > self.max_queue:
             self.stats.refused_queue_full += 1
             raise BadRequest(503, f"server busy: {self.queued_pairs} pairs queued (max_queue {self.max_queue})",
@@ -135,7 +137,7 @@ class MicroBatcher:
         """Probabilities for ``pairs`` in order. ``timing`` gets ``queue_ms`` (wait before the first
         pair was scored). Cancelling the awaiting task drops the request's work not yet started."""
         timing = timing if timing is not None else {}
-        self._admit(len(pairs))
+        self.admit(len(pairs))
         loop = asyncio.get_running_loop()
         if self.idle_for(len(pairs)):
             timing["queue_ms"] = 0.0  # idle: score now, no hop through the loop

@@ -223,11 +223,13 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
             pass
 
     async def score(request):
+        batcher.admit(0)  # already over the limit: refused before its body is read and parsed
         pairs = check_pairs(await read_json(request, options), options, scorer.item_fields)
         probs = await scored(request, pairs)
         return {"results": [scorer.result(p) for p in probs]}
 
     async def rerank(request):
+        batcher.admit(0)
         body = await read_json(request, options)
         if not isinstance(body, dict):
             raise BadRequest(422, "body must be a JSON object with 'query' and 'documents'")

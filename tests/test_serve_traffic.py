@@ -184,10 +184,10 @@ def test_admission_refuses_at_once_when_the_queued_work_exceeds_max_queue_ms():
         batcher.pairs_per_s = 100.0  # as measured: 50 queued pairs are 500 ms of work
         batcher._busy = True
         batcher.queued_pairs = 50
-        batcher._admit(1)  # 500 ms: equal to ADMIT_SHARE (0.8) of the limit, admitted
+        batcher.admit(1)  # 500 ms: equal to ADMIT_SHARE (0.8) of the limit, admitted
         batcher.queued_pairs = 51
         with pytest.raises(BadRequest) as refused:
-            batcher._admit(1)
+            batcher.admit(1)
         return refused.value
 
     refused = asyncio.run(main())
@@ -198,9 +198,9 @@ def test_full_queue_boundary_in_pairs():
     async def main():
         batcher = MicroBatcher(lambda p: np.zeros((len(p), 3)), max_batch=8, max_wait_ms=0, max_queue=10)
         batcher.queued_pairs = 6
-        batcher._admit(4)  # exactly max_queue
+        batcher.admit(4)  # exactly max_queue
         with pytest.raises(BadRequest) as refused:
-            batcher._admit(5)
+            batcher.admit(5)
         return refused.value
 
     refused = asyncio.run(main())
