@@ -92,12 +92,12 @@ class TinyEncoder(ModelSource):
     def materialize(self, cache_dir: Path) -> Path:
         from reasondistill.tiny import build_tiny_encoder
 
-        return build_once(cache_dir / "tiny-encoder-v1", build_tiny_encoder)
+        return build_once(cache_dir / "tiny-encoder-v2", build_tiny_encoder)
 
     def materialize_for(self, cache_dir: Path, domain) -> Path:
         from reasondistill.tiny import build_tiny_encoder
 
-        return _per_domain(cache_dir, "tiny-encoder-v1", domain, build_tiny_encoder)
+        return _per_domain(cache_dir, "tiny-encoder-v2", domain, build_tiny_encoder)
 
 
 class SmolLM2(ModelSource):

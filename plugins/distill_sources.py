@@ -125,15 +125,31 @@ def load_source(ctx, source: TrainSource, *, label_column: str, reasoning_column
     return rows, metrics, teacher
 
 
-def merge_sources(per_source: list[list[dict[str, Any]]], num_labels: int):
+def class_weight_vector(labels: list[int], spec: str | list[float] | None, num_labels: int) -> list[float] | None:
+    """One loss weight per class: ``balanced`` is ``n / (k * n_c)`` over the training rows (as
+    scikit-learn's ``class_weight="balanced"``; a class with no row gets 1), a list is taken as it
+    is, ``None`` means none."""
+    if spec is None:
+        return None
+    if spec != "balanced":
+        return [float(w) for w in spec]
+    counts = [labels.count(c) for c in range(num_labels)]
+    return [len(labels) / (num_labels * n) if n else 1.0 for n in counts]
+
+
+def merge_sources(per_source: list[list[dict[str, Any]]], num_labels: int, class_weights: list[float] | None = None):
     """One dataset of the sources' rows with the columns they all carry, plus ``label``,
     ``reasoning``, ``weight`` (mean 1; left out when uniform) and, when any source has them,
-    ``label_probs`` (one-hot for rows that have none, e.g. gold pairs)."""
+    ``label_probs`` (one-hot for rows that have none, e.g. gold pairs). ``class_weights`` multiply
+    each row's weight by its label's weight before the weights are scaled to mean 1, so every
+    built-in loss (each a ``weighted_mean`` of per-row terms) is class-weighted alike."""
     from datasets import Dataset
 
     rows = [r for chunk in per_source for r in chunk]
     if not rows:
         return Dataset.from_list([])
+    if class_weights is not None:
+        rows = [{**r, "weight": r["weight"] * class_weights[r["label"]]} for r in rows]
     common = set.intersection(*(set(r) for r in rows))  # the columns every row has
     with_probs = any(r.get("label_probs") for r in rows)
     weights = [r["weight"] for r in rows]

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
 from reasondistill.recipe import OUTPUT_REF, validate_nested
-from reasondistill.domain import require_ability
-from reasondistill.errors import DataError, PluginError
+from reasondistill.domain import recipe_domain, require_ability
+from reasondistill.errors import DataError, PluginError, RecipeError
 from reasondistill.fingerprint import portable_ref
 from reasondistill.hf_compat import warmup_arg
-from reasondistill.plugins.distill_sources import TrainSource, load_source, merge_sources, source_key
+from reasondistill.plugins.distill_sources import (TrainSource, class_weight_vector, load_source, merge_sources,
+                                                   source_key)
 from reasondistill.views import check_encoding
 
 
@@ -34,6 +35,10 @@ class DistillOptions(Options):
     hide_verdict: bool = Field(False, description="drop the reasoning's sentences that name a label "
                                                   "(Domain.strip_verdict), so the reasoning view cannot copy it")
     label_column: str = "label"
+    class_weights: Literal["balanced"] | list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="loss weight per class, for every built-in loss: 'balanced' (n / (k * n_c) over the "
+        "training rows, the minority class weighs most) or one positive number per label; recorded in the run "
+        "and the model card")
     epochs: float = Field(3.0, gt=0, le=10000, description="passes over the training rows")
     max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
     batch_size: int = Field(32, ge=2, description="also the InfoNCE negatives per row + 1")
@@ -49,6 +54,15 @@ class DistillOptions(Options):
     def _domain_writes(cls, value: bool, info: ValidationInfo) -> bool:
         if value:
             require_ability(info.context, "writes_rationale", "")
+        return value
+
+    @field_validator("class_weights")
+    @classmethod
+    def _one_weight_per_label(cls, value: Any, info: ValidationInfo) -> Any:
+        domain = recipe_domain(info.context)
+        if isinstance(value, list) and domain is not None and len(value) != len(domain.labels):
+            raise ValueError(f"{len(value)} weights for {len(domain.labels)} labels ({', '.join(domain.labels)}); "
+                             "give one per label, in that order, or 'balanced'")
         return value
 
     @field_validator("sources")
@@ -89,7 +103,14 @@ def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
         if not chunks:
             raise DataError(f"gate {options.gate!r} fell back to gold, but every source of this stage is teacher-labelled; "
                             "add the gold pairs as a source (sources: [{input: annotations}, {input: gold.pairs}])")
-    return merge_sources(chunks, len(ctx.domain.labels)), metrics
+    labels = ctx.domain.labels
+    if isinstance(options.class_weights, list) and len(options.class_weights) != len(labels):
+        raise RecipeError("class_weights", f"{len(options.class_weights)} weights for {len(labels)} labels "
+                          f"({', '.join(labels)}); give one per label, in that order, or 'balanced'")
+    weights = class_weight_vector([r["label"] for chunk in chunks for r in chunk], options.class_weights, len(labels))
+    if weights is not None:
+        metrics["class_weights"] = {name: round(w, 4) for name, w in zip(labels, weights)}
+    return merge_sources(chunks, len(labels), weights), metrics
 
 
 def read_verdict(ctx, name: str) -> dict[str, Any]:

@@ -48,12 +48,17 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
     if "distill" in by_use:
         name, m = by_use["distill"]
         out["student"] = {"base_model": portable_ref(recipe.get("models", {}).get("student")), "loss": m["options"].get("loss"),
-                          "train_rows": m["metrics"].get("train_rows"), "steps": m["metrics"].get("steps")}
+                          "train_rows": m["metrics"].get("train_rows"), "steps": m["metrics"].get("steps"),
+                          "class_weights": m["metrics"].get("class_weights")}
         out["dev_metrics"] = {k.removeprefix("dev_"): v for k, v in m["metrics"].items() if k.startswith("dev_")}
         out["retention"] = {k.removeprefix("vs_teacher_"): v for k, v in m["metrics"].items()
                             if k.startswith("vs_teacher_")}
     out["export"] = export_metrics
     return out
+
+
+def _weights(weights: dict[str, float] | None) -> str:
+    return ", ".join(f"{name} {w:g}" for name, w in weights.items()) if weights else "none"
 
 
 def _teacher_id(annotations: Path) -> str | None:
@@ -114,6 +119,7 @@ The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max(1
 | student base | `{base}` |
 | loss | {(info.get('student') or {}).get('loss')} |
 | training rows | {(info.get('student') or {}).get('train_rows')} |
+| class weights | {_weights((info.get('student') or {}).get('class_weights'))} |
 | domain | {info.get('domain')} |
 | recipe hash | `{info.get('recipe_hash')}` |
 | reasondistill | {info.get('reasondistill')} |

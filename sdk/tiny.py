@@ -75,15 +75,36 @@ def train_causal_tokenizer(out_dir: Path, vocab_size: int = 600, extra: Iterable
 
 
 def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterable[str] = (), domain: Domain | None = None):
-    """A lowercasing WordPiece tokenizer with BERT's specials and pair template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A lowercasing WordPiece tokenizer with BERT's specials and pair template.
+
+    The vocabulary is counted, not learned by ``tokenizers``' WordPiece trainer: on this small
+    corpus that trainer breaks ties between equally frequent merges differently in every process,
+    so two builds gave different vocabularies (and a student trained on one a different macro-F1).
+    Here: the specials, every character alone and as a ``##`` continuation, then whole words by
+    frequency (ties by the word), ids in that order. Greedy longest-match WordPiece over it is a
+    real subword tokenizer (unknown words fall back to characters), the same in every process."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in corpus(extra, domain):
+        words.update(w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(BERT_SPECIALS) + chars + ["##" + c for c in chars]
+    taken = set(vocab)
+    for word, _ in sorted(words.items(), key=lambda wc: (-wc[1], wc[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in taken:
+            vocab.append(word)
+            taken.add(word)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = splitter
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(corpus(extra, domain), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

@@ -93,3 +93,54 @@ def test_gold_pairs_take_the_reasoning_stage_chains_by_pair_id(rd_engine, tmp_pa
     m = res["distill"].metrics
     assert chains >= 20 and m["source_pairs_pairs_rows"] == chains
     assert m["source_pairs_pairs_dropped_without_chain"] == 40 - chains
+
+
+def test_class_weights_multiply_each_rows_weight_by_its_labels_before_the_mean_one_scaling():
+    from reasondistill.plugins.distill_sources import class_weight_vector, merge_sources
+
+    labels = [0, 0, 0, 1, 2, 2]
+    rows = [{"query": f"q{i}", "item": "x", "label": label, "reasoning": "r", "weight": 1.0, "source": "pairs"}
+            for i, label in enumerate(labels)]
+    balanced = class_weight_vector(labels, "balanced", 3)
+    assert balanced == pytest.approx([6 / 9, 6 / 3, 6 / 6])  # n / (k * n_c), scikit-learn's rule
+    ds = merge_sources([rows], 3, balanced)
+    per_class = [sum(w for w, y in zip(ds["weight"], ds["label"]) if y == c) for c in range(3)]
+    assert per_class == pytest.approx([2.0, 2.0, 2.0]) and np.mean(ds["weight"]) == pytest.approx(1.0)
+    assert class_weight_vector([0, 0], "balanced", 3) == pytest.approx([1 / 3, 1.0, 1.0])  # absent classes: 1
+    assert class_weight_vector(labels, [1, 5, 2], 3) == [1.0, 5.0, 2.0] and class_weight_vector(labels, None, 3) is None
+    listed = merge_sources([rows], 3, [1.0, 5.0, 2.0])
+    assert list(listed["weight"]) == pytest.approx([w * 6 / 12 for w in (1, 1, 1, 5, 2, 2)])
+    assert "weight" not in merge_sources([rows], 3, [2.0, 2.0, 2.0]).column_names  # uniform: no column
+
+
+def test_class_weights_are_recorded_in_the_run_and_the_card_and_checked_against_the_labels(rd_engine, tmp_path):
+    import json
+    from collections import Counter
+
+    from reasondistill import Recipe, step
+    from reasondistill.errors import RecipeError
+    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.student_package import lineage, model_card
+
+    rows = generate_pairs(n=40, seed=5)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def recipe(weights):
+        return Recipe(name="weighted", models={"student": "tiny-encoder"}, stages=[
+            step("pairs", source=str(path), dev_fraction=0.0),
+            step("distill", loss="ce", max_steps=1, batch_size=8, sources=[{"input": "pairs.pairs"}],
+                 class_weights=weights, student_options={"max_length": 48})])
+
+    with pytest.raises(RecipeError, match=r"class_weights.*2 weights for 3 labels \(irrelevant, partly relevant, "
+                                          r"relevant\)"):
+        rd_engine.validate(recipe([1.0, 2.0]))
+    res = rd_engine.run(recipe("balanced"))
+    counts = Counter(r["label"] for r in rows if r.get("label") is not None and r["label"] >= 0)
+    names = LocalServices.labels
+    expected = {names[c]: round(sum(counts.values()) / (3 * counts[c]), 4) for c in range(3)}
+    assert res["distill"].metrics["class_weights"] == expected
+    info = lineage(rd_engine.runs_dir / "weighted", {})
+    assert info["student"]["class_weights"] == expected
+    card = model_card(info, list(names))
+    assert "| class weights | " + ", ".join(f"{n} {w:g}" for n, w in expected.items()) + " |" in card
