@@ -80,9 +80,10 @@ def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterabl
     The vocabulary is counted, not learned by ``tokenizers``' WordPiece trainer: on this small
     corpus that trainer breaks ties between equally frequent merges differently in every process,
     so two builds gave different vocabularies (and a student trained on one a different macro-F1).
-    Here: the specials, every character alone and as a ``##`` continuation, then whole words by
-    frequency (ties by the word), ids in that order. Greedy longest-match WordPiece over it is a
-    real subword tokenizer (unknown words fall back to characters), the same in every process."""
+    Here: the specials, every character alone and as a ``##`` continuation, then whole words, word
+    starts and ``##`` continuations (2-6 characters) by frequency (ties: longer first, then by the
+    text), ids in that order. Greedy longest-match WordPiece over it is a real subword tokenizer,
+    the same in every process."""
     from collections import Counter
 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -94,13 +95,21 @@ def train_encoder_tokenizer(out_dir: Path, vocab_size: int = 800, extra: Iterabl
         words.update(w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
     chars = sorted({c for w in words for c in w})
     vocab = list(BERT_SPECIALS) + chars + ["##" + c for c in chars]
+    pieces: Counter[str] = Counter()  # whole words, word starts and ## continuations, by frequency
+    for word, n in words.items():
+        pieces[word] += n
+        for end in range(2, min(len(word), 8)):
+            pieces[word[:end]] += n
+        for start in range(1, len(word)):
+            for end in range(start + 2, min(len(word), start + 6) + 1):
+                pieces["##" + word[start:end]] += n
     taken = set(vocab)
-    for word, _ in sorted(words.items(), key=lambda wc: (-wc[1], wc[0])):
+    for piece, _ in sorted(pieces.items(), key=lambda pc: (-pc[1], -len(pc[0]), pc[0])):
         if len(vocab) >= vocab_size:
             break
-        if word not in taken:
-            vocab.append(word)
-            taken.add(word)
+        if piece not in taken:
+            vocab.append(piece)
+            taken.add(piece)
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizer
     tok.pre_tokenizer = splitter
