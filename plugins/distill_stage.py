@@ -39,6 +39,10 @@ class DistillOptions(Options):
         None, description="loss weight per class, for every built-in loss: 'balanced' (n / (k * n_c) over the "
         "training rows, the minority class weighs most) or one positive number per label; recorded in the run "
         "and the model card")
+    calibrate: Literal["none", "macro_f1"] = Field(
+        "none", description="after training, fit per-class logit offsets on half of the dev split to maximise "
+        "macro-F1 (the other half reports before and after), added to the student's final bias so the "
+        "predictor, ONNX export and serve give the same labels")
     epochs: float = Field(3.0, gt=0, le=10000, description="passes over the training rows")
     max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
     batch_size: int = Field(32, ge=2, description="also the InfoNCE negatives per row + 1")
@@ -235,12 +239,16 @@ class DistillStage(Stage):
         config = getattr(getattr(student, "model", None), "config", None)
         if config is not None:  # the exported config.json names the domain's labels, not LABEL_0..2
             config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
-        student_c.save(student, tokenizer, out_dir)
-        (out_dir / "reasondistill.json").write_text(json.dumps({
-            "labels": list(labels), "domain": ctx.domain.name, "domain_options": ctx.domain.settings.model_dump(mode="json"), "max_length": s_opts.max_length,
-            "loss": options.loss, "student": options.student, "student_options": s_opts.model_dump(mode="json"),
-            "base_model": portable_ref(ctx.recipe.models.get("student") or model_path)}, indent=2))
-        hold_to_trained_outputs(ctx, student_c, student, tokenizer, out_dir, train, student_plugin)
+        def ship(calibration: dict[str, float] | None = None) -> None:
+            student_c.save(student, tokenizer, out_dir)
+            (out_dir / "reasondistill.json").write_text(json.dumps({
+                "labels": list(labels), "domain": ctx.domain.name, "domain_options": ctx.domain.settings.model_dump(mode="json"), "max_length": s_opts.max_length,
+                "loss": options.loss, "student": options.student, "student_options": s_opts.model_dump(mode="json"),
+                "base_model": portable_ref(ctx.recipe.models.get("student") or model_path),
+                **({"calibration_offsets": calibration} if calibration else {})}, indent=2))
+            hold_to_trained_outputs(ctx, student_c, student, tokenizer, out_dir, train, student_plugin)
+
+        ship()
         history = [h for h in trainer.state.log_history if "loss" in h]
         (ctx.dir / "loss_history.json").write_text(json.dumps(history, indent=1))
         metrics: dict[str, Any] = {"train_rows": len(train), **source_metrics, "steps": trainer.state.global_step,
@@ -255,6 +263,18 @@ class DistillStage(Stage):
             metrics.update(evaluate_student(out_dir, dev, ctx.domain, reasoning_column=options.reasoning_column,
                                             student=student, tokenizer=tokenizer, student_options=s_opts, student_component=student_c,
                                             predictions_path=ctx.dir / "dev_predictions.json"))
+        if options.calibrate == "macro_f1":
+            if not ctx.has_input("dev"):
+                raise DataError("calibrate: macro_f1 fits on the dev split, and this run has none (the pairs "
+                                "stage's dev_fraction or dev_source makes one)")
+            from reasondistill.plugins.calibration import calibrate
+
+            dev = hide_verdict_in(ctx.load_dataset("dev"), options, ctx.domain)
+            calibration = calibrate(student, student_c, tokenizer, out_dir, dev.to_list(), ctx.domain,
+                                    s_opts.max_length, ctx.seed, student_plugin)
+            metrics.update(calibration)
+            if any(calibration["calibration_offsets"].values()):
+                ship(calibration["calibration_offsets"])  # the calibrated network is what ships
         if ctx.has_input("dev_annotations"):
             from reasondistill.evaluation import retention
 

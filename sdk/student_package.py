@@ -49,7 +49,9 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
         name, m = by_use["distill"]
         out["student"] = {"base_model": portable_ref(recipe.get("models", {}).get("student")), "loss": m["options"].get("loss"),
                           "train_rows": m["metrics"].get("train_rows"), "steps": m["metrics"].get("steps"),
-                          "class_weights": m["metrics"].get("class_weights")}
+                          "class_weights": m["metrics"].get("class_weights"),
+                          "calibration": {k.removeprefix("calibration_"): v for k, v in m["metrics"].items()
+                                          if k.startswith("calibration_")} or None}
         out["dev_metrics"] = {k.removeprefix("dev_"): v for k, v in m["metrics"].items() if k.startswith("dev_")}
         out["retention"] = {k.removeprefix("vs_teacher_"): v for k, v in m["metrics"].items()
                             if k.startswith("vs_teacher_")}
@@ -59,6 +61,13 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _weights(weights: dict[str, float] | None) -> str:
     return ", ".join(f"{name} {w:g}" for name, w in weights.items()) if weights else "none"
+
+
+def _calibration(cal: dict[str, Any] | None) -> str:
+    if not cal:
+        return "none"
+    return (f"logit offsets {_weights(cal['offsets'])}; held-out dev macro-F1 {cal['heldout_macro_f1_before']} -> "
+            f"{cal['heldout_macro_f1_after']} ({cal['heldout_rows']} rows not used to fit them)")
 
 
 def _teacher_id(annotations: Path) -> str | None:
@@ -120,6 +129,7 @@ The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max(1
 | loss | {(info.get('student') or {}).get('loss')} |
 | training rows | {(info.get('student') or {}).get('train_rows')} |
 | class weights | {_weights((info.get('student') or {}).get('class_weights'))} |
+| calibration | {_calibration((info.get('student') or {}).get('calibration'))} |
 | domain | {info.get('domain')} |
 | recipe hash | `{info.get('recipe_hash')}` |
 | reasondistill | {info.get('reasondistill')} |

@@ -1,0 +1,108 @@
+"""``calibrate: macro_f1``: per-class logit offsets fitted on half of dev, reported on the other
+half, added to the student's final bias so every path that runs it gives the calibrated labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reasondistill.errors import PluginError
+from reasondistill.plugins.calibration import add_to_bias, final_linear, fit_offsets, halves, macro_f1
+
+
+def test_offsets_recover_a_class_the_argmax_never_picks():
+    rng = np.random.default_rng(0)
+    gold = np.repeat([0, 1, 2], 40)
+    logits = rng.normal(0, 0.3, (120, 3))
+    logits[np.arange(120), gold] += 1.0
+    logits[:, 2] -= 1.5  # class 2 is right for its rows, but never the argmax
+    assert macro_f1(gold, logits.argmax(-1), 3) < 0.6
+    offsets, best = fit_offsets(logits, gold)
+    assert offsets[0] == 0 and 1.0 <= offsets[2] <= 2.5
+    assert best == pytest.approx(macro_f1(gold, (logits + offsets).argmax(-1), 3)) and best > 0.9
+
+
+def test_a_balanced_student_keeps_zero_offsets_and_the_halves_split_dev():
+    gold = np.repeat([0, 1, 2], 10)
+    logits = np.eye(3)[gold] * 3.0
+    offsets, best = fit_offsets(logits, gold)
+    assert best == 1.0 and not np.any(offsets)
+    fit, report = halves(31, seed=3)
+    assert len(fit) == 16 and len(report) == 15 and sorted(np.concatenate([fit, report]).tolist()) == list(range(31))
+    assert halves(31, seed=3)[0].tolist() == fit.tolist()
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, twice: bool = False, two_heads: bool = False):
+        super().__init__()
+        self.body = torch.nn.Embedding(50, 8)
+        self.out = torch.nn.Linear(8, 3)
+        self.other = torch.nn.Linear(8, 3) if two_heads else None
+        self.twice = twice
+
+    def forward_view(self, input_ids, attention_mask, token_type_ids=None):
+        cls = self.body(input_ids)[:, 0]
+        logits = self.out(cls)
+        return (logits * 2 if self.twice else logits), cls
+
+
+def test_the_offsets_go_into_the_final_bias_and_move_the_logits_by_exactly_them():
+    net = _Head()
+    batch = {"input_ids": torch.tensor([[1, 2], [3, 4]]), "attention_mask": torch.ones(2, 2, dtype=torch.long)}
+    before = net.forward_view(**batch)[0].detach()
+    add_to_bias(net, np.array([0.0, 0.5, -1.0]), 3, "my-student", batch)
+    assert torch.allclose(net.forward_view(**batch)[0] - before, torch.tensor([[0.0, 0.5, -1.0]] * 2), atol=1e-6)
+
+
+def test_a_head_that_changes_the_logits_after_the_bias_is_refused_and_left_as_it_was():
+    net = _Head(twice=True)
+    batch = {"input_ids": torch.tensor([[1, 2]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)}
+    bias = net.out.bias.detach().clone()
+    with pytest.raises(PluginError, match="my-student.*did not move by the offsets"):
+        add_to_bias(net, np.array([0.0, 0.5, -1.0]), 3, "my-student", batch)
+    assert torch.equal(net.out.bias, bias)
+    with pytest.raises(PluginError, match=r"my-student.*2 linear layers with 3 outputs and a bias \(out, other\)"):
+        final_linear(_Head(two_heads=True), 3, "my-student")
+
+
+def test_calibrated_student_ships_the_calibrated_labels_through_every_path(rd_engine, tmp_path):
+    from reasondistill import Recipe, step
+    from reasondistill.plugins.calibration import halves as split
+    from reasondistill.plugins.local_services import LocalServices, generate_pairs
+    from reasondistill.serving import Predictor, render_items
+    from reasondistill.student_package import lineage, model_card
+
+    rows = generate_pairs(n=240, seed=4)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = Recipe(name="calibrated", models={"student": "tiny-encoder"}, seed=0, stages=[
+        step("pairs", source=str(path), dev_fraction=0.3),
+        step("distill", loss="ce", max_steps=200, batch_size=16, learning_rate=0.001, train_input="pairs",
+             calibrate="macro_f1", student_options={"max_length": 48}),
+        step("export", agreement_rows=40)])
+    res = rd_engine.run(recipe)
+    m = res["distill"].metrics
+    offsets = np.array(list(m["calibration_offsets"].values()))
+    assert np.any(offsets), m  # this student leans away from a class: the offsets move it
+    assert m["calibration_heldout_macro_f1_after"] != m["calibration_heldout_macro_f1_before"]
+    assert {f"calibration_heldout_f1_{n.replace(' ', '_')}_{w}" for n in LocalServices.labels
+            for w in ("before", "after")} <= set(m)
+    # the saved folder predicts the calibrated labels: its held-out macro-F1 is the reported "after"
+    run = rd_engine.runs_dir / "calibrated"
+    from datasets import load_from_disk
+
+    dev = [r for r in load_from_disk(str(run / "pairs" / "dev")).to_list() if r["label"] >= 0]
+    _, report = split(len(dev), 0)
+    held = [dev[i] for i in report]
+    q, it = render_items(held, LocalServices())
+    pred = Predictor(run / "distill" / "student").predict_proba(q, it).argmax(-1)
+    gold = np.array([r["label"] for r in held])
+    assert macro_f1(gold, pred, 3) == pytest.approx(m["calibration_heldout_macro_f1_after"], abs=1e-4)
+    assert json.loads((run / "distill" / "student" / "reasondistill.json").read_text())["calibration_offsets"] == \
+        m["calibration_offsets"]
+    assert res["export"].metrics["agreement_fp32"] >= 0.99  # ONNX gives the calibrated labels too
+    card = model_card(lineage(run, res["export"].metrics), list(LocalServices.labels))
+    assert "| calibration | logit offsets irrelevant 0" in card and "held-out dev macro-F1" in card
