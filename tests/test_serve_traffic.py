@@ -312,6 +312,18 @@ def test_slow_headers_are_cut_for_each_http_implementation(package, real_scorer,
     assert silent.startswith(b"HTTP/1.1 408"), "a connection that never sends a request is closed too"
 
 
+def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_s(package, real_scorer):
+    with running(package, real_scorer, keep_alive_s=0.5, header_timeout_s=30) as (url, _, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            begun = time.perf_counter()
+            answer = read_answer(s, timeout=5)  # everything until the server closes it
+            idle = time.perf_counter() - begun
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+    assert 0.4 < idle < 3.0, idle
+
+
 def _head_of(size: int) -> bytes:
     """A GET /health request whose line and headers are exactly ``size`` bytes."""
     start = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: "
