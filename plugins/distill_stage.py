@@ -104,6 +104,7 @@ def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
         metrics.update(m)
     if verdict is not None:
         metrics["gate_verdict"] = verdict["verdict"]
+        metrics["gate_line"] = verdict.get("line")
         if not chunks:
             raise DataError(f"gate {options.gate!r} fell back to gold, but every source of this stage is teacher-labelled; "
                             "add the gold pairs as a source (sources: [{input: annotations}, {input: gold.pairs}])")

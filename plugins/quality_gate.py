@@ -5,16 +5,16 @@ The bar is a student trained on the gold pairs the teacher learned from (any ear
 stage with ``train_input: pairs``, so it is cached and resumed like every stage) scored on the
 same dev pairs the teacher answered, or a number given in the recipe. A teacher below the bar
 would hand the student labels worse than the gold it already has (docs/benchmarks.md, Home Depot
-study). Policy: ``fail`` stops the run, ``warn`` says so and goes on, ``fallback`` makes the
+study). ``on_fail``: ``stop`` stops the run, ``warn`` says so and goes on, ``gold_only`` makes the
 ``distill`` stages that read the verdict (option ``gate``) drop their teacher-labelled sources and
-train on their gold sources only.
+train on their gold sources only, recording why (verdict ``fallback``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,8 +36,23 @@ class GateOptions(Options):
                                   json_schema_extra=OUTPUT_REF)
     reference_macro_f1: float | None = Field(None, ge=0, le=1, description="the bar as a number, instead of a reference student")
     margin: float = Field(0.0, ge=-1, le=1, description="the teacher passes when its macro-F1 >= bar + margin")
-    policy: Literal["fail", "warn", "fallback"] = Field("warn", description="what a teacher below the bar does: stop "
-                                                         "the run, warn, or make gated distill stages train on gold only")
+    on_fail: Literal["warn", "stop", "gold_only"] = Field(
+        "warn", description="what a teacher below the bar does: warn and distil it anyway, stop the run, or make the "
+        "gated distill stages train on their gold sources only (the reason, with both numbers, goes into their "
+        "manifest, the report and the model card)")
+    policy: Literal["fail", "warn", "fallback"] | None = Field(
+        None, description="the earlier name of on_fail: fail is stop, fallback is gold_only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_is_on_fail(cls, data: Any) -> Any:
+        """``policy`` (the earlier name) becomes ``on_fail`` before validation."""
+        if isinstance(data, dict) and data.get("policy") in ("fail", "warn", "fallback"):
+            named = {"fail": "stop", "warn": "warn", "fallback": "gold_only"}[data["policy"]]
+            if data.get("on_fail", named) != named:
+                raise ValueError(f"policy {data['policy']!r} and on_fail {data['on_fail']!r} disagree; give on_fail only")
+            data = {**data, "on_fail": named}
+        return data
 
     @model_validator(mode="after")
     def _one_bar(self) -> "GateOptions":
@@ -67,15 +82,15 @@ class QualityGate(Stage):
         else:
             bar, bar_name = options.reference_macro_f1, "the recipe's reference"
         passed = teacher_f1 >= bar + options.margin
-        verdict = "pass" if passed else options.policy
-        consequence = {"pass": "distilling the teacher", "warn": "distilling it anyway (policy warn)",
-                       "fallback": "gated distill stages train on their gold sources only",
-                       "fail": "stopping before distillation (policy fail)"}[verdict]
+        verdict = "pass" if passed else {"warn": "warn", "stop": "fail", "gold_only": "fallback"}[options.on_fail]
+        consequence = {"pass": "distilling the teacher", "warn": "distilling it anyway (on_fail warn)",
+                       "fallback": "gated distill stages train on their gold sources only (on_fail gold_only)",
+                       "fail": "stopping before distillation (on_fail stop)"}[verdict]
         line = (f"gate: teacher macro-F1 {teacher_f1:.3f} vs {bar_name} {bar:.3f} on {len(rows)} gold dev pairs "
                 f"(margin {options.margin:+.3f}): {verdict.upper()}, {consequence}")
         record = {"verdict": verdict, "passed": passed, "teacher_macro_f1": round(teacher_f1, 5),
                   "reference_macro_f1": round(bar, 5), "reference": options.reference, "margin": options.margin,
-                  "pairs": len(rows), "policy": options.policy, "line": line}
+                  "pairs": len(rows), "on_fail": options.on_fail, "line": line}
         (ctx.dir / "verdict.json").write_text(json.dumps(record, indent=2))
         if verdict == "fail":
             raise DataError(line)

@@ -55,6 +55,11 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
         out["dev_metrics"] = {k.removeprefix("dev_"): v for k, v in m["metrics"].items() if k.startswith("dev_")}
         out["retention"] = {k.removeprefix("vs_teacher_"): v for k, v in m["metrics"].items()
                             if k.startswith("vs_teacher_")}
+        gate = (m.get("options") or {}).get("gate")
+        gate_m = next((g["metrics"] for n, g in stages if g and gate and n == gate.split(".")[0]), None)
+        if gate_m:  # the gate this student read: its verdict and both numbers
+            out["gate"] = {k: gate_m.get(k) for k in ("verdict", "teacher_macro_f1", "reference_macro_f1", "pairs")}
+            out["gate"]["line"] = gate_m.get("verdict_line")
     out["export"] = export_metrics
     return out
 
@@ -130,6 +135,7 @@ The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max(1
 | training rows | {(info.get('student') or {}).get('train_rows')} |
 | class weights | {_weights((info.get('student') or {}).get('class_weights'))} |
 | calibration | {_calibration((info.get('student') or {}).get('calibration'))} |
+| quality gate | {(info.get('gate') or {}).get('line') or 'none'} |
 | domain | {info.get('domain')} |
 | recipe hash | `{info.get('recipe_hash')}` |
 | reasondistill | {info.get('reasondistill')} |

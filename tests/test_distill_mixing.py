@@ -141,7 +141,7 @@ stages:
     options: {{reference: gold_ce.student, policy: warn}}
   - uses: gate
     name: gate_high
-    options: {{reference_macro_f1: 1.0, policy: fallback}}
+    options: {{reference_macro_f1: 1.0, on_fail: gold_only}}
   - uses: distill
     name: mixed
     inputs: {{dev: gold}}
@@ -239,6 +239,13 @@ def test_fallback_drops_the_teacher_sources(mixed_run):
     assert m["source_annotate_annotations_dropped_by_gate"] == sum(r["parse_ok"] for r in ann)
     assert "source_annotate_annotations_rows" not in m
     assert m["train_rows"] == m["source_gold_pairs_rows"] == len(gold)
+    assert m["gate_line"] == high["verdict_line"] and "vs the recipe's reference 1.000" in m["gate_line"]
+    assert "on_fail gold_only" in m["gate_line"]
+    from reasondistill.student_package import lineage, model_card
+
+    info = lineage(run, {})
+    assert info["gate"]["verdict"] == "fallback" and info["gate"]["reference_macro_f1"] == 1.0
+    assert f"| quality gate | {high['verdict_line']} |" in model_card(info, ["a", "b", "c"])
 
 
 def test_failing_gate_stops_the_run_with_both_numbers_and_keeps_earlier_stages(mixed_run):
