@@ -55,23 +55,25 @@ def build_package(data: Path, runs: Path) -> Path:
     return runs / "serve-bench" / "export" / "model"
 
 
-async def post_json(reader, writer, path: str, body: bytes) -> tuple[int, bytes]:
-    """One keep-alive HTTP/1.1 POST on an open connection: (status, body). A load generator this
-    thin (like wrk, but scriptable) keeps the client's own cost out of the server's figures."""
+async def exchange(reader, writer, path: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One keep-alive HTTP/1.1 POST on an open connection: (status, lower-cased header fields, body).
+    A load generator this thin (like wrk, but scriptable) keeps the client's own cost out of the
+    server's figures."""
     writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     head = await reader.readuntil(b"\r\n\r\n")
     fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
-    return int(head[9:12]), await reader.readexactly(int(fields[b"content-length"]))
+    return int(head[9:12]), fields, await reader.readexactly(int(fields[b"content-length"]))
+
+
+async def post_json(reader, writer, path: str, body: bytes) -> tuple[int, bytes]:
+    status, _, payload = await exchange(reader, writer, path, body)
+    return status, payload
 
 
 async def post_json_or_wait(reader, writer, path: str, body: bytes, backoff: float | None) -> tuple[int, bytes]:
     """``post_json``; after a 503, wait as ``Retry-After`` says (``backoff`` None) or ``backoff`` s."""
-    writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    head = await reader.readuntil(b"\r\n\r\n")
-    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
-    status, payload = int(head[9:12]), await reader.readexactly(int(fields[b"content-length"]))
+    status, fields, payload = await exchange(reader, writer, path, body)
     if status == 503:
         await asyncio.sleep(float(fields.get(b"retry-after", b"1")) if backoff is None else backoff)
     return status, payload

@@ -16,19 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from reasondistill.errors import PluginError
+from reasondistill.errors import DataError, PluginError
+from reasondistill.metrics import classification_metrics
+from reasondistill.serving import render_items
 
 #: offsets tried per class, in logits; offsets beyond +-4 turn a class on or off wholesale
 GRID = np.round(np.arange(-4.0, 4.0001, 0.1), 2)
 
 
 def macro_f1(gold: np.ndarray, pred: np.ndarray, k: int) -> float:
-    scores = []
-    for c in range(k):
-        tp = int(np.sum((pred == c) & (gold == c)))
-        fp, fn = int(np.sum((pred == c) & (gold != c))), int(np.sum((pred != c) & (gold == c)))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(scores))
+    """Macro-F1 over all ``k`` classes (a class never predicted counts 0), as the dev metrics compute it."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, pred, labels=list(range(k)), average="macro", zero_division=0))
 
 
 def fit_offsets(log_probs: np.ndarray, gold: np.ndarray, rounds: int = 3) -> tuple[np.ndarray, float]:
@@ -94,15 +94,6 @@ def add_to_bias(network: Any, offsets: np.ndarray, num_labels: int, plugin: str,
                                   "layer's bias (the head transforms them after it); calibration is not applied")
 
 
-def per_class_f1(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, float]:
-    out = {}
-    for c, name in enumerate(labels):
-        tp = int(np.sum((pred == c) & (gold == c)))
-        fp, fn = int(np.sum((pred == c) & (gold != c))), int(np.sum((pred != c) & (gold == c)))
-        out[name.replace(" ", "_")] = round(2 * tp / (2 * tp + fp + fn), 5) if tp else 0.0
-    return out
-
-
 MIN_ROWS = 20
 
 
@@ -110,9 +101,6 @@ def calibrate(network: Any, component: Any, tokenizer: Any, out_dir: Any, rows: 
               domain: Any, max_length: int, seed: int, plugin: str) -> dict[str, Any]:
     """Fit offsets on half of the labelled dev ``rows``, report both halves' macro-F1 and per-class
     F1 on the other half before and after, and add the offsets to ``network``'s final bias."""
-    from reasondistill.errors import DataError
-    from reasondistill.serving import render_items
-
     labels = list(domain.labels)
     rows = [r for r in rows if r.get("label") is not None and r["label"] >= 0]
     if len(rows) < MIN_ROWS:
@@ -133,8 +121,9 @@ def calibrate(network: Any, component: Any, tokenizer: Any, out_dir: Any, rows: 
         "calibration_heldout_macro_f1_before": round(macro_f1(gold[report], before, k), 5),
         "calibration_heldout_macro_f1_after": round(macro_f1(gold[report], after, k), 5)}
     for when, pred in (("before", before), ("after", after)):
-        metrics.update({f"calibration_heldout_f1_{name}_{when}": v
-                        for name, v in per_class_f1(gold[report], pred, labels).items()})
+        per_class = classification_metrics(gold[report], pred, labels)
+        metrics.update({f"calibration_heldout_{key}_{when}": round(v, 5)
+                        for key, v in per_class.items() if key.startswith("f1_")})
     if np.any(offsets):
         device = next(network.parameters()).device
         enc = tokenizer(queries[:4], items[:4], truncation="longest_first", max_length=max_length, padding=True,

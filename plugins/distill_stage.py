@@ -64,9 +64,9 @@ class DistillOptions(Options):
     @classmethod
     def _one_weight_per_label(cls, value: Any, info: ValidationInfo) -> Any:
         domain = recipe_domain(info.context)
-        if isinstance(value, list) and domain is not None and len(value) != len(domain.labels):
-            raise ValueError(f"{len(value)} weights for {len(domain.labels)} labels ({', '.join(domain.labels)}); "
-                             "give one per label, in that order, or 'balanced'")
+        wrong = weights_mismatch(value, domain.labels) if domain is not None else None
+        if wrong:
+            raise ValueError(wrong)
         return value
 
     @field_validator("sources")
@@ -84,6 +84,14 @@ class DistillOptions(Options):
 
     def train_sources(self) -> list[TrainSource]:
         return self.sources or [TrainSource(input=self.train_input)]
+
+
+def weights_mismatch(weights: Any, labels: Any) -> str | None:
+    """Why a ``class_weights`` list does not fit the domain's labels, or None."""
+    if isinstance(weights, list) and len(weights) != len(labels):
+        return (f"{len(weights)} weights for {len(labels)} labels ({', '.join(labels)}); give one per label, "
+                "in that order, or 'balanced'")
+    return None
 
 
 def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
@@ -109,9 +117,9 @@ def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
             raise DataError(f"gate {options.gate!r} fell back to gold, but every source of this stage is teacher-labelled; "
                             "add the gold pairs as a source (sources: [{input: annotations}, {input: gold.pairs}])")
     labels = ctx.domain.labels
-    if isinstance(options.class_weights, list) and len(options.class_weights) != len(labels):
-        raise RecipeError("class_weights", f"{len(options.class_weights)} weights for {len(labels)} labels "
-                          f"({', '.join(labels)}); give one per label, in that order, or 'balanced'")
+    wrong = weights_mismatch(options.class_weights, labels)  # validation without a domain could not check
+    if wrong:
+        raise RecipeError("class_weights", wrong)
     weights = class_weight_vector([r["label"] for chunk in chunks for r in chunk], options.class_weights, len(labels))
     if weights is not None:
         metrics["class_weights"] = {name: round(w, 4) for name, w in zip(labels, weights)}

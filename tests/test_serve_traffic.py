@@ -9,7 +9,6 @@ scoring is real.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import socket
@@ -19,12 +18,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from reasondistill.micro_batcher import MicroBatcher
 from reasondistill.plugins.backend_openai import httpx_module
-from reasondistill.score_inputs import BadRequest
 from reasondistill.score_server import Scorer, ServeOptions, create_app, uvicorn_server
 
 from .serve_cases import PAIR
@@ -147,66 +143,6 @@ def _access_ms(line: str) -> tuple[float, float]:
     return (0.0 if queue == "-" else float(queue)), float(line.rsplit("total_ms=", 1)[1])
 
 
-def test_a_request_that_waited_past_max_queue_ms_is_refused_not_scored_late():
-    """The admission estimate can be wrong (no rate measured yet): the queue's deadline still holds."""
-    gate = threading.Event()
-    scored: list[list[str]] = []
-
-    def score(pairs):
-        scored.append([p["query"] for p in pairs])
-        gate.wait(5)
-        return np.full((len(pairs), 3), 1 / 3)
-
-    async def main():
-        batcher = MicroBatcher(score, max_batch=8, max_wait_ms=0, max_queue=100, max_queue_ms=100)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit([{"query": "first"}]))
-        await asyncio.sleep(0.02)
-        late = asyncio.ensure_future(batcher.submit([{"query": "late"}]))
-        await asyncio.sleep(0.25)  # past max_queue_ms while the model is busy
-        gate.set()
-        out = await asyncio.gather(first, late, return_exceptions=True)
-        await batcher.stop()
-        return out, batcher.stats
-
-    (first, late), stats = asyncio.run(main())
-    assert first.shape == (1, 3)
-    assert isinstance(late, BadRequest) and late.status == 503 and late.retry_after >= 1
-    assert "waited" in late.reason and "more than max_queue_ms 100" in late.reason
-    assert scored == [["first"]] and stats.refused_wait == 1
-
-
-def test_admission_refuses_at_once_when_the_queued_work_exceeds_max_queue_ms():
-    """Boundary of the estimate: queued work equal to 0.8 of max_queue_ms is admitted, more is refused."""
-    async def main():
-        batcher = MicroBatcher(lambda p: np.zeros((len(p), 3)), max_batch=8, max_wait_ms=0, max_queue=1000,
-                               max_queue_ms=625)
-        batcher.pairs_per_s = 100.0  # as measured: 50 queued pairs are 500 ms of work
-        batcher._busy = True
-        batcher.queued_pairs = 50
-        batcher.admit(1)  # 500 ms: equal to ADMIT_SHARE (0.8) of the limit, admitted
-        batcher.queued_pairs = 51
-        with pytest.raises(BadRequest) as refused:
-            batcher.admit(1)
-        return refused.value
-
-    refused = asyncio.run(main())
-    assert refused.status == 503 and refused.retry_after == 1 and "about 510 ms" in refused.reason and "max_queue_ms 625" in refused.reason
-
-
-def test_full_queue_boundary_in_pairs():
-    async def main():
-        batcher = MicroBatcher(lambda p: np.zeros((len(p), 3)), max_batch=8, max_wait_ms=0, max_queue=10)
-        batcher.queued_pairs = 6
-        batcher.admit(4)  # exactly max_queue
-        with pytest.raises(BadRequest) as refused:
-            batcher.admit(5)
-        return refused.value
-
-    refused = asyncio.run(main())
-    assert refused.status == 503 and "6 pairs queued (max_queue 10)" in refused.reason
-
-
 # ---- batching by pairs --------------------------------------------------------------------------
 
 def test_a_large_request_is_split_over_batches_and_small_ones_are_merged(package, real_scorer):
@@ -237,26 +173,6 @@ def test_a_large_request_is_split_over_batches_and_small_ones_are_merged(package
     for i in range(6):
         assert results[i]["score"] == pytest.approx(real_scorer.result(
             real_scorer([{"query": f"q{i}", "item": docs[i]}])[0])["score"], abs=1e-5)
-
-
-def test_a_failing_part_of_a_split_request_fails_that_request_only():
-    def score(pairs):
-        if any(p["query"] == "boom" for p in pairs):
-            raise TypeError("cannot encode")
-        return np.full((len(pairs), 3), 1 / 3)
-
-    async def main():
-        batcher = MicroBatcher(score, max_batch=4, max_wait_ms=0, max_queue=100)
-        batcher.start()
-        bad = asyncio.ensure_future(batcher.submit([{"query": "ok"}] * 5 + [{"query": "boom"}] * 5))
-        good = asyncio.ensure_future(batcher.submit([{"query": "fine"}] * 3))
-        out = await asyncio.gather(bad, good, return_exceptions=True)
-        left = batcher.queued_pairs
-        await batcher.stop()
-        return out, left
-
-    (bad, good), left = asyncio.run(main())
-    assert isinstance(bad, TypeError) and good.shape == (3, 3) and left == 0
 
 
 # ---- clients that go ----------------------------------------------------------------------------
