@@ -187,7 +187,7 @@ class AnnotateStage(Stage):
     def run(self, ctx, options: AnnotateOptions) -> StageResult:
         annotator = ctx.hooks.catalogue.get("annotator", options.annotator)
         a_opts = annotator.options(options.annotator_options)
-        teacher = current_teacher(ctx) or ""  # a served teacher needs no local one
+        teacher = (current_teacher(ctx) or "") if annotator.needs_teacher else ""  # a served teacher needs no local one
         pairs = ctx.load_dataset(options.input)
         if options.limit:
             pairs = pairs.select(range(min(options.limit, len(pairs))))

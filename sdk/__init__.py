@@ -3,7 +3,7 @@
 The public API: hook markers, component base classes, recipes and the engine.
 """
 
-from .components import Annotator, ComponentRef, DistillLoss, ModelSource, NoOptions, Options, Stage, Student
+from .components import Annotator, ComponentRef, DistillLoss, ModelSource, NoOptions, Options, Selector, Stage, Student
 from .domain import Domain, Parsed
 from .engine import Engine
 from .generators import BackendSpec, Generation, GenerationBackend, Generator
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Annotator", "ArtifactError", "BackendError", "BackendSpec", "Generation", "GenerationBackend", "Generator", "ComponentRef", "DataError", "DistillLoss", "Domain", "Engine", "Hooks",
     "ModelError", "ModelSource", "NoOptions", "Options", "Parsed", "PluginError", "ReasonDistillError", "Recipe",
-    "RecipeError", "RunInfo", "Stage", "StageContext", "StageResult", "StageSpec", "Student", "get_hooks",
+    "RecipeError", "RunInfo", "Selector", "Stage", "StageContext", "StageResult", "StageSpec", "Student", "get_hooks",
     "hookimpl", "hookspec", "load_recipe", "reset_hooks", "step",
 ]

@@ -73,9 +73,14 @@ class Stage(Component):
 
 
 class Annotator(Component):
-    """Makes a teacher label pairs with a reasoning chain (the annotations contract)."""
+    """Makes a teacher label pairs with a reasoning chain (the annotations contract).
+
+    ``needs_teacher`` false marks an annotator that runs no teacher model (the ``gold`` labels),
+    so the stage does not load or materialise one for it.
+    """
 
     kind = "annotator"
+    needs_teacher: ClassVar[bool] = True
 
     @abstractmethod
     def annotate(self, ctx: StageContext, pairs: Dataset, teacher: str, options: Any) -> Dataset:
@@ -85,6 +90,26 @@ class Annotator(Component):
         ``teacher`` is the local teacher folder, or ``""`` when the recipe has none (a served
         teacher); an annotator that makes the teacher write gets it from
         :func:`reasondistill.generators.load_generator`.
+        """
+
+
+class Selector(Component):
+    """Picks which unlabeled pool rows the teacher annotates next (the ``active`` stage).
+
+    ``needs_probabilities`` tells the stage whether to score the pool with the current student
+    first (a random selector does not need it, so it costs no student inference).
+    """
+
+    kind = "selector"
+    needs_probabilities: ClassVar[bool] = True
+
+    @abstractmethod
+    def select(self, rows: list[dict[str, Any]], probabilities: Any, k: int, seed: int, options: Any) -> list[int]:
+        """Return exactly ``min(k, len(rows))`` distinct positions in ``rows`` to annotate.
+
+        ``probabilities`` is the current student's ``[len(rows), labels]`` array (``None`` when
+        ``needs_probabilities`` is false); ``seed`` changes every round, so a random choice is
+        reproducible. The stage checks the answer and names the plugin when it is wrong.
         """
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # imports for annotations only; hookspecs stay import-light
         Annotator,
         DistillLoss,
         ModelSource,
+        Selector,
         Stage,
         Student,
     )
@@ -110,6 +111,19 @@ def register_annotators(register: Callable[[Annotator], None]) -> None:
 
     :param register: call ``register(annotator)`` for each
         :class:`~reasondistill.components.Annotator`.
+    :return: nothing.
+    """
+
+
+@hookspec
+def register_selectors(register: Callable[[Selector], None]) -> None:
+    """Add selection strategies: which pool rows the teacher annotates next (the ``active`` stage).
+
+    Built in: ``uncertainty`` (the student's margin, entropy or top probability, with a cap per
+    query so one query cannot take the budget) and ``random`` (the baseline at the same budget).
+
+    :param register: call ``register(selector)`` for each
+        :class:`~reasondistill.components.Selector`; its ``name`` is what ``selector:`` names.
     :return: nothing.
     """
 

@@ -29,6 +29,7 @@ REGISTER_HOOKS: dict[str, tuple[str, str]] = {
     "register_stages": ("stage", "pipeline"),
     "register_teacher_stages": ("stage", "teacher"),
     "register_annotators": ("annotator", "annotator"),
+    "register_selectors": ("selector", "selector"),
     "register_generation_backends": ("backend", "backend"),
     "register_students": ("student", "student"),
     "register_distill_losses": ("loss", "loss"),
@@ -280,11 +281,11 @@ def contract_problem(comp: Any) -> str | None:
 
 def kind_bases() -> dict[str, type]:
     """The base class each component kind must subclass (its written contract)."""
-    from .components import Annotator, DistillLoss, ModelSource, Stage, Student
+    from .components import Annotator, DistillLoss, ModelSource, Selector, Stage, Student
     from .domain import Domain
     from .generators import GenerationBackend
 
-    return {"stage": Stage, "annotator": Annotator, "backend": GenerationBackend, "student": Student,
+    return {"stage": Stage, "annotator": Annotator, "selector": Selector, "backend": GenerationBackend, "student": Student,
             "loss": DistillLoss, "domain": Domain, "model": ModelSource}
 
 

@@ -13,7 +13,8 @@ from .manager import Catalogue, get_hooks
 
 KIND_TITLES = {
     "stage": "Stages (`stages[i].options`)",
-    "annotator": "Annotators (`annotate` → `annotator_options`)",
+    "annotator": "Annotators (`annotate` or `active` → `annotator_options`)",
+    "selector": "Selectors (`active` → `selector_options`)",
     "backend": "Generation backends (`backends.<role>.options`, or a stage's `backend.options`)",
     "student": "Students (`distill` → `student_options`)",
     "loss": "Distillation losses (`distill` → `loss_options`)",

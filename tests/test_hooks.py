@@ -142,6 +142,46 @@ def test_hook_register_annotators(rd_hooks, register_plugin):
     assert "echo" in _names(rd_hooks, "annotator")
 
 
+def test_hook_register_selectors(rd_engine, register_plugin, tmp_path):
+    """A third-party selector picks the active stage's rows from the student's probabilities."""
+    import json
+
+    import numpy as np
+
+    from reasondistill import Recipe, Selector, step
+    from reasondistill.plugins.local_services import generate_pairs
+
+    seen = []
+
+    class MostIrrelevant(Selector):
+        name = "most-irrelevant"
+
+        def select(self, rows, probabilities, k, seed, options):
+            seen.append((len(rows), np.asarray(probabilities)))
+            return np.argsort(-np.asarray(probabilities)[:, 0])[:k].tolist()
+
+    class P:
+        @hookimpl
+        def register_selectors(self, register):
+            register(MostIrrelevant())
+
+    register_plugin(P(), "p")
+    assert "most-irrelevant" in _names(rd_engine.hooks, "selector")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in generate_pairs(n=200, seed=1)))
+    recipe = Recipe(name="sel", models={"student": "tiny-encoder"}, seed=0, stages=[
+        step("pairs", name="gold", source=str(path), limit=80, dev_fraction=0.25),
+        step("pairs", name="pool", source=str(path), offset=80, limit=120, hide_labels=True, dev_fraction=0.0),
+        step("active", inputs={"dev": "gold"}, input="pool.pairs", labeled="gold.pairs", rounds=1, per_round=20,
+             annotator="gold", selector="most-irrelevant",
+             distill={"loss": "ce", "max_steps": 5, "batch_size": 16, "student_options": {"max_length": 32}})])
+    res = rd_engine.run(recipe)
+    (n, probs), = seen
+    assert n == 120 and probs.shape == (120, 3) and np.allclose(probs.sum(-1), 1, atol=1e-4)
+    picked = json.loads((rd_engine.runs_dir / "sel" / "active" / "rounds.json").read_text())[1]["selected"]
+    assert picked == np.argsort(-probs[:, 0])[:20].tolist() and res["active"].metrics["teacher_pairs"] == 20
+
+
 def test_hook_register_generation_backends(rd_engine, register_plugin):
     """A third-party backend serves every stage that makes the teacher write: STaR rationalization,
     preference sampling, teacher_eval and annotation all reach it through the seam."""
