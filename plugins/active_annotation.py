@@ -179,7 +179,7 @@ class ActiveStage(Stage):
             for key, value in r["metrics"].items():
                 metrics[f"round{r['round']}_{key}"] = value
         final = rounds[-1]["metrics"]
-        metrics.update({k: v for k, v in final.items() if k.startswith("dev_")})
+        metrics.update({k: v for k, v in final.items() if k.startswith("dev_") or k == "train_rows"})
         outputs = {"student": f"round_{last}/distill/student", "annotations": "annotations", "rounds": "rounds.json"}
         return StageResult(outputs=outputs, metrics=metrics)
 

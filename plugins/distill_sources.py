@@ -9,15 +9,19 @@ keeps its meaning, and uniform weights train exactly as no weights.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from reasondistill.recipe import OUTPUT_REF
 
 from reasondistill import Options
-from reasondistill.errors import DataError
+from reasondistill.errors import DataError, RecipeError
+
+if TYPE_CHECKING:
+    from reasondistill.plugins.distill_stage import DistillOptions
 
 
 class TrainSource(Options):
@@ -166,3 +170,59 @@ def merge_sources(per_source: list[list[dict[str, Any]]], num_labels: int, class
             row["weight"] = r["weight"] * scale
         out.append(row)
     return Dataset.from_list(out)
+
+
+def weights_mismatch(weights: Any, labels: Any) -> str | None:
+    """Why a ``class_weights`` list does not fit the domain's labels, or None."""
+    if isinstance(weights, list) and len(weights) != len(labels):
+        return (f"{len(weights)} weights for {len(labels)} labels ({', '.join(labels)}); give one per label, "
+                "in that order, or 'balanced'")
+    return None
+
+
+def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
+    """The merged training dataset and per-source metrics (:mod:`.distill_sources`); with a gate
+    that fell back, the teacher-labelled sources are left out."""
+    verdict = read_verdict(ctx, options.gate) if options.gate else None
+    strip = ctx.domain.strip_verdict if options.hide_verdict and needs_reasoning else (lambda text: text)
+    chunks, metrics = [], {}
+    for source in options.train_sources():
+        rows, m, teacher = load_source(ctx, source, label_column=options.label_column,
+                                       reasoning_column=options.reasoning_column,
+                                       default_reasoning="domain" if options.domain_rationale else "column",
+                                       needs_reasoning=needs_reasoning, strip=strip)
+        if verdict is not None and verdict["verdict"] == "fallback" and teacher:
+            metrics[f"source_{source_key(source)}_dropped_by_gate"] = len(rows)
+            continue
+        chunks.append(rows)
+        metrics.update(m)
+    if verdict is not None:
+        metrics["gate_verdict"] = verdict["verdict"]
+        metrics["gate_line"] = verdict.get("line")
+        if not chunks:
+            raise DataError(f"gate {options.gate!r} fell back to gold, but every source of this stage is teacher-labelled; "
+                            "add the gold pairs as a source (sources: [{input: annotations}, {input: gold.pairs}])")
+    labels = ctx.domain.labels
+    wrong = weights_mismatch(options.class_weights, labels)  # validation without a domain could not check
+    if wrong:
+        raise RecipeError("class_weights", wrong)
+    weights = class_weight_vector([r["label"] for chunk in chunks for r in chunk], options.class_weights, len(labels))
+    if weights is not None:
+        metrics["class_weights"] = {name: round(w, 4) for name, w in zip(labels, weights)}
+    return merge_sources(chunks, len(labels), weights), metrics
+
+
+def read_verdict(ctx, name: str) -> dict[str, Any]:
+    path = ctx.input(name)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"gate: {path}: not a gate verdict ({exc})") from None
+
+
+def hide_verdict_in(ds, options: DistillOptions, domain):
+    """With ``hide_verdict``, the reasoning column without the sentences that name a label."""
+    col = options.reasoning_column
+    if not options.hide_verdict or col not in ds.column_names:
+        return ds
+    return ds.map(lambda r: {col: domain.strip_verdict(r[col] or "")})

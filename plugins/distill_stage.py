@@ -11,11 +11,11 @@ from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
 from reasondistill.recipe import OUTPUT_REF, validate_nested
 from reasondistill.domain import recipe_domain, require_ability
-from reasondistill.errors import DataError, PluginError, RecipeError
+from reasondistill.errors import DataError, PluginError
 from reasondistill.fingerprint import portable_ref
 from reasondistill.hf_compat import warmup_arg
-from reasondistill.plugins.distill_sources import (TrainSource, class_weight_vector, load_source, merge_sources,
-                                                   source_key)
+from reasondistill.plugins.distill_sources import (TrainSource, hide_verdict_in, read_verdict, training_rows,
+                                                   weights_mismatch)
 from reasondistill.views import check_encoding
 
 
@@ -84,62 +84,6 @@ class DistillOptions(Options):
 
     def train_sources(self) -> list[TrainSource]:
         return self.sources or [TrainSource(input=self.train_input)]
-
-
-def weights_mismatch(weights: Any, labels: Any) -> str | None:
-    """Why a ``class_weights`` list does not fit the domain's labels, or None."""
-    if isinstance(weights, list) and len(weights) != len(labels):
-        return (f"{len(weights)} weights for {len(labels)} labels ({', '.join(labels)}); give one per label, "
-                "in that order, or 'balanced'")
-    return None
-
-
-def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
-    """The merged training dataset and per-source metrics (:mod:`.distill_sources`); with a gate
-    that fell back, the teacher-labelled sources are left out."""
-    verdict = read_verdict(ctx, options.gate) if options.gate else None
-    strip = ctx.domain.strip_verdict if options.hide_verdict and needs_reasoning else (lambda text: text)
-    chunks, metrics = [], {}
-    for source in options.train_sources():
-        rows, m, teacher = load_source(ctx, source, label_column=options.label_column,
-                                       reasoning_column=options.reasoning_column,
-                                       default_reasoning="domain" if options.domain_rationale else "column",
-                                       needs_reasoning=needs_reasoning, strip=strip)
-        if verdict is not None and verdict["verdict"] == "fallback" and teacher:
-            metrics[f"source_{source_key(source)}_dropped_by_gate"] = len(rows)
-            continue
-        chunks.append(rows)
-        metrics.update(m)
-    if verdict is not None:
-        metrics["gate_verdict"] = verdict["verdict"]
-        metrics["gate_line"] = verdict.get("line")
-        if not chunks:
-            raise DataError(f"gate {options.gate!r} fell back to gold, but every source of this stage is teacher-labelled; "
-                            "add the gold pairs as a source (sources: [{input: annotations}, {input: gold.pairs}])")
-    labels = ctx.domain.labels
-    wrong = weights_mismatch(options.class_weights, labels)  # validation without a domain could not check
-    if wrong:
-        raise RecipeError("class_weights", wrong)
-    weights = class_weight_vector([r["label"] for chunk in chunks for r in chunk], options.class_weights, len(labels))
-    if weights is not None:
-        metrics["class_weights"] = {name: round(w, 4) for name, w in zip(labels, weights)}
-    return merge_sources(chunks, len(labels), weights), metrics
-
-
-def read_verdict(ctx, name: str) -> dict[str, Any]:
-    path = ctx.input(name)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"gate: {path}: not a gate verdict ({exc})") from None
-
-
-def hide_verdict_in(ds, options: DistillOptions, domain):
-    """With ``hide_verdict``, the reasoning column without the sentences that name a label."""
-    col = options.reasoning_column
-    if not options.hide_verdict or col not in ds.column_names:
-        return ds
-    return ds.map(lambda r: {col: domain.strip_verdict(r[col] or "")})
 
 
 class DistillStage(Stage):
@@ -284,10 +228,24 @@ class DistillStage(Stage):
             metrics.update(calibration)
             if any(calibration["calibration_offsets"].values()):
                 ship(calibration["calibration_offsets"])  # the calibrated network is what ships
+        shipped_trained = True
+        if options.gate:
+            from reasondistill.plugins.ship_check import ship_check
+
+            metrics.update(ship_check(ctx, read_verdict(ctx, options.gate), out_dir, ctx.name, options.calibrate == "macro_f1"))
+            shipped_trained = metrics["ship_check"] != "reference"
+            if not shipped_trained:  # the manifest describes what ships: the reference's dev figures
+                from reasondistill.evaluation import evaluate_student
+
+                trained = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("dev_")]}
+                metrics.update({f"trained_{k}": v for k, v in trained.items()})
+                metrics.update(evaluate_student(out_dir, ctx.load_dataset("dev"), ctx.domain,
+                                                predictions_path=ctx.dir / "dev_predictions.json"))
         if ctx.has_input("dev_annotations"):
             from reasondistill.evaluation import retention
 
-            predictor = student_c.predictor(out_dir, network=student, tokenizer=tokenizer)
+            predictor = (student_c.predictor(out_dir, network=student, tokenizer=tokenizer) if shipped_trained
+                         else student_component_of(out_dir, ctx))
             metrics.update({f"vs_teacher_{k}": v for k, v in
                             retention(predictor, ctx.load_dataset("dev_annotations"), ctx.domain).items()})
         import shutil
@@ -301,6 +259,13 @@ class DistillStage(Stage):
 
 
 REFERENCE_ROWS = 512
+
+
+def student_component_of(folder, ctx):
+    """The predictor of a saved student folder, by the component that trained it."""
+    from reasondistill.student_package import student_component
+
+    return student_component(folder, ctx.hooks).predictor(folder)
 
 
 def hold_to_trained_outputs(ctx, component, network, tokenizer, out_dir, train, plugin: str) -> None:

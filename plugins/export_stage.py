@@ -47,7 +47,7 @@ class ExportStage(Stage):
                 got = pred.predict_proba(queries, items).argmax(-1)
                 metrics[f"agreement_{variant}"] = round(float((got == ref).mean()), 4)
                 metrics[f"latency_ms_student_onnx_{variant}"] = median_ms(pred, queries, items)
-        finish_package(ctx.run.dir, ctx.dir / "model", metrics)
+        finish_package(ctx.run.dir, ctx.dir / "model", metrics, student)
         return StageResult(outputs={"model": "model", "onnx": "model/onnx"}, metrics=metrics)
 
 

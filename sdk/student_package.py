@@ -24,8 +24,9 @@ REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "reasondistill
             LINEAGE, "README.md")
 
 
-def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
-    """What produced the student, read from the run's recipe and manifests."""
+def lineage(run_dir: Path, export_metrics: dict[str, Any], student: Path | None = None) -> dict[str, Any]:
+    """What produced the student, read from the run's recipe and manifests: the stage whose folder
+    holds ``student`` (the exported one), else the run's last ``distill`` stage."""
     from reasondistill import __version__
 
     from .fingerprint import canonical_hash, portable_ref
@@ -45,9 +46,13 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
                                                       "teacher_accuracy", "dev_teacher_macro_f1") if k in metrics}
     else:
         out["teacher"] = portable_ref(recipe.get("models", {}).get("teacher"))
-    if "distill" in by_use:
-        name, m = by_use["distill"]
-        out["student"] = {"base_model": portable_ref(recipe.get("models", {}).get("student")), "loss": m["options"].get("loss"),
+    trainer = by_use.get("distill")
+    owner = _owning_stage(run_dir, student)
+    if owner is not None:
+        trainer = next(((n, m) for n, m in stages if n == owner and m), trainer)
+    if trainer is not None:
+        name, m = trainer
+        out["student"] = {"base_model": portable_ref(recipe.get("models", {}).get("student")), "loss": m["options"].get("loss") or (m["options"].get("distill") or {}).get("loss"),
                           "train_rows": m["metrics"].get("train_rows"), "steps": m["metrics"].get("steps"),
                           "class_weights": m["metrics"].get("class_weights"),
                           "calibration": {k.removeprefix("calibration_"): v for k, v in m["metrics"].items()
@@ -55,6 +60,8 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
         out["dev_metrics"] = {k.removeprefix("dev_"): v for k, v in m["metrics"].items() if k.startswith("dev_")}
         out["retention"] = {k.removeprefix("vs_teacher_"): v for k, v in m["metrics"].items()
                             if k.startswith("vs_teacher_")}
+        if m["metrics"].get("ship_check_line"):
+            out["ship_check"] = m["metrics"]["ship_check_line"]
         gate = (m.get("options") or {}).get("gate")
         gate_m = next((g["metrics"] for n, g in stages if g and gate and n == gate.split(".")[0]), None)
         if gate_m:  # the gate this student read: its verdict and both numbers
@@ -62,6 +69,16 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any]) -> dict[str, Any]:
             out["gate"]["line"] = gate_m.get("verdict_line")
     out["export"] = export_metrics
     return out
+
+
+def _owning_stage(run_dir: Path, student: Path | None) -> str | None:
+    """The run's stage whose folder holds ``student``, or None (a folder outside the run)."""
+    if student is None:
+        return None
+    try:
+        return Path(student).resolve().relative_to(Path(run_dir).resolve()).parts[0]
+    except (ValueError, IndexError):
+        return None
 
 
 def _weights(weights: dict[str, float] | None) -> str:
@@ -136,6 +153,7 @@ The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max(1
 | class weights | {_weights((info.get('student') or {}).get('class_weights'))} |
 | calibration | {_calibration((info.get('student') or {}).get('calibration'))} |
 | quality gate | {(info.get('gate') or {}).get('line') or 'none'} |
+| ship check | {info.get('ship_check') or 'none'} |
 | domain | {info.get('domain')} |
 | recipe hash | `{info.get('recipe_hash')}` |
 | reasondistill | {info.get('reasondistill')} |
@@ -180,9 +198,10 @@ def start_package(student: Path, out: Path) -> Path:
     return out / "onnx"
 
 
-def finish_package(run_dir: Path, out: Path, export_metrics: dict[str, Any]) -> Path:
-    """Write the lineage and the model card into ``out`` and check nothing is missing."""
-    info = lineage(run_dir, export_metrics)
+def finish_package(run_dir: Path, out: Path, export_metrics: dict[str, Any], student: Path | None = None) -> Path:
+    """Write the lineage (of ``student``, the folder exported) and the model card into ``out`` and
+    check nothing is missing."""
+    info = lineage(run_dir, export_metrics, student)
     (out / LINEAGE).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
     labels = json.loads((out / "reasondistill.json").read_text()).get("labels", []) \
         if (out / "reasondistill.json").exists() else []

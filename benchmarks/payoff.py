@@ -1,0 +1,164 @@
+"""Does distillation pay off for macro-F1? One command, several seeds, Home Depot and QBQTC (issue 37).
+
+    python benchmarks/payoff.py --seeds 0,1,2                       # both data sets, no teacher (~25 min a seed on 2 cores)
+    python benchmarks/payoff.py --seeds 0,1,2 --teacher --crsd      # + the trained teacher's arms, CRSD students
+    python benchmarks/payoff.py --data qbqtc --seeds 0 --budget 250 # one data set, one seed, a smaller budget
+
+Per data set it builds one recipe from the study recipe (``recipes/<data>.yaml``: its gold and pool
+stages and its gold-only student's options) and runs, per seed:
+
+- CE on the gold pairs only, calibrated for macro-F1 (``calibrate: macro_f1``): the same student
+  before and after the offsets, on the half of dev the offsets were not fitted on;
+- the same with ``class_weights: balanced``;
+- with ``--crsd``: CRSD as the study recipes set it (``w_nce: 0``, the domain's rationale), calibrated;
+- uncertainty-driven against random selection (the ``active`` stage) at budgets B and 2B (two
+  rounds of B pairs), each starting from the gold-only CE student, with the pool's hidden gold
+  labels standing in for a perfect teacher (``annotator: gold``);
+- with ``--teacher``: the study recipe's teacher stages (profile ``--profile``), its dev
+  annotations, the gate (``on_fail: gold_only``), the same two selections with the trained teacher
+  as annotator, and the gated student of gold + the teacher's annotations with the ship check, so
+  the table shows whether any seed ships a student below its gold-only reference.
+
+Stages already done are reused (the runs folder), so an interrupted study continues where it
+stopped and a second call only prints. Per-class F1 is printed beside macro-F1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, table  # noqa: E402
+
+TEACHER_STAGES = ("dapt", "reasoning", "sft", "preference")
+
+
+def payoff_recipe(data: str, seed: int, args):
+    """The study recipe's data and gold-only student, and the payoff stages, as one recipe."""
+    from reasondistill import load_recipe, step
+
+    study = load_recipe(str(ROOT / "recipes" / f"{data}.yaml"), args.profile if args.teacher else None)
+    by_name = {s.stage_name: s for s in study.stages}
+    ref = by_name["student_gold_ce"].options
+    base = {k: ref[k] for k in ("loss", "epochs", "batch_size", "learning_rate", "student_options") if k in ref}
+    gold_ce = {**base, "train_input": "pairs"}
+    stages = [by_name["gold"], by_name["pool"]]
+    if args.teacher:
+        stages += [by_name[n] for n in TEACHER_STAGES]
+        ann = by_name["annotate"].options
+        stages.append(step("annotate", inputs={"pairs": "pool", "dev": "gold"}, limit=32, dev_rows=ann.get("dev_rows", 300),
+                           shard_size=32, annotator_options=ann.get("annotator_options", {})))
+    stages += [
+        step("distill", name="student_gold_ce", inputs={"pairs": "gold", "dev": "gold"}, **gold_ce, calibrate="macro_f1"),
+        step("distill", name="student_gold_ce_balanced", inputs={"pairs": "gold", "dev": "gold"}, **gold_ce,
+             class_weights="balanced", calibrate="macro_f1")]
+    if args.crsd:
+        opts = {**base, "student_options": {**base["student_options"], "reasoning_tokens": 64}}
+        stages.append(step("distill", name="student_gold_crsd_domain", inputs={"dev": "gold"}, **{**opts, "loss": "crsd"},
+                           loss_options={"w_nce": 0.0}, sources=[{"input": "gold.pairs", "reasoning": "domain"}],
+                           calibrate="macro_f1"))
+    annotators = [("gold", {})] + ([("teacher", by_name["annotate"].options.get("annotator_options", {}))]
+                                   if args.teacher else [])
+    for annotator, a_opts in annotators:
+        for selector in ("uncertainty", "random"):
+            stages.append(step("active", name=f"active_{selector}_{annotator}", inputs={"dev": "gold"}, input="pool.pairs",
+                               labeled="gold.pairs", start_student="student_gold_ce.student", rounds=2,
+                               per_round=args.budget, selector=selector, annotator=annotator, annotator_options=a_opts,
+                               distill=base, shard_size=min(args.budget, 128), on_low_parse="warn"))
+    if args.teacher:
+        stages += [step("gate", reference="student_gold_ce.student", on_fail="gold_only"),
+                   step("distill", name="student_shipped", inputs={"dev": "gold"}, **base, gate="gate.verdict",
+                        sources=[{"input": "active_uncertainty_teacher.annotations"},
+                                 {"input": "gold.pairs", "weight": 2.0}], calibrate="macro_f1")]
+    return study.model_copy(update={"name": f"payoff-{data}-s{seed}", "seed": seed, "stages": stages, "profiles": {}})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="homedepot,qbqtc")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budget", type=int, default=500, help="teacher pairs per round (B); two rounds give B and 2B")
+    p.add_argument("--teacher", action="store_true", help="also train the study's teacher and run its arms")
+    p.add_argument("--crsd", action="store_true", help="also the CRSD gold-only student (about 3x a CE student)")
+    p.add_argument("--profile", default="cpu", help="the study recipe's profile for the teacher stages")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs")
+    args = p.parse_args()
+
+    from reasondistill import Engine
+
+    engine = Engine(runs_dir=args.runs)
+    for data in args.data.split(","):
+        results = {}
+        for seed in (int(s) for s in args.seeds.split(",")):
+            recipe = payoff_recipe(data, seed, args)
+            results[seed] = engine.run(recipe)
+        report(data, results, args)
+
+
+def report(data: str, results: dict, args) -> None:
+    """Three tables per data set: gold-only students, selection, the gate (with --teacher)."""
+    from reasondistill.domain import resolve_domain
+    from reasondistill import get_hooks, load_recipe
+
+    labels = resolve_domain(load_recipe(str(ROOT / "recipes" / f"{data}.yaml")), get_hooks().catalogue).labels
+    seeds = sorted(results)
+    print(f"\n## {data}: seeds {', '.join(map(str, seeds))}, budget B = {args.budget} pairs a round\n")
+    rows, gains, minority = [], [], []
+    for name in ("student_gold_ce", "student_gold_ce_balanced", "student_gold_crsd_domain"):
+        if name not in results[seeds[0]]:
+            continue
+        for when in ("before", "after"):
+            vals = [results[s][name].metrics[f"calibration_heldout_macro_f1_{when}"] for s in seeds]
+            f1s = {lab: statistics.mean(results[s][name].metrics[f"calibration_heldout_f1_{lab.replace(' ', '_')}_{when}"]
+                                        for s in seeds) for lab in labels}
+            rows.append((f"{name}, {'calibrated' if when == 'after' else 'argmax'}", ", ".join(f"{v:.3f}" for v in vals),
+                         round(statistics.mean(vals), 4), round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0,
+                         ", ".join(f"{lab} {v:.3f}" for lab, v in f1s.items())))
+            minority.append((rows[-1][0], min(f1s.values())))
+    print("Gold-only students, on the held-out half of dev (the offsets were fitted on the other half)\n")
+    print(table(("student", "macro-F1 per seed", "mean", "std", "per-class F1 (mean)"), rows))
+    bar = [results[s]["student_gold_ce"].metrics["calibration_heldout_macro_f1_before"] for s in seeds]
+    for s_i, s in enumerate(seeds):
+        best = max(results[s][n].metrics[f"calibration_heldout_macro_f1_{w}"]
+                   for n in ("student_gold_ce", "student_gold_ce_balanced") for w in ("before", "after")
+                   if (n, w) != ("student_gold_ce", "before"))
+        gains.append(100 * (best - bar[s_i]))
+    print(f"\ncalibration or weighting over CE (argmax), best per seed: {', '.join(f'{g:+.1f}' for g in gains)} points, "
+          f"mean {statistics.mean(gains):+.1f} (target +2.0 on Home Depot)")
+    print(f"weakest class's F1 per student (mean over seeds): {'; '.join(f'{n} {v:.3f}' for n, v in minority)}")
+    for annotator in ("gold", "teacher"):
+        if f"active_uncertainty_{annotator}" not in results[seeds[0]]:
+            continue
+        print(f"\nSelection with the {'hidden gold labels (a perfect teacher)' if annotator == 'gold' else 'trained teacher'}"
+              f" as annotator: dev macro-F1 (whole dev) by teacher budget\n")
+        rows = []
+        curves = {}
+        for selector in ("uncertainty", "random"):
+            name = f"active_{selector}_{annotator}"
+            for r, budget in ((0, 0), (1, args.budget), (2, 2 * args.budget)):
+                vals = [results[s][name].metrics.get(f"round{r}_dev_macro_f1") for s in seeds]
+                curves[(selector, budget)] = vals
+                shares = [results[s][name].metrics.get(f"round{r}_selected_gold_share_{labels[0].replace(' ', '_')}")
+                          for s in seeds]
+                rows.append((selector, budget, ", ".join(f"{v:.3f}" for v in vals), round(statistics.mean(vals), 4),
+                             "-" if shares[0] is None else f"{statistics.mean(shares):.3f}"))
+        print(table(("selection", "teacher pairs", "macro-F1 per seed", "mean", f"share of '{labels[0]}' picked"), rows))
+        for budget in (args.budget, 2 * args.budget):
+            diff = [100 * (u - r) for u, r in zip(curves[("uncertainty", budget)], curves[("random", budget)])]
+            print(f"uncertainty - random at {budget} pairs: {', '.join(f'{d:+.1f}' for d in diff)} points, "
+                  f"mean {statistics.mean(diff):+.1f}")
+        half = [u - r for u, r in zip(curves[("uncertainty", args.budget)], curves[("random", 2 * args.budget)])]
+        print(f"uncertainty at {args.budget} vs random at {2 * args.budget}: {', '.join(f'{100 * d:+.1f}' for d in half)} "
+              f"points (>= 0: random's score with half the teacher calls)")
+    if "gate" in results[seeds[0]]:
+        print()
+        for s in seeds:
+            print(f"seed {s}: {results[s]['gate'].metrics['verdict_line']}")
+            print(f"seed {s}: {results[s]['student_shipped'].metrics.get('ship_check_line')}")
+
+
+if __name__ == "__main__":
+    main()
