@@ -14,7 +14,7 @@ stages and its gold-only student's options) and runs, per seed:
 - uncertainty-driven against random selection (the ``active`` stage) at budgets B and 2B (two
   rounds of B pairs), each starting from the gold-only CE student, with the pool's hidden gold
   labels standing in for a perfect teacher (``annotator: gold``);
-- with ``--teacher``: the study recipe's teacher stages (profile ``--profile``), its dev
+- with ``--teacher``: the study recipe's teacher stages, its dev
   annotations, the gate (``on_fail: gold_only``), the same two selections with the trained teacher
   as annotator, and the gated student of gold + the teacher's annotations with the ship check, so
   the table shows whether any seed ships a student below its gold-only reference.
@@ -40,7 +40,7 @@ def payoff_recipe(data: str, seed: int, args):
     """The study recipe's data and gold-only student, and the payoff stages, as one recipe."""
     from reasondistill import load_recipe, step
 
-    study = load_recipe(str(ROOT / "recipes" / f"{data}.yaml"), args.profile if args.teacher else None)
+    study = load_recipe(str(ROOT / "recipes" / f"{data}.yaml"), args.profile)
     by_name = {s.stage_name: s for s in study.stages}
     ref = by_name["student_gold_ce"].options
     base = {k: ref[k] for k in ("loss", "epochs", "batch_size", "learning_rate", "student_options") if k in ref}
@@ -83,7 +83,8 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=500, help="teacher pairs per round (B); two rounds give B and 2B")
     p.add_argument("--teacher", action="store_true", help="also train the study's teacher and run its arms")
     p.add_argument("--crsd", action="store_true", help="also the CRSD gold-only student (about 3x a CE student)")
-    p.add_argument("--profile", default="cpu", help="the study recipe's profile for the teacher stages")
+    p.add_argument("--profile", default="cpu", help="the study recipe's profile (its students' settings, the teacher's "
+                   "steps): cpu, the settings of every earlier study on this machine")
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
     args = p.parse_args()
 

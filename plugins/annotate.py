@@ -9,6 +9,7 @@ and every ``pair_id`` appears exactly once. Under several processes each rank ta
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,8 @@ from reasondistill.generators import current_teacher
 from reasondistill.fingerprint import portable_ref
 from reasondistill.plugins.annotation_shards import check_teacher, merge_shards, read_seconds, read_shard, write_shard
 from reasondistill.plugins.parse_health import ParseHealthOptions, ParseMonitor
+
+log = logging.getLogger("reasondistill")
 
 
 class TeacherAnnotatorOptions(Options):
@@ -135,14 +138,18 @@ def annotate_rows(gen, rows: list[dict], domain, options: TeacherAnnotatorOption
             label, pick = None, 0
         if n > 1:
             probs = [votes.get(i, 0) / max(1, sum(votes.values())) for i in range(k)] if votes else None
-        else:
+        else:  # None where the backend gives none (a server without logprobs): never made-up numbers
             probs = cands[pick].label_probs
-        if probs is None:
-            probs = [1.0 / k] * k
         errors = [c.error for c in cands if c.error]
+        if label is None:
+            confidence = 0.0
+        elif n > 1:
+            confidence = float(votes[label] / n)
+        else:
+            confidence = float(probs[label]) if probs else None
         out.append({**row, "label": -1 if label is None else int(label), "reasoning": parsed[pick].reasoning,
-                    "completion": cands[pick].text, "label_probs": [float(p) for p in probs],
-                    "confidence": float(votes[label] / n) if label is not None else 0.0,
+                    "completion": cands[pick].text, "label_probs": [float(p) for p in probs] if probs else None,
+                    "confidence": confidence,
                     "parse_ok": label is not None, "first_try_ok": first_try_ok, "teacher": teacher,
                     "gold_label": gold_label(row),
                     "new_tokens": int(sum(c.tokens for c in cands)),
@@ -211,7 +218,13 @@ class AnnotateStage(Stage):
                 merged.save_to_disk(str(ctx.dir / name))
                 stats = {**stats, "seconds_all": read_seconds(ctx.dir / f"{name}_shards")}
                 prefix = "" if name == "annotations" else "dev_"
-                metrics.update({prefix + k: v for k, v in summarize(merged, ctx.domain, stats).items()})
+                summary = summarize(merged, ctx.domain, stats)
+                metrics.update({prefix + k: v for k, v in summary.items()})
+                if name == "annotations" and summary["label_probs_share"] < 1 and summary["pairs"]:
+                    log.warning("annotate: the teacher gave label probabilities for %.0f%% of the rows; the others "
+                                "record none (label_probs null): kd and min_confidence need them. A server "
+                                "without logprobs gives none; self_consistency > 1 gives vote shares instead",
+                                100 * summary["label_probs_share"])
         dist.barrier()
         return StageResult(outputs=outputs, metrics=metrics)
 
@@ -309,6 +322,8 @@ def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
                            **({"first_try_parse_rate": round(sum(ds["first_try_ok"]) / max(1, n), 4)}
                               if "first_try_ok" in ds.column_names else {}),
                            "tokens": int(sum(ds["new_tokens"])),
+                           "label_probs_share": round(sum(1 for p in ds["label_probs"] if p) / max(1, n), 4)
+                           if "label_probs" in ds.column_names else 0.0,
                            "failed": sum(1 for e in ds["error"] if e) if "error" in ds.column_names else 0}
     for i, name in enumerate(domain.labels):
         out[f"share_{name.replace(' ', '_')}"] = round(sum(1 for x in labels if x == i) / max(1, n), 4)

@@ -3,15 +3,19 @@
 
 One HTTP request per completion (``n`` samples are ``n`` requests with seeds ``seed + j``: not every
 server honours ``n``, and servers with prefix caching, as vLLM and SGLang, pay little for it),
-sent from a bounded thread pool over one pooled ``httpx`` client. Every request has a whole-response
-deadline and a size bound (a server that trickles bytes forever is cut off), and is retried with
-exponential backoff and jitter on 408, 429 (honouring ``Retry-After``), 5xx, connection errors,
-timeouts and malformed JSON. A request that still fails becomes a :class:`Generation` with ``error``
-set; 401, 403 and 404 stop the stage at once (a wrong key or address would fail every request).
-The API key is read from the environment variable the recipe names and never written anywhere.
+sent from a bounded thread pool over one pooled ``httpx`` client per server. With several
+``endpoints`` each request goes to the least loaded healthy one, and a failing one is taken out and
+probed back in (:mod:`.openai_endpoints`). Every request has a whole-response deadline and a size
+bound (a server that trickles bytes forever is cut off), and is retried on 408, 429 (honouring
+``Retry-After``), 5xx, connection errors, timeouts and malformed replies: at once on another
+endpoint when there is one, else after an exponential backoff with jitter, capped at
+``max_backoff``. A request that still fails becomes a :class:`Generation` with ``error`` set; 401,
+403 and 404 stop the stage at once (a wrong key or address would fail every request). API keys are
+read from the environment variables the recipe names and never written anywhere.
 
 Label probabilities come from ``top_logprobs`` at the label token when the server returns them
-(vLLM, SGLang, TGI, llama.cpp); otherwise the annotator votes over ``n`` samples.
+(vLLM, SGLang, TGI, llama.cpp); otherwise none are given (``transformers serve``), and the annotator
+records them as unavailable, or votes over ``n`` samples when asked to.
 """
 
 from __future__ import annotations
@@ -23,17 +27,17 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
-from pydantic import Field
 
 from reasondistill.fingerprint import portable_ref
-from reasondistill import Generation, GenerationBackend, Options, hookimpl
+from reasondistill import Generation, GenerationBackend, hookimpl
 from reasondistill.errors import BackendError
 from reasondistill.generators import cut_at_stop, label_mass
+from reasondistill.plugins.openai_endpoints import Endpoint, EndpointPool, error_kind
+from reasondistill.plugins.openai_options import EndpointOptions, OpenAIBackendOptions
 
 log = logging.getLogger("reasondistill")
-TRANSPORT = {"hash": False}  # how requests travel, not what they compute: not part of a stage's hash
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401, 403, 404}
 
@@ -45,36 +49,6 @@ def httpx_module():
     except ImportError:  # pragma: no cover - older stacks ship httpx
         import httpx
     return httpx
-
-
-class OpenAIBackendOptions(Options):
-    model: str = Field(description="the model's name as the server lists it under GET /v1/models; 'auto': the "
-                                   "server's only model")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="the server's OpenAI API root (ends in /v1)",
-                          json_schema_extra=TRANSPORT)
-    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the API key "
-                                                      "(the key itself never goes into a recipe)",
-                                    json_schema_extra=TRANSPORT)
-    endpoint: Literal["chat", "completions"] = Field(
-        "chat", description="'chat': /chat/completions (the server applies its chat template); 'completions': "
-                            "/completions with the prompt rendered here (see chat_template)")
-    chat_template: str | None = Field(None, description="completions endpoint: a local tokenizer folder whose chat "
-                                                        "template renders the prompt (default: plain text)")
-    concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once", json_schema_extra=TRANSPORT)
-    timeout: float = Field(120.0, gt=0, description="seconds for one whole response", json_schema_extra=TRANSPORT)
-    retries: int = Field(4, ge=0, le=100, description="retries of a failed request", json_schema_extra=TRANSPORT)
-    backoff: float = Field(0.5, gt=0, description="first wait in seconds, doubled per retry, with +-50% jitter",
-                           json_schema_extra=TRANSPORT)
-    max_backoff: float = Field(30.0, gt=0, description="longest wait between retries (Retry-After may ask more)",
-                               json_schema_extra=TRANSPORT)
-    max_response_bytes: int = Field(8_000_000, ge=1024, json_schema_extra=TRANSPORT)
-    logprobs: bool = Field(True, description="ask for top_logprobs to read label probabilities")
-    top_logprobs: int = Field(5, ge=1, le=20)
-    send_stop: bool = Field(False, description="send the stop strings to the server; off by default because many "
-                                               "servers drop the stop string (the label) from the text, so the "
-                                               "client cuts the text instead")
-    extra_body: dict[str, Any] = Field(default_factory=dict, description="server-specific request fields, e.g. "
-                                                                         "vLLM's {top_k: 20}")
 
 
 class OpenAIBackend(GenerationBackend):
@@ -96,42 +70,58 @@ class _Retry(Exception):
         self.wait = wait
 
 
+class _Down(Exception):
+    """An endpoint that does not answer while the generator starts."""
+
+
 class OpenAIGenerator:
     """The :class:`~reasondistill.generators.Generator` of the ``openai`` backend."""
 
     def __init__(self, domain: Any, options: OpenAIBackendOptions, max_new_tokens: int = 96):
         from reasondistill.generation import label_key_pattern, label_stop_strings
 
-        httpx = self.httpx = httpx_module()
+        self.httpx = httpx_module()
         self.domain, self.options, self.max_new_tokens = domain, options, max_new_tokens
-        self.url = options.base_url.rstrip("/")
         self.stop_strings = label_stop_strings(domain)
         self.label_key_re = label_key_pattern(domain)
-        self._key = self._api_key()
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        self.client = httpx.Client(base_url=self.url, headers=headers,
-                                   timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 10.0)),
-                                   limits=httpx.Limits(max_connections=options.concurrency,
-                                                       max_keepalive_connections=options.concurrency))
+        servers = options.servers()
+        self.url = servers[0].base_url.rstrip("/")  # named in errors before any endpoint is chosen
+        endpoints = [self._endpoint(spec) for spec in servers]
+        # one endpoint: no breaker (taking the only server out gains nothing over its retries)
+        self.pool = EndpointPool(endpoints, options.breaker_failures if len(endpoints) > 1 else 10**9,
+                                 options.probe_interval)
         self._jitter = random.Random()
         self._lock = threading.Lock()
         self._template = self._chat_template() if options.endpoint == "completions" else None
         self.identity = self._identify()
 
     # --- set-up -------------------------------------------------------------------------------
-    def _fail(self, message: str) -> BackendError:
-        return BackendError("openai", self.url, self._scrub(message))
+    def _endpoint(self, spec: EndpointOptions) -> Endpoint:
+        httpx, o = self.httpx, self.options
+        url = spec.base_url.rstrip("/")
+        key = self._api_key(spec.api_key_env, url)
+        capacity = spec.max_concurrency or o.concurrency
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"} if key else {},
+                              timeout=httpx.Timeout(o.timeout, connect=min(o.timeout, 10.0)),
+                              limits=httpx.Limits(max_connections=capacity, max_keepalive_connections=capacity))
+        return Endpoint(url=url, model=spec.model or o.model, capacity=capacity, weight=spec.weight, client=client,
+                        key=key)
+
+    def _fail(self, message: str, url: str | None = None) -> BackendError:
+        return BackendError("openai", url or self.url, self._scrub(message))
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if getattr(self, "_key", None) else text
+        for ep in getattr(getattr(self, "pool", None), "endpoints", ()):
+            if ep.key:
+                text = text.replace(ep.key, "***")
+        return text
 
-    def _api_key(self) -> str | None:
-        name = self.options.api_key_env
+    def _api_key(self, name: str | None, url: str) -> str | None:
         if name is None:
             return None
         key = os.environ.get(name)
         if not key:
-            raise BackendError("openai", self.url, f"api_key_env names {name!r}, which is not set in the environment")
+            raise BackendError("openai", url, f"api_key_env names {name!r}, which is not set in the environment")
         return key
 
     def _chat_template(self):
@@ -142,48 +132,79 @@ class OpenAIGenerator:
         return AutoTokenizer.from_pretrained(self.options.chat_template)
 
     def _identify(self) -> str:
-        """``served:<id>[@<root>]`` from the server's model list; an unknown name fails here, before work."""
-        payload = self._with_retries(lambda: self._request("GET", "/models"))
+        """``served:<id>[@<root>]`` from each server's model list; an unknown name, or endpoints that
+        serve different models, fail here, before any work."""
+        found, down = {}, {}
+        for ep in self.pool.endpoints:
+            try:
+                found[ep.url] = self._identify_one(ep)
+            except _Down as exc:
+                if len(self.pool.endpoints) == 1:
+                    raise self._fail(str(exc), ep.url) from None
+                down[ep.url] = str(exc)
+        if not found:
+            raise self._fail("no endpoint answers: " + "; ".join(f"{u}: {e}" for u, e in down.items()))
+        for ep in self.pool.endpoints:
+            if ep.url in down:  # taken out from the start; probed like any failed endpoint
+                ep.served = ep.model
+                self.pool.take_out(ep)
+                log.warning("openai endpoint %s does not answer (%s): taken out, probed again every %g s; the model "
+                            "it serves is not checked", ep.url, down[ep.url], self.options.probe_interval)
+        if len(set(found.values())) > 1:
+            raise self._fail("the endpoints serve different models: " + "; ".join(f"{u} {i}" for u, i in found.items()))
+        return next(iter(found.values()))
+
+    def _identify_one(self, ep: Endpoint) -> str:
+        payload = self._with_retries(lambda e: self._request(e, "GET", "/models"), fixed=ep)
         if isinstance(payload, Exception):
-            raise self._fail(f"cannot list models: {payload}")
+            raise _Down(f"cannot list models: {payload}")
         try:
             entries = {m["id"]: m for m in payload["data"]}
         except (KeyError, TypeError) as exc:
-            raise self._fail(f"GET /models returned no model list ({type(exc).__name__}: {exc})") from None
-        name = self.options.model
+            raise self._fail(f"GET /models returned no model list ({type(exc).__name__}: {exc})", ep.url) from None
+        name = ep.model
         if name == "auto" and len(entries) == 1:
             name = next(iter(entries))
         if not entries and name != "auto":
             # some servers list nothing they were not downloaded for (transformers serve 5.17 lists
             # only hub-cache models, not the local folder it serves): trust the recipe's name
-            log.warning("backend 'openai' at %s lists no models; using %r as configured", self.options.base_url, name)
-            self.model = name
+            log.warning("backend 'openai' at %s lists no models; using %r as configured", ep.url, name)
+            ep.served = name
             return f"served:{name}"
         entry = entries.get(name)
         if entry is None:
             raise self._fail(f"model {name!r} is not served{' (auto needs exactly one)' if name == 'auto' else ''}; "
-                             f"the server lists: {', '.join(sorted(entries)) or 'nothing'}")
-        self.model = entry["id"]  # requests name the model as the server does; the record names it portably
+                             f"the server lists: {', '.join(sorted(entries)) or 'nothing'}", ep.url)
+        ep.served = entry["id"]  # requests name the model as the server does; the record names it portably
         root = entry.get("root")
         served, origin = portable_ref(entry["id"]), portable_ref(root)
         return f"served:{served}" + (f"@{origin}" if origin and origin not in (entry["id"], served) else "")
 
+    @property
+    def model(self) -> str:
+        return self.pool.endpoints[0].served
+
+    def accounting(self) -> dict[str, Any]:
+        """Requests, failed attempts by kind and tokens, per endpoint and in total."""
+        return self.pool.accounting()
+
     def close(self) -> None:
         """Close the pooled connections (also done when the generator is collected)."""
-        self.client.close()
+        for ep in getattr(getattr(self, "pool", None), "endpoints", ()):
+            ep.client.close()
 
     def __del__(self) -> None:
-        client = getattr(self, "client", None)
-        if client is not None:
-            client.close()
+        self.close()
 
     # --- one request --------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
-        """One attempt: the parsed JSON, or ``_Retry``; a whole-response deadline and a size bound."""
+    def _request(self, ep: Endpoint, method: str, path: str, body: dict | None = None) -> Any:
+        """One attempt on ``ep``: the parsed JSON, or ``_Retry``; a whole-response deadline and a size bound.
+        The ``X-Request-Id`` is the body's hash, the same on every retry of the same request."""
         httpx, o = self.httpx, self.options
         deadline = time.monotonic() + o.timeout
+        headers = {"X-Request-Id": request_id(body)} if body is not None else None
         try:
-            with self.client.stream(method, path, json=body) as resp:
+            with ep.client.stream(method, path, json=body, headers=headers) as resp:
                 data = bytearray()
                 for chunk in resp.iter_bytes():
                     data += chunk
@@ -196,33 +217,62 @@ class OpenAIGenerator:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         snippet = bytes(data[:200]).decode("utf-8", "replace").replace("\n", " ")
         if status in FATAL_STATUS:
-            raise self._fail(f"HTTP {status} on {method} {path}: {snippet}")
+            hint = " (the base URL usually ends in /v1)" if status == 404 and not ep.url.endswith("/v1") else ""
+            raise self._fail(f"HTTP {status} on {method} {path}{hint}: {snippet}", ep.url)
         if status in RETRY_STATUS:
             raise _Retry(f"HTTP {status}: {snippet}", _retry_after(headers.get("retry-after")))
         if status >= 400:
-            raise ValueError(f"HTTP {status}: {snippet}")  # this request is refused; retrying will not help
+            raise ValueError(f"{ep.url}: HTTP {status}: {snippet}")  # this request is refused; retrying will not help
         try:
             return json.loads(bytes(data))
         except ValueError:
             raise _Retry(f"malformed JSON: {snippet!r}") from None
 
-    def _with_retries(self, attempt) -> Any:
-        """``attempt()`` until it succeeds or ``retries`` are spent; the last error is returned."""
+    def _with_retries(self, attempt, fixed: Endpoint | None = None) -> Any:
+        """``attempt(endpoint)`` until it succeeds or ``retries`` are spent; the last error is
+        returned. A failed attempt goes at once to another usable endpoint, and waits its backoff
+        (capped at ``max_backoff``, or what ``Retry-After`` asks) only when there is none."""
         o = self.options
         error: Exception | None = None
+        last: Endpoint | None = None
         for k in range(o.retries + 1):
-            if k:
-                wait = min(o.max_backoff, o.backoff * 2 ** (k - 1))
-                with self._lock:
-                    wait *= self._jitter.uniform(0.5, 1.5)
-                time.sleep(max(wait, getattr(error, "wait", 0.0)))
+            delay = self.backoff(k, getattr(error, "wait", 0.0)) if k else o.backoff
+            if fixed is not None:
+                time.sleep(delay if k else 0.0)
+            elif k and last is not None and not self.pool.others_usable(last) and not self.pool.all_out():
+                time.sleep(delay)  # the endpoint that failed is the only one in service: back off first
+            # every endpoint taken out: wait up to the backoff for a probe instead of sleeping blind
+            ep = fixed or self.pool.acquire(avoid=last, wait=delay)
+            if ep is None:
+                error = _Retry("every endpoint is taken out after repeated failures (probed again every "
+                               f"{o.probe_interval:g} s)")
+                continue
             try:
-                return attempt()
+                result = attempt(ep)
             except _Retry as exc:
-                error = exc
-            except ValueError as exc:
-                return exc
-        return RuntimeError(f"gave up after {o.retries + 1} attempts: {error}")
+                error, last = exc, ep
+                if fixed is None:
+                    self.pool.release(ep, error_kind(str(exc)))
+                continue
+            except BaseException as exc:
+                if fixed is None:
+                    self.pool.release(ep, None if isinstance(exc, ValueError) else "fatal")
+                if isinstance(exc, ValueError):
+                    return exc
+                raise
+            if fixed is None:
+                self.pool.release(ep, None)
+            return result
+        where = f" (last on {last.url})" if last is not None else ""
+        return RuntimeError(f"gave up after {o.retries + 1} attempts{where}: {error}")
+
+    def backoff(self, k: int, asked: float = 0.0) -> float:
+        """Seconds before retry ``k`` (1-based): ``backoff * 2**(k-1)`` with +-50% jitter, at most
+        ``max_backoff`` (jitter included); a server's ``Retry-After`` may ask more (at most 10 min)."""
+        o = self.options
+        with self._lock:
+            jitter = self._jitter.uniform(0.5, 1.5)
+        return max(min(o.max_backoff, o.backoff * 2 ** (k - 1) * jitter), asked)
 
     # --- the Generator protocol ---------------------------------------------------------------
     def generate(self, messages: Sequence[list[dict[str, str]]], *, n: int = 1, do_sample: bool = False,
@@ -236,8 +286,8 @@ class OpenAIGenerator:
         jobs = [(i, j) for i in range(len(messages)) for j in range(n)]
         if not jobs:
             return []
-        pool = ThreadPoolExecutor(max_workers=min(self.options.concurrency, len(jobs)),
-                                  thread_name_prefix="reasondistill-openai")
+        slots = sum(ep.capacity for ep in self.pool.endpoints)
+        pool = ThreadPoolExecutor(max_workers=min(slots, len(jobs)), thread_name_prefix="reasondistill-openai")
         try:
             futures = {pool.submit(self._complete, messages[i], do_sample, temperature, top_p,
                                    None if seed is None else seed + j, stops, budget): (i, j) for i, j in jobs}
@@ -254,7 +304,7 @@ class OpenAIGenerator:
     def _complete(self, messages, do_sample, temperature, top_p, seed, stops, budget) -> Generation:
         body = self._body(messages, do_sample, temperature, top_p, seed, stops, budget)
         path = "/chat/completions" if self.options.endpoint == "chat" else "/completions"
-        payload = self._with_retries(lambda: self._checked(self._request("POST", path, body), stops))
+        payload = self._with_retries(lambda ep: self._checked(ep, self._request(ep, "POST", path, body), stops))
         if isinstance(payload, Exception):
             return Generation("", 0, None, self._scrub(str(payload)))
         return payload
@@ -284,19 +334,27 @@ class OpenAIGenerator:
             return self._template.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "".join(m["content"] + "\n\n" for m in messages)
 
-    def _checked(self, payload: Any, stops: Sequence[str]) -> Generation:
-        """The completion of a response, or ``_Retry`` when the response is not one (malformed)."""
+    def _checked(self, ep: Endpoint, payload: Any, stops: Sequence[str]) -> Generation:
+        """The completion of a response, or ``_Retry`` saying what is missing (malformed)."""
+        if not isinstance(payload, dict) or not payload.get("choices"):
+            raise _Retry(f"malformed reply from {ep.url}: no choices")
+        choice = payload["choices"][0]
         try:
-            choice = payload["choices"][0]
             if self.options.endpoint == "chat":
+                if not isinstance(choice.get("message"), dict):
+                    raise _Retry(f"malformed reply from {ep.url}: the choice has no message")
                 text = choice["message"].get("content") or ""
                 tokens, tops = _chat_logprobs(choice.get("logprobs"))
             else:
                 text = choice["text"] or ""
                 tokens, tops = _completion_logprobs(choice.get("logprobs"))
-            used = (payload.get("usage") or {}).get("completion_tokens")
+            usage = payload.get("usage") or {}
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _Retry(f"malformed response ({type(exc).__name__}: {exc})") from None
+            raise _Retry(f"malformed reply from {ep.url} ({type(exc).__name__}: {exc})") from None
+        used = usage.get("completion_tokens")
+        counts = {"ok": 1, **{k: int(usage[k]) for k in ("prompt_tokens", "completion_tokens")
+                              if isinstance(usage.get(k), int)}}
+        self.pool.count(ep, counts)
         cut = cut_at_stop(text, stops)
         return Generation(cut, int(used) if isinstance(used, int) else len(tokens) or len(cut.split()),
                           self._label_probs(tokens, tops))
@@ -309,6 +367,14 @@ class OpenAIGenerator:
                 return label_mass(top, self.domain.labels)
             text += token
         return None
+
+
+def request_id(body: dict) -> str:
+    """A stable id of a request (its body's hash): a retried request keeps it, so a server or a
+    proxy that logs it sees one request tried twice, not two."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
 def _chat_logprobs(logprobs: Any) -> tuple[list[str], list[dict[str, float]]]:

@@ -45,6 +45,7 @@ class LogitKD(DistillLoss):
     name = "kd"
     description = "CE plus KL divergence to the teacher's label probabilities (Hinton KD)."
     Options = KDOptions
+    uses_label_probs = True
 
     def compute(self, student, batch, options: KDOptions):
         logits, _ = forward_view(student, batch, STANDARD)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -19,9 +19,6 @@ from reasondistill.recipe import OUTPUT_REF
 
 from reasondistill import Options
 from reasondistill.errors import DataError, RecipeError
-
-if TYPE_CHECKING:
-    from reasondistill.plugins.distill_stage import DistillOptions
 
 
 class TrainSource(Options):
@@ -100,7 +97,11 @@ def load_source(ctx, source: TrainSource, *, label_column: str, reasoning_column
             unlabelled += 1
             continue
         conf = confidence_of(r, int(label))
-        if source.min_confidence > 0 and (conf or 0.0) < source.min_confidence:
+        if source.min_confidence > 0 and conf is None:
+            raise DataError(f"{source.input}: min_confidence needs the teacher's probability of each label, and row "
+                            f"{r.get('pair_id', len(rows))!r} has none (its backend gave no logprobs); annotate with "
+                            "self_consistency > 1 for vote shares, or drop min_confidence")
+        if source.min_confidence > 0 and conf < source.min_confidence:
             unconfident += 1
             continue
         if chains is not None:
@@ -180,9 +181,10 @@ def weights_mismatch(weights: Any, labels: Any) -> str | None:
     return None
 
 
-def training_rows(ctx, options: DistillOptions, needs_reasoning: bool):
-    """The merged training dataset and per-source metrics (:mod:`.distill_sources`); with a gate
-    that fell back, the teacher-labelled sources are left out."""
+def training_rows(ctx, options: Any, needs_reasoning: bool):
+    """The merged training dataset and per-source metrics of the distill stage's ``options`` (its
+    ``DistillOptions``, not imported here: that module imports this one); with a gate that fell
+    back, the teacher-labelled sources are left out."""
     verdict = read_verdict(ctx, options.gate) if options.gate else None
     strip = ctx.domain.strip_verdict if options.hide_verdict and needs_reasoning else (lambda text: text)
     chunks, metrics = [], {}
@@ -220,7 +222,7 @@ def read_verdict(ctx, name: str) -> dict[str, Any]:
         raise DataError(f"gate: {path}: not a gate verdict ({exc})") from None
 
 
-def hide_verdict_in(ds, options: DistillOptions, domain):
+def hide_verdict_in(ds, options: Any, domain):
     """With ``hide_verdict``, the reasoning column without the sentences that name a label."""
     col = options.reasoning_column
     if not options.hide_verdict or col not in ds.column_names:

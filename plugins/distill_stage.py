@@ -140,6 +140,12 @@ class DistillStage(Stage):
 
         needs_r = loss_c.needs_reasoning
         train, source_metrics = training_rows(ctx, options, needs_r)
+        if loss_c.uses_label_probs and "label_probs" not in train.column_names:
+            import logging
+
+            logging.getLogger("reasondistill").warning(
+                "distill %s: loss %r learns from the teacher's label probabilities, and no training row has any "
+                "(a server without logprobs): it trains on the hard labels only", ctx.name, options.loss)
         if len(train) < options.batch_size:
             names = ", ".join(s.input for s in options.train_sources())
             raise DataError(f"{names}: {len(train)} usable rows, fewer than batch_size {options.batch_size}")

@@ -210,6 +210,8 @@ class DistillLoss(Component):
 
     kind = "loss"
     needs_reasoning: ClassVar[bool] = False
+    #: the loss learns from the teacher's ``label_probs``; the stage warns when the rows have none
+    uses_label_probs: ClassVar[bool] = False
 
     @abstractmethod
     def compute(self, student: Any, batch: dict[str, Any], options: Any) -> dict[str, Any]:

@@ -63,18 +63,22 @@ def stop(proc: subprocess.Popen) -> None:
 class FaultServer:
     """A threaded local server. ``script`` is consumed one entry per chat request (then ``ok``):
     ``ok``, ``500``, ``429`` (Retry-After: 1), ``garbage`` (HTTP 200, not JSON), ``hang`` (headers,
-    then silence), ``trickle`` (one byte every 50 ms, forever), ``401``. Prompts containing any of
+    then silence), ``trickle`` (one byte every 50 ms, forever), ``401``, ``nochoices`` and ``nomessage`` (HTTP 200, a
+reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompts containing any of
     ``fail_queries`` always get HTTP 500. ``key``: the Bearer key required (401 otherwise)."""
 
-    def __init__(self, model: str = "teacher-7b", key: str | None = None, unlisted: bool = False):
+    def __init__(self, model: str = "teacher-7b", key: str | None = None, unlisted: bool = False, port: int = 0,
+                 usage: bool = True):
         self.unlisted = unlisted  # GET /v1/models answers an empty list
+        self.usage = usage  # replies carry the OpenAI usage block
         self.model, self.key = model, key
         self.script: list[str] = []
         self.fail_queries: set[str] = set()
         self.requests: list[dict] = []
         self.auth_seen: list[str] = []
+        self.request_ids: list[str | None] = []
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -115,8 +119,14 @@ class FaultServer:
                     return False
                 return True
 
+            def _not_v1(self) -> bool:
+                if not self.path.startswith("/v1/"):
+                    self._send(404, b'{"detail": "Not Found"}')
+                    return True
+                return False
+
             def do_GET(self):
-                if not self._authorized():
+                if self._not_v1() or not self._authorized():
                     return
                 data = {"object": "list", "data": [] if server.unlisted else [
                     {"id": server.model, "object": "model", "owned_by": "test", "root": f"/models/{server.model}"}]}
@@ -124,12 +134,20 @@ class FaultServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if not self._authorized():
+                if self._not_v1() or not self._authorized():
                     return
+                server.request_ids.append(self.headers.get("X-Request-Id"))
                 action = server.next_action(body)
                 if action == "ok":
                     chat = self.path.endswith("/chat/completions")
-                    self._send(200, json.dumps(completion(body) if chat else text_completion(body)).encode())
+                    reply = completion(body) if chat else text_completion(body)
+                    if not server.usage:
+                        reply.pop("usage")
+                    self._send(200, json.dumps(reply).encode())
+                elif action == "nochoices":
+                    self._send(200, b'{"id": "x", "choices": []}')
+                elif action == "nomessage":
+                    self._send(200, b'{"id": "x", "choices": [{"index": 0, "finish_reason": "stop"}]}')
                 elif action in ("500", "401"):
                     self._send(int(action), b'{"error": "scripted failure"}')
                 elif action == "429":

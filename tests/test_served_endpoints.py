@@ -1,0 +1,206 @@
+"""Several teacher endpoints: least-loaded routing, a circuit breaker, accounting, honest replies."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from datasets import load_from_disk
+
+from reasondistill import BackendError, Recipe, step
+from reasondistill.errors import DataError
+from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
+from reasondistill.plugins.local_services import LocalServices, generate_pairs
+
+from .served import FaultServer
+
+DOM = LocalServices()
+FAST = {"retries": 3, "backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0, "breaker_failures": 2,
+        "probe_interval": 0.3}
+
+
+@pytest.fixture
+def two():
+    servers = [FaultServer(), FaultServer()]
+    yield servers
+    for s in servers:
+        s.close()
+
+
+def _gen(servers, slots=2, **options):
+    eps = [{"base_url": s.url, "max_concurrency": slots} for s in servers]
+    return OpenAIGenerator(DOM, OpenAIBackendOptions(model="teacher-7b", endpoints=eps, **{**FAST, **options}),
+                           max_new_tokens=16)
+
+
+def _messages(n):
+    return [DOM.messages(r) for r in generate_pairs(n=n, seed=0)]
+
+
+def test_requests_spread_over_endpoints_and_the_accounting_equals_the_servers_usage(two):
+    gen = _gen(two)
+    messages = _messages(24)
+    out = gen.generate(messages)
+    assert all(g.error is None for [g] in out)
+    served = [len(s.requests) for s in two]
+    assert sum(served) == 24 and min(served) >= 6, served  # least loaded: both work
+    acc = gen.accounting()
+    for s in two:  # the fault server answers usage 10 prompt + 15 completion tokens per reply
+        mine = acc["endpoints"][s.url.rstrip("/")]
+        assert mine["ok"] == len(s.requests) and mine["completion_tokens"] == 15 * len(s.requests)
+        assert mine["prompt_tokens"] == 10 * len(s.requests)
+    assert acc["total"]["ok"] == 24 and acc["total"]["requests"] == 24
+    ids = two[0].request_ids + two[1].request_ids
+    # one stable id per request body (the pool repeats a few pairs: the same body, the same id)
+    assert len(set(ids)) == len({json.dumps(m) for m in messages}) and all(ids)
+
+
+@pytest.mark.parametrize("how", ["killed", "500"])
+def test_a_failing_endpoint_is_taken_out_and_its_requests_answered_elsewhere(two, how):
+    a, b = two
+    if how == "killed":
+        a.close()  # connection refused from now on
+    else:
+        a.script = ["500"] * 1000
+    gen = _gen(two)
+    out = gen.generate(_messages(30))
+    assert all(g.error is None for [g] in out) and len(b.requests) == 30
+    acc = gen.accounting()["endpoints"][a.url.rstrip("/")]
+    # the breaker: 2 failures take it out; afterwards only a probe now and then reaches it
+    assert acc.get("ok", 0) == 0 and sum(v for k, v in acc.items() if k.startswith("errors_")) <= 6, acc
+
+
+def test_an_endpoint_that_comes_back_is_probed_back_in(two, caplog):
+    a, b = two
+    a.script = ["500"] * 2
+    gen = _gen(two, slots=1)  # one request at a time on each: a's two failures come in a row
+    gen.generate(_messages(4))
+    assert gen.accounting()["endpoints"][a.url.rstrip("/")]["errors_http_500"] == 2
+    assert any("failed 2 times in a row (http_500): taken out" in r.getMessage() for r in caplog.records)
+    time.sleep(0.35)
+    gen.generate(_messages(12))
+    assert gen.pool.endpoints[0].open_until == 0 and gen.accounting()["endpoints"][a.url.rstrip("/")]["ok"] > 0
+
+
+def test_every_endpoint_dead_fails_fast_with_the_reason(two):
+    for s in two:
+        s.close()
+    with pytest.raises(BackendError, match="no endpoint answers: .*cannot list models.*Connection refused"):
+        _gen(two)
+    with pytest.raises(BackendError, match="cannot list models"):
+        _gen(two[:1])
+
+
+def test_backoff_is_capped_and_retry_after_may_ask_more(two):
+    gen = _gen(two[:1], backoff=0.5, max_backoff=2.0)
+    waits = [gen.backoff(k) for k in range(1, 40) for _ in range(5)]
+    assert max(waits) <= 2.0 and min(waits) >= 0.25
+    assert gen.backoff(1, asked=7.0) == 7.0
+    # a request that keeps failing waits at most retries x max_backoff in all
+    quick = _gen(two[:1], retries=4, backoff=0.05, max_backoff=0.06)
+    two[0].script = ["500"] * 10
+    started = time.time()
+    [[g]] = quick.generate(_messages(1))
+    assert "gave up after 5 attempts (last on" in g.error and time.time() - started < 4 * 0.06 + 1.0
+
+
+@pytest.mark.parametrize("action, reason", [("nochoices", "no choices"), ("nomessage", "the choice has no message")])
+def test_a_malformed_reply_is_one_line_naming_the_endpoint(two, action, reason):
+    two[0].script = [action] * 10
+    [[g]] = _gen(two[:1], retries=1).generate(_messages(1))
+    assert f"malformed reply from {two[0].url.rstrip('/')}: {reason}" in g.error and "\n" not in g.error
+
+
+def test_a_base_url_without_v1_gets_a_hint(two):
+    with pytest.raises(BackendError, match=r"HTTP 404 on GET /models \(the base URL usually ends in /v1\)"):
+        OpenAIGenerator(DOM, OpenAIBackendOptions(model="teacher-7b", base_url=two[0].url.removesuffix("/v1"), **FAST))
+
+
+def test_endpoints_must_serve_one_model_and_replace_base_url():
+    a, b = FaultServer(), FaultServer(model="teacher-70b")
+    try:
+        with pytest.raises(BackendError, match="the endpoints serve different models"):
+            OpenAIGenerator(DOM, OpenAIBackendOptions(model="teacher-7b", endpoints=[
+                {"base_url": a.url}, {"base_url": b.url, "model": "teacher-70b"}], **FAST))
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(ValueError, match="give base_url or endpoints, not both"):
+        OpenAIBackendOptions(model="m", base_url="http://x/v1", endpoints=[{"base_url": "http://y/v1"}])
+
+
+def _recipe(urls, n=40, **annotate) -> Recipe:
+    backend = {"uses": "openai", "options": {"model": "teacher-7b", "endpoints": [{"base_url": u} for u in urls],
+                                             "retries": 2, "backoff": 0.05, "max_backoff": 0.2, "timeout": 5,
+                                             "breaker_failures": 2, "probe_interval": 0.1}}
+    return Recipe(name="multi", seed=2, backends={"teacher": backend}, stages=[
+        step("pairs", n=n, dev_fraction=0.0),
+        step("annotate", shard_size=10, on_low_parse="warn", **{"max_failed_share": 0.0, **annotate},
+             annotator_options={"max_new_tokens": 12, "retries": 0})])
+
+
+def _rows(engine):
+    return load_from_disk(str(engine.runs_dir / "multi" / "annotate" / "annotations")).to_list()
+
+
+def test_one_of_two_endpoints_killed_mid_run_loses_and_duplicates_nothing(rd_engine, two):
+    a, b = two
+
+    def kill_a():
+        while len(a.requests) < 8:
+            time.sleep(0.005)
+        a.close()
+
+    threading.Thread(target=kill_a, daemon=True).start()
+    rd_engine.run(_recipe([a.url, b.url]))
+    rows = _rows(rd_engine)
+    assert len(rows) == 40 and len({r["pair_id"] for r in rows}) == 40
+    assert all(r["parse_ok"] and r["error"] is None for r in rows) and len(b.requests) >= 20
+
+
+def test_both_endpoints_die_and_one_comes_back_then_the_rerun_resumes(rd_engine, two):
+    a, b = two
+    port = int(b.url.rsplit(":", 1)[1].split("/")[0])
+    urls = [a.url, b.url]
+
+    def kill_both():
+        while len(a.requests) + len(b.requests) < 12:
+            time.sleep(0.005)
+        a.close()
+        b.close()
+
+    threading.Thread(target=kill_both, daemon=True).start()
+    with pytest.raises(DataError, match="max_failed_share"):
+        rd_engine.run(_recipe(urls))
+    back = FaultServer(port=port)
+    try:
+        rd_engine.run(_recipe(urls))
+        rows = _rows(rd_engine)
+        assert len(rows) == 40 and len({r["pair_id"] for r in rows}) == 40
+        assert all(r["parse_ok"] and r["error"] is None for r in rows)
+        assert len(back.requests) < 40  # only what was not written before
+    finally:
+        back.close()
+
+
+def test_a_server_without_logprobs_gives_no_made_up_probabilities(rd_engine, two, caplog):
+    backend = {"uses": "openai", "options": {"model": "teacher-7b", "base_url": two[0].url, "logprobs": False}}
+    stages = [step("pairs", n=10, dev_fraction=0.0),
+              step("annotate", shard_size=10, on_low_parse="warn", annotator_options={"max_new_tokens": 12})]
+    recipe = Recipe(name="multi", seed=2, backends={"teacher": backend}, models={"student": "tiny-encoder"},
+                    stages=stages)
+    rd_engine.run(recipe)
+    rows = _rows(rd_engine)
+    assert all(r["label_probs"] is None and r["confidence"] is None for r in rows)
+    assert any("label probabilities for 0% of the rows" in r.getMessage() for r in caplog.records)
+    gated = recipe.model_copy(update={"stages": stages + [step("distill", loss="ce", max_steps=1, batch_size=2, sources=[
+        {"input": "annotations", "min_confidence": 0.5}])]})
+    with pytest.raises(DataError, match="min_confidence needs the teacher's probability of each label"):
+        rd_engine.run(gated)
+    kd = recipe.model_copy(update={"stages": stages + [step("distill", loss="kd", max_steps=1, batch_size=2,
+                                                            student_options={"max_length": 32})]})
+    rd_engine.run(kd)
+    assert any("learns from the teacher's label probabilities, and no training row has any" in r.getMessage()
+               for r in caplog.records)
