@@ -21,7 +21,7 @@ from reasondistill import Annotator, BackendSpec, ComponentRef, Options, Stage, 
 from reasondistill import distributed as dist
 from reasondistill.recipe import OUTPUT_REF, validate_nested
 from reasondistill.errors import DataError
-from reasondistill.generators import current_teacher
+from reasondistill.generators import accounting_delta, current_teacher
 from reasondistill.fingerprint import portable_ref
 from reasondistill.plugins.annotation_shards import check_teacher, merge_shards, read_seconds, read_shard, write_shard
 from reasondistill.plugins.parse_health import ParseHealthOptions, ParseMonitor
@@ -93,6 +93,11 @@ class TeacherAnnotator(Annotator):
                 "annotate: bf16 labels agree with fp32 on %.0f%% of %d pairs (< %.0f%%): annotating in fp32",
                 100 * found["label_agreement"], found["rows"], 100 * options.bf16_min_agreement)
         return {f"bf16_check_{k}": v for k, v in found.items() if k != "min_agreement"}
+
+    def usage(self) -> dict[str, Any]:
+        from reasondistill.generators import generator_accounting
+
+        return generator_accounting(self._cache[1]) if self._cache is not None else {}
 
     def annotate(self, ctx, pairs, teacher: str, options: TeacherAnnotatorOptions):
         from datasets import Dataset
@@ -267,6 +272,7 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
                + sum(1 for s in todo for r in (kept[s] or []) if not r.get("error")))
     ids: dict[str, str] = {}
     started, tokens, pairs, failed = time.time(), 0, 0, 0
+    spent_before = annotator.usage()
     monitor = monitor or ParseMonitor("annotate", ParseHealthOptions(min_parse_rate=0))
     for s in mine:  # a resumed stage counts what it kept
         answered = [r for r in kept[s] or [] if not r.get("error")]
@@ -294,8 +300,10 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
         monitor.add([r.get("parse_ok", False) for r in answered], [r.get("new_tokens", 0) for r in answered])
         bar.update(len(redo))
         elapsed = max(1e-9, time.time() - started)
+        spent = accounting_delta(spent_before, annotator.usage()).get("total", {})
         bar.set_postfix(pairs_s=f"{pairs / elapsed:.2f}", tok_s=f"{tokens / elapsed:.1f}", failed=failed,
-                        parsed=f"{monitor.rate:.0%}")
+                        parsed=f"{monitor.rate:.0%}",
+                        **({"retried": sum(v for k, v in spent.items() if k.startswith("errors_"))} if spent else {}))
         if failed > max_failed_share * pairs:
             bar.close()
             last = next((r["error"] for r in reversed(new) if r["error"]), "in an earlier shard")
@@ -309,7 +317,8 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
             raise
     bar.close()
     dist.barrier()
-    return {"seconds_now": time.time() - started, "tokens_now": tokens, "pairs_now": pairs, "failed_now": failed}
+    return {"seconds_now": time.time() - started, "tokens_now": tokens, "pairs_now": pairs, "failed_now": failed,
+            "spent": accounting_delta(spent_before, annotator.usage())}
 
 
 def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
@@ -334,11 +343,25 @@ def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:
     elif stats["seconds_now"] > 0 and stats["pairs_now"]:
         out["pairs_per_s"] = round(stats["pairs_now"] / stats["seconds_now"], 3)
         out["tokens_per_s"] = round(stats["tokens_now"] / stats["seconds_now"], 2)
+    out.update(spend_metrics(stats.get("spent") or {}))
     gold = ds["gold_label"]
     scored = [(g, p if p >= 0 else (g + 1) % len(domain.labels)) for g, p in zip(gold, labels) if g is not None and g >= 0]
     if scored:  # an unparsable answer counts as wrong
         m = classification_metrics([g for g, _ in scored], [p for _, p in scored], domain.labels)
         out.update({"teacher_macro_f1": round(m["macro_f1"], 4), "teacher_accuracy": round(m["accuracy"], 4)})
+    return out
+
+
+def spend_metrics(spent: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's spend in the run record (``teacher_requests``, tokens, failed attempts, cost,
+    and per endpoint); empty where the backend counts nothing (a local model)."""
+    total = spent.get("total") or {}
+    if not total:
+        return {}
+    out = {f"teacher_{k}": v for k, v in total.items() if not k.startswith("errors_")}
+    out["teacher_failed_attempts"] = sum(v for k, v in total.items() if k.startswith("errors_"))
+    if len(spent["endpoints"]) > 1 or out["teacher_failed_attempts"]:
+        out["teacher_endpoints"] = spent["endpoints"]
     return out
 
 

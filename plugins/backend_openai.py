@@ -185,8 +185,15 @@ class OpenAIGenerator:
         return self.pool.endpoints[0].served
 
     def accounting(self) -> dict[str, Any]:
-        """Requests, failed attempts by kind and tokens, per endpoint and in total."""
-        return self.pool.accounting()
+        """Requests, failed attempts by kind, tokens and (with ``cost_per_1m_tokens``) the estimated
+        cost, per endpoint and in total."""
+        out = self.pool.accounting()
+        price = self.options.cost_per_1m_tokens
+        if price:
+            for counts in [*out["endpoints"].values(), out["total"]]:
+                counts["cost"] = round((counts.get("prompt_tokens", 0) * price.get("input", 0.0)
+                                        + counts.get("completion_tokens", 0) * price.get("output", 0.0)) / 1e6, 6)
+        return out
 
     def close(self) -> None:
         """Close the pooled connections (also done when the generator is collected)."""

@@ -55,6 +55,10 @@ class OpenAIBackendOptions(Options):
         default_factory=list, json_schema_extra=TRANSPORT,
         description="several servers of the same model, each request to the least loaded healthy one (replaces "
                     "base_url and api_key_env; adding or removing one never reruns a stage)")
+    cost_per_1m_tokens: dict[Literal["input", "output"], float] = Field(
+        default_factory=dict, json_schema_extra=TRANSPORT,
+        description="price per million prompt (input) and completion (output) tokens, e.g. {input: 0.15, output: "
+                    "0.6}: the run record then estimates the cost from the servers' token counts")
     breaker_failures: int = Field(3, ge=1, le=100, json_schema_extra=TRANSPORT,
                                   description="with several endpoints: consecutive failures that take one out")
     probe_interval: float = Field(5.0, gt=0, json_schema_extra=TRANSPORT,

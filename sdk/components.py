@@ -92,6 +92,11 @@ class Annotator(Component):
         :func:`reasondistill.generators.load_generator`.
         """
 
+    def usage(self) -> dict[str, Any]:
+        """What the annotator's teacher has spent so far (``generator_accounting``'s shape), for
+        the run record; the stage reports the difference over its own work. Default: nothing known."""
+        return {}
+
 
 class Selector(Component):
     """Picks which unlabeled pool rows the teacher annotates next (the ``active`` stage).

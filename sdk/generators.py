@@ -69,6 +69,28 @@ class Generator(Protocol):
         """
 
 
+def generator_accounting(gen: Any) -> dict[str, Any]:
+    """What ``gen`` has spent since it was loaded: ``{"endpoints": {url: counts}, "total": counts}``
+    with requests, answers, failed attempts by kind and the servers' token counts, or ``{}``.
+
+    An optional ability of a :class:`Generator` (``accounting()``): the ``openai`` backend has it;
+    a local model or a third-party backend need not, so the stage asks here instead of requiring it.
+    """
+    accounting = getattr(gen, "accounting", None)
+    return accounting() if callable(accounting) else {}
+
+
+def accounting_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after - before``, count by count, per endpoint and in total (what one stage spent)."""
+    def minus(a: dict, b: dict) -> dict:
+        return {k: round(v - b.get(k, 0), 6) for k, v in a.items() if v - b.get(k, 0)}
+
+    if not after:
+        return {}
+    ends = {url: minus(counts, before.get("endpoints", {}).get(url, {})) for url, counts in after["endpoints"].items()}
+    return {"endpoints": ends, "total": minus(after["total"], before.get("total", {}))}
+
+
 class BackendSpec(BaseModel):
     """A recipe's choice of backend: ``{uses: openai, options: {...}}``.
 

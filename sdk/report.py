@@ -92,6 +92,9 @@ def warning_lines(run_dir: Path) -> list[str]:
             for label in never:
                 lines.append(f"warning: {name}: the teacher never labelled a pair {label.replace('_', ' ')!r} "
                              f"(0 of {metrics['pairs']}); a student trained on these labels cannot learn it")
+            if metrics.get("label_probs_share", 1) < 1:
+                lines.append(f"warning: {name}: label probabilities for {100 * metrics['label_probs_share']:.0f}% of "
+                             "the rows only (a server without logprobs): the others record none")
         predictions = m.get("outputs", {}).get("dev_predictions")
         if predictions:
             lines += _never_predicted(name, run_dir / name / predictions["path"])

@@ -43,7 +43,10 @@ def lineage(run_dir: Path, export_metrics: dict[str, Any], student: Path | None 
         metrics = m["metrics"]
         out["teacher"] = _teacher_id(run_dir / name / m["outputs"]["annotations"]["path"])
         out["annotations"] = {k: metrics[k] for k in ("pairs", "parse_rate", "failed", "teacher_macro_f1",
-                                                      "teacher_accuracy", "dev_teacher_macro_f1") if k in metrics}
+                                                      "teacher_accuracy", "dev_teacher_macro_f1", "label_probs_share",
+                                                      "teacher_requests", "teacher_failed_attempts",
+                                                      "teacher_prompt_tokens", "teacher_completion_tokens",
+                                                      "teacher_cost") if k in metrics}
     else:
         out["teacher"] = portable_ref(recipe.get("models", {}).get("teacher"))
     trainer = by_use.get("distill")

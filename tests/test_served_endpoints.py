@@ -134,7 +134,8 @@ def test_endpoints_must_serve_one_model_and_replace_base_url():
 def _recipe(urls, n=40, **annotate) -> Recipe:
     backend = {"uses": "openai", "options": {"model": "teacher-7b", "endpoints": [{"base_url": u} for u in urls],
                                              "retries": 2, "backoff": 0.05, "max_backoff": 0.2, "timeout": 5,
-                                             "breaker_failures": 2, "probe_interval": 0.1}}
+                                             "breaker_failures": 2, "probe_interval": 0.1,
+                                             "cost_per_1m_tokens": {"input": 1.0, "output": 2.0}}}
     return Recipe(name="multi", seed=2, backends={"teacher": backend}, stages=[
         step("pairs", n=n, dev_fraction=0.0),
         step("annotate", shard_size=10, on_low_parse="warn", **{"max_failed_share": 0.0, **annotate},
@@ -158,6 +159,15 @@ def test_one_of_two_endpoints_killed_mid_run_loses_and_duplicates_nothing(rd_eng
     rows = _rows(rd_engine)
     assert len(rows) == 40 and len({r["pair_id"] for r in rows}) == 40
     assert all(r["parse_ok"] and r["error"] is None for r in rows) and len(b.requests) >= 20
+    # the run record has the spend, equal to what the servers answered (10 + 15 tokens a reply)
+    import json as _json
+
+    m = _json.loads((rd_engine.runs_dir / "multi" / "annotate" / "manifest.json").read_text())["metrics"]
+    assert m["teacher_ok"] == 40 and m["teacher_completion_tokens"] == 15 * 40 and m["teacher_prompt_tokens"] == 400
+    # every attempt the client made is an answer or a counted failure
+    assert m["teacher_requests"] == m["teacher_ok"] + m["teacher_failed_attempts"]
+    assert m["teacher_cost"] == round((400 * 1.0 + 600 * 2.0) / 1e6, 6)
+    assert set(m["teacher_endpoints"]) == {a.url.rstrip("/"), b.url.rstrip("/")}
 
 
 def test_both_endpoints_die_and_one_comes_back_then_the_rerun_resumes(rd_engine, two):
