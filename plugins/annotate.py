@@ -21,7 +21,7 @@ from reasondistill import Annotator, BackendSpec, ComponentRef, Options, Stage, 
 from reasondistill import distributed as dist
 from reasondistill.recipe import OUTPUT_REF, validate_nested
 from reasondistill.errors import DataError
-from reasondistill.generators import accounting_delta, current_teacher
+from reasondistill.generators import accounting_delta, accounting_sum, current_teacher
 from reasondistill.fingerprint import portable_ref
 from reasondistill.plugins.annotation_shards import check_teacher, merge_shards, read_seconds, read_shard, write_shard
 from reasondistill.plugins.parse_health import ParseHealthOptions, ParseMonitor
@@ -317,8 +317,9 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
             raise
     bar.close()
     dist.barrier()
+    spent = accounting_sum(dist.all_gather(accounting_delta(spent_before, annotator.usage())))  # every rank's
     return {"seconds_now": time.time() - started, "tokens_now": tokens, "pairs_now": pairs, "failed_now": failed,
-            "spent": accounting_delta(spent_before, annotator.usage())}
+            "spent": spent}
 
 
 def summarize(ds, domain, stats: dict[str, float]) -> dict[str, Any]:

@@ -72,6 +72,17 @@ def check_replicas(model: Any, what: str) -> None:
                            "were not averaged (was the model run outside DistributedDataParallel's forward?)")
 
 
+def all_gather(value: T) -> list[T]:
+    """``value`` from every rank, in rank order (``[value]`` without processes); picklable values."""
+    if state() is None:
+        return [value]
+    import torch.distributed as tdist
+
+    out: list[Any] = [None] * world()
+    tdist.all_gather_object(out, value)
+    return out
+
+
 def on_main(fn: Callable[[], T]) -> T:
     """``fn()`` on the main process only, its (picklable) result handed to every rank.
 

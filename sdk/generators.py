@@ -80,6 +80,24 @@ def generator_accounting(gen: Any) -> dict[str, Any]:
     return accounting() if callable(accounting) else {}
 
 
+def accounting_sum(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several processes' accountings added up (each rank drives its own share of the endpoints' load)."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+
+    def add(dicts: list[dict]) -> dict:
+        out: dict[str, Any] = {}
+        for d in dicts:
+            for k, v in d.items():
+                out[k] = round(out.get(k, 0) + v, 6)
+        return out
+
+    urls = sorted({u for p in parts for u in p["endpoints"]})
+    return {"endpoints": {u: add([p["endpoints"].get(u, {}) for p in parts]) for u in urls},
+            "total": add([p["total"] for p in parts])}
+
+
 def accounting_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """``after - before``, count by count, per endpoint and in total (what one stage spent)."""
     def minus(a: dict, b: dict) -> dict:

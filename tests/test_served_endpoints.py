@@ -214,3 +214,53 @@ def test_a_server_without_logprobs_gives_no_made_up_probabilities(rd_engine, two
     rd_engine.run(kd)
     assert any("learns from the teacher's label probabilities, and no training row has any" in r.getMessage()
                for r in caplog.records)
+
+
+RANKS_RECIPE = """
+name: multi
+seed: 2
+backends:
+  teacher:
+    uses: openai
+    options: {{model: teacher-7b, endpoints: [{endpoints}], retries: 2, backoff: 0.05, max_backoff: 0.2,
+               cost_per_1m_tokens: {{input: 1.0, output: 1.0}}}}
+stages:
+  - uses: pairs
+    options: {{n: 64, dev_fraction: 0.0}}
+  - uses: annotate
+    options: {{shard_size: 8, on_low_parse: warn, annotator_options: {{max_new_tokens: 12, retries: 0}}}}
+"""
+
+
+def test_two_ranks_times_two_endpoints_write_the_rows_of_one_process_and_one_endpoint(tmp_path, two):
+    """Each rank takes every other shard and spreads its requests over both endpoints; the rows
+    are those of one process on one endpoint, and the spend counts every rank's requests."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    from .served import free_port
+
+    def run(urls, ranks, name):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(RANKS_RECIPE.format(endpoints=", ".join(f'{{base_url: "{u}"}}' for u in urls)))
+        runs = tmp_path / name
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+                  str(free_port()), "-m"] if ranks > 1 else [sys.executable, "-m"]
+        out = subprocess.run([*launch, "reasondistill", "run", str(recipe), "--runs-dir", str(runs)], timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        manifest = _json.loads((runs / "multi" / "annotate" / "manifest.json").read_text())
+        return load_from_disk(str(runs / "multi" / "annotate" / "annotations")).to_list(), manifest
+
+    one, _ = run([two[0].url], 1, "one")
+    before = [len(s.requests) for s in two]
+    many, manifest = run([s.url for s in two], 2, "many")
+    assert manifest["processes"] == 2
+    key = ("pair_id", "label", "reasoning", "label_probs", "parse_ok")
+    assert [{k: r[k] for k in key} for r in many] == [{k: r[k] for k in key} for r in one]
+    served = [len(s.requests) - b for s, b in zip(two, before)]
+    assert sum(served) == 64 and min(served) > 0, served
+    m = manifest["metrics"]
+    assert m["teacher_ok"] == 64 and m["teacher_completion_tokens"] == 15 * 64  # both ranks counted
