@@ -103,11 +103,16 @@ class CRSD(DistillLoss):
             proj = student.extra["crsd_projection"]
             cls, r_cls = proj(cls), proj(r_cls)
         z, zr = F.normalize(cls, dim=-1), F.normalize(r_cls, dim=-1)
-        sim = z @ zr.T / options.temperature
-        target = torch.arange(sim.size(0), device=sim.device)
+        # under several processes the negatives are the global batch's: every rank's reasoning
+        # [CLS] (gathered with their gradients), so N ranks x b rows train as one batch of N x b
+        zr_all, offset = gather_across_ranks(zr)
+        sim = z @ zr_all.T / options.temperature
+        target = torch.arange(sim.size(0), device=sim.device) + offset
         nce = F.cross_entropy(sim, target, reduction="none")
         if options.symmetric:
-            nce = 0.5 * (nce + F.cross_entropy(sim.T, target, reduction="none"))
+            z_all, _ = gather_across_ranks(z)
+            back = F.cross_entropy(zr @ z_all.T / options.temperature, target, reduction="none")
+            nce = 0.5 * (nce + back)
         nce = weighted_mean(nce, batch)
         point = weighted_mean(1 - (z * zr).sum(-1), batch)
         kl = weighted_mean(F.kl_div(F.log_softmax(logits, -1), F.log_softmax(r_logits.detach(), -1), reduction="none",
@@ -116,6 +121,20 @@ class CRSD(DistillLoss):
                 + options.w_kl * kl)
         return {"loss": loss, "ce_std": ce_std.detach(), "ce_reasoning": ce_rsn.detach(), "infonce": nce.detach(),
                 "pointwise": point.detach(), "kl_views": kl.detach(), "logits": logits}
+
+
+def gather_across_ranks(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` of every rank stacked in rank order, and where this rank's rows start; ``(x, 0)`` in
+    one process. Differentiable (``torch.distributed.nn``): each rank's rows get the gradients of
+    every rank's loss, which DDP's averaging turns into the one-process gradient of the global mean."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    parts = all_gather(x.contiguous())
+    return torch.cat(parts), sum(p.size(0) for p in parts[:tdist.get_rank()])
 
 
 @hookimpl

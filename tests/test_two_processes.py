@@ -77,3 +77,67 @@ def test_every_training_stage_runs_in_two_processes(tmp_path):
     ann = json.loads((run / "annotate" / "manifest.json").read_text())["metrics"]
     assert ann["pairs"] == 160 - json.loads((run / "pairs" / "manifest.json").read_text())["metrics"]["dev"]
     assert (run / "distill" / "student" / "reasondistill.json").exists()
+
+
+EQUAL_RECIPE = """
+name: eq
+models: {{teacher: tiny-causal-lm, student: tiny-encoder}}
+seed: 3
+stages:
+  - uses: pairs
+    options: {{n: 200}}
+  - uses: reasoning
+    options: {{source: column, limit: 64}}
+  - uses: sft
+    options: {{max_steps: 4, batch_size: {teacher_batch}, max_length: 256, eval_rows: 0, logging_steps: 1, learning_rate: 0.001}}
+  - uses: preference
+    options: {{prompts: 8, candidates: 2, max_new_tokens: 8, min_margin: 0.0, on_low_parse: warn, max_steps: 3,
+              batch_size: {teacher_batch}, max_length: 256, heldout_prompts: 0, eval_rows: 0, logging_steps: 1}}
+  - uses: distill
+    name: ce
+    options: {{train_input: pairs, loss: ce, max_steps: 8, batch_size: {student_batch}, learning_rate: 0.002,
+              logging_steps: 1, warmup_ratio: 0.0, student_options: {{max_length: 48, dropout: 0.0}}}}
+  - uses: distill
+    name: crsd
+    options: {{train_input: pairs, loss: crsd, reasoning_column: rationale, max_steps: 8, batch_size: {student_batch},
+              learning_rate: 0.002, logging_steps: 1, warmup_ratio: 0.0,
+              student_options: {{max_length: 48, reasoning_tokens: 32, dropout: 0.0}}}}
+"""
+
+
+def test_two_processes_with_the_same_global_batch_train_as_one(tmp_path):
+    """``accelerate launch --num_processes 2`` (CPU, gloo) with half the per-process batch gives the
+    loss curves and dev metrics of one process: sft and DPO to 1e-3 (summation order), CE and
+    CRSD to 1e-4, CRSD's in-batch negatives gathered from both ranks (per-rank negatives would
+    give another loss). Only the main process writes: both runs leave the same files."""
+    from reasondistill.manager import get_hooks
+    from reasondistill.models import resolve_model
+    from reasondistill.recipe import load_recipe, resolve_domain
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text(EQUAL_RECIPE.format(teacher_batch=4, student_batch=8))
+    two.write_text(EQUAL_RECIPE.format(teacher_batch=2, student_batch=4))
+    hooks = get_hooks()
+    domain = resolve_domain(load_recipe(str(one)), hooks.catalogue)
+    for ref in ("tiny-causal-lm", "tiny-encoder"):  # built once, before two ranks would race to build them
+        resolve_model(ref, hooks, domain)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port())]
+    for cmd, recipe, runs in (([sys.executable], one, tmp_path / "r1"), (launch, two, tmp_path / "r2")):
+        out = subprocess.run([*cmd, "-m", "reasondistill", "run", str(recipe), "--runs-dir", str(runs)], env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-4000:]
+    r1, r2 = tmp_path / "r1" / "eq", tmp_path / "r2" / "eq"
+    for stage, tol in (("sft", 1e-3), ("preference", 1e-3), ("ce", 1e-4), ("crsd", 1e-4)):
+        m1, m2 = (json.loads((r / stage / "manifest.json").read_text()) for r in (r1, r2))
+        assert (m1["processes"], m2["processes"]) == (1, 2)
+        curve1, curve2 = ([float(h["loss"]) for h in json.loads((r / stage / "loss_history.json").read_text())]
+                          for r in (r1, r2))
+        assert len(curve1) == len(curve2) > 1 and all(abs(a - b) <= tol * max(1.0, abs(a)) for a, b in
+                                                      zip(curve1, curve2)), (stage, curve1, curve2)
+        if stage in ("ce", "crsd"):
+            assert abs(m1["metrics"]["dev_macro_f1"] - m2["metrics"]["dev_macro_f1"]) <= 1e-6, stage
+        files = [sorted(p.relative_to(r / stage).as_posix() for p in (r / stage).rglob("*")) for r in (r1, r2)]
+        assert files[0] == files[1], stage
