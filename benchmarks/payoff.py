@@ -107,8 +107,8 @@ def main() -> None:
 
 def report(data: str, results: dict, args) -> None:
     """Three tables per data set: gold-only students, selection, the gate (with --teacher)."""
-    from reasondistill.domain import resolve_domain
     from reasondistill import get_hooks, load_recipe
+    from reasondistill.recipe import resolve_domain
 
     labels = resolve_domain(load_recipe(str(ROOT / "recipes" / f"{data}.yaml")), get_hooks().catalogue).labels
     seeds = sorted(results)
