@@ -63,7 +63,11 @@ class EndpointPool:
             while True:
                 now = time.monotonic()
                 ready = [e for e in self.endpoints if self._usable(e, now)]
-                preferred = [e for e in ready if e is not avoid] or ready
+                preferred = [e for e in ready if e is not avoid]
+                # the endpoint that just failed only when no other is in service (the others being
+                # merely full, the retry waits for one of their slots instead)
+                if not preferred and not any(e is not avoid and not e.open_until for e in self.endpoints):
+                    preferred = ready
                 if preferred:
                     ep = min(preferred, key=lambda e: ((e.in_flight + 1) / e.weight, e.open_until))
                     if ep.open_until:

@@ -68,9 +68,11 @@ reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompt
     ``fail_queries`` always get HTTP 500. ``key``: the Bearer key required (401 otherwise)."""
 
     def __init__(self, model: str = "teacher-7b", key: str | None = None, unlisted: bool = False, port: int = 0,
-                 usage: bool = True):
+                 usage: bool = True, latency: float = 0.0, slots: int = 0):
         self.unlisted = unlisted  # GET /v1/models answers an empty list
         self.usage = usage  # replies carry the OpenAI usage block
+        # a GPU server in small: each answer takes ``latency`` s, at most ``slots`` at once (0: no limit)
+        self.latency, self._slots = latency, threading.Semaphore(slots) if slots else None
         self.model, self.key = model, key
         self.script: list[str] = []
         self.fail_queries: set[str] = set()
@@ -138,6 +140,9 @@ reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompt
                     return
                 server.request_ids.append(self.headers.get("X-Request-Id"))
                 action = server.next_action(body)
+                if action == "ok" and server.latency:
+                    with server._slots or threading.Lock():
+                        time.sleep(server.latency)
                 if action == "ok":
                     chat = self.path.endswith("/chat/completions")
                     reply = completion(body) if chat else text_completion(body)
