@@ -264,3 +264,25 @@ def test_two_ranks_times_two_endpoints_write_the_rows_of_one_process_and_one_end
     assert sum(served) == 64 and min(served) > 0, served
     m = manifest["metrics"]
     assert m["teacher_ok"] == 64 and m["teacher_completion_tokens"] == 15 * 64  # both ranks counted
+
+
+def test_a_retry_waits_for_a_slot_elsewhere_rather_than_going_back_to_the_endpoint_that_failed():
+    """(benchmarks/served.py lost 52 pairs before: the survivor was full, and the retries went back
+    to the endpoint that had just failed.)"""
+    from reasondistill.plugins.openai_endpoints import Endpoint, EndpointPool
+
+    a, b = (Endpoint(url=u, model="m", capacity=1, weight=1.0, client=None) for u in ("a", "b"))
+    pool = EndpointPool([a, b], breaker_failures=3, probe_interval=5.0)
+    assert pool.acquire() is a and pool.acquire() is b  # both busy now
+    pool.release(a, "connection")  # a failed once; b is still full
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire(avoid=a)))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got, "the retry went back to the endpoint that failed"
+    pool.release(b, None)
+    waiter.join(timeout=2)
+    assert got == [b]
+    # with no other endpoint in service, the one that failed is tried again
+    alone = EndpointPool([a], breaker_failures=3, probe_interval=5.0)
+    assert alone.acquire(avoid=a) is a
