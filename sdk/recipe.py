@@ -124,9 +124,14 @@ def recipe_error(exc: ValidationError, prefix: str = "", source: str | None = No
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base``, dicts key by key; a component spec (a dict with ``uses``) that
+    names another component replaces the base's whole spec: a profile that switches the teacher's
+    backend (``openai`` -> ``transformers``) must not inherit the other backend's options."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        old = out.get(key)
+        switches = isinstance(value, dict) and isinstance(old, dict) and "uses" in value and value["uses"] != old.get("uses")
+        out[key] = _deep_merge(old, value) if isinstance(value, dict) and isinstance(old, dict) and not switches else value
     return out
 
 

@@ -101,6 +101,23 @@ def test_profiles_merge_nested_mappings_and_replace_the_rest():
     assert merged["stages"][0]["options"] == {"n": 20, "noise": 0.1}
 
 
+def test_a_profile_switches_the_teacher_backend_without_the_other_backends_options():
+    """Endpoints for the real run, a local model for --profile tiny: the spec is replaced, not merged."""
+    from reasondistill.engine import Engine
+
+    raw = {"name": "p", "models": {"teacher": "tiny-causal-lm"}, "stages": [{"uses": "pairs"}],
+           "backends": {"teacher": {"uses": "openai", "options": {
+               "model": "m", "endpoints": [{"base_url": "http://a/v1"}, {"base_url": "http://b/v1"}]}}},
+           "profiles": {"tiny": {"backends": {"teacher": {"uses": "transformers"}}},
+                        "fewer": {"backends": {"teacher": {"uses": "openai", "options": {"concurrency": 2}}}}}}
+    local = load_recipe(raw, "tiny")
+    assert local.backends["teacher"].uses == "transformers" and local.backends["teacher"].options == {}
+    Engine().validate(local)
+    served = load_recipe(raw, "fewer")  # the same backend: its options merge
+    assert served.backends["teacher"].options["concurrency"] == 2 and len(served.backends["teacher"].options["endpoints"]) == 2
+    assert load_recipe(raw).backends["teacher"].uses == "openai"
+
+
 def test_long_bad_values_are_shortened_in_the_error():
     with pytest.raises(RecipeError) as exc:
         load_recipe({"name": "x", "seed": "s" * 200, "stages": [{"uses": "pairs"}]})
