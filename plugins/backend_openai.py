@@ -359,12 +359,14 @@ class OpenAIGenerator:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Retry(f"malformed reply from {ep.url} ({type(exc).__name__}: {exc})") from None
         used = usage.get("completion_tokens")
+        cut = cut_at_stop(text, stops)
+        n_tokens = int(used) if isinstance(used, int) else len(tokens) or len(cut.split())
         counts = {"ok": 1, **{k: int(usage[k]) for k in ("prompt_tokens", "completion_tokens")
                               if isinstance(usage.get(k), int)}}
+        if "completion_tokens" not in counts:  # a server without usage: the logprob tokens, else words
+            counts["completion_tokens_estimated"] = n_tokens
         self.pool.count(ep, counts)
-        cut = cut_at_stop(text, stops)
-        return Generation(cut, int(used) if isinstance(used, int) else len(tokens) or len(cut.split()),
-                          self._label_probs(tokens, tops))
+        return Generation(cut, n_tokens, self._label_probs(tokens, tops))
 
     def _label_probs(self, tokens: list[str], tops: list[dict[str, float]]) -> list[float] | None:
         """At the first token with text after ``Label:``, the label mass among its top tokens."""

@@ -106,6 +106,18 @@ def test_backoff_is_capped_and_retry_after_may_ask_more(two):
     assert "gave up after 5 attempts (last on" in g.error and time.time() - started < 4 * 0.06 + 1.0
 
 
+def test_a_server_without_usage_gets_estimated_completion_tokens():
+    server = FaultServer(usage=False)
+    try:
+        gen = _gen([server])
+        gen.generate(_messages(3))
+        total = gen.accounting()["total"]
+        # the reply's logprob tokens (15 a reply) stand in, named as an estimate
+        assert "completion_tokens" not in total and total["completion_tokens_estimated"] == 45
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("action, reason", [("nochoices", "no choices"), ("nomessage", "the choice has no message")])
 def test_a_malformed_reply_is_one_line_naming_the_endpoint(two, action, reason):
     two[0].script = [action] * 10
