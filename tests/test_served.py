@@ -336,6 +336,57 @@ def test_server_killed_mid_annotation_then_restarted_loses_and_duplicates_nothin
     assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in expected]
 
 
+TWO_ENDPOINTS_RECIPE = """
+name: served
+seed: 2
+backends:
+  teacher:
+    uses: openai
+    options: {{model: {model}, endpoints: [{{base_url: "{a}"}}, {{base_url: "{b}"}}], concurrency: 2,
+               retries: 3, backoff: 0.1, max_backoff: 0.5, timeout: 30, breaker_failures: 2, probe_interval: 2}}
+stages:
+  - uses: pairs
+    options: {{n: 120, dev_fraction: 0.0}}
+  - uses: annotate
+    options: {{shard_size: 10, max_failed_share: 0.0, on_low_parse: warn, annotator_options: {{max_new_tokens: 48, retries: 0}}}}
+"""
+
+
+def test_two_real_servers_one_killed_mid_run_lose_and_duplicate_nothing(tiny_served, tiny_teacher, tmp_path):
+    """Two ``transformers serve`` of the tiny teacher; the first is killed mid-run: the run goes
+    on over the second and its rows are those of one server, pair for pair and text for text."""
+    reference = tmp_path / "ref"
+    subprocess.run(cmd(_write(tmp_path, model=tiny_served.model, url=tiny_served.url, n=120, conc=2, tokens=48),
+                       reference), env={**env(), "RD_TEST_KEY": "k"}, check=True, capture_output=True, timeout=600)
+    expected = _annotations(reference)
+    port_b = free_port()
+    second = start_transformers_serve(tiny_teacher, port_b, tmp_path / "second.log")
+    try:
+        recipe = tmp_path / "two.yaml"
+        recipe.write_text(TWO_ENDPOINTS_RECIPE.format(model=tiny_served.model, a=tiny_served.url,
+                                                      b=f"http://127.0.0.1:{port_b}/v1"))
+        runs = tmp_path / "runs"
+        shards = runs / "served" / "annotate" / "annotations_shards"
+        proc = subprocess.Popen(cmd(recipe, runs), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(shards.glob("shard-*.jsonl"))) < 3 and proc.poll() is None:
+            time.sleep(0.02)
+        tiny_served.kill()
+        try:
+            assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+        finally:
+            tiny_served.restart()
+    finally:
+        stop(second)
+    got = _annotations(runs)
+    assert len(got) == 120 and len({r["pair_id"] for r in got}) == 120 and not any(r["error"] for r in got)
+    keys = ("pair_id", "label", "completion", "reasoning", "parse_ok", "teacher")
+    assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in expected]
+    metrics = json.loads((runs / "served" / "annotate" / "manifest.json").read_text())["metrics"]
+    assert metrics["teacher_ok"] == 120 and set(metrics["teacher_endpoints"]) == {
+        tiny_served.url, f"http://127.0.0.1:{port_b}/v1"}
+
+
 def test_served_teacher_recipe_end_to_end(tiny_served, tmp_path, rd_hooks):
     """The built-in served_teacher recipe (tiny profile) against a real server: annotate with
     ``model: auto``, distil and export the student; no local teacher anywhere."""
