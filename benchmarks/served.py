@@ -13,8 +13,11 @@
    endpoints, and 2 endpoints of which one is killed a third of the way through (every pair must
    still come back, none twice).
 
-Real servers (``transformers serve``) are in ``benchmarks/annotate.py --backend openai``; on 2 CPU
-cores two of them share the cores the client uses, so their pairs/s says little about scaling.
+3. **Real servers** (``--real``): two ``transformers serve`` processes of ``--teacher`` (one thread
+   each), pairs/s with 1 endpoint, 2 endpoints and 2 with one killed mid-run, beside the local slot
+   engine on the same prompts, with the share of answers equal to the local engine's text. On 2 CPU
+   cores the servers share the cores with each other and the client, so this row checks routing and
+   correctness on real servers; the scaling figure is the fake endpoints' (part 2).
 """
 
 from __future__ import annotations
@@ -86,7 +89,13 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.1, help="seconds a fake endpoint takes per answer")
     p.add_argument("--slots", type=int, default=8, help="answers a fake endpoint works on at once")
     p.add_argument("--concurrency", type=int, default=64, help="client requests in flight per endpoint")
+    p.add_argument("--real", action="store_true", help="also part 3: two real transformers serve processes")
+    p.add_argument("--teacher", default="smollm2-135m-instruct", help="the model the real servers serve")
+    p.add_argument("--real-prompts", type=int, default=24)
+    p.add_argument("--max-new-tokens", type=int, default=24)
     args = p.parse_args()
+    if args.real:
+        real_servers(args)
 
     import tempfile
 
@@ -121,6 +130,58 @@ def main() -> None:
           f"each), {args.pairs} pairs")
     print(table(("system", "pairs/s", "ceiling (endpoints x slots / latency)", "pairs lost", "pairs twice",
                  "failed attempts (retried)", "client CPU ms a pair"), rows_out))
+
+
+def real_servers(args) -> None:
+    """Part 3: two ``transformers serve`` of the teacher, beside the local slot engine."""
+    import json
+    import os
+
+    sys.path.insert(0, str(ROOT))
+    from common import DEFAULT_DATA, read_jsonl
+    from tests.served import free_port, start_transformers_serve, stop
+
+    from reasondistill.generation import TeacherGenerator
+    from reasondistill.models import resolve_model
+    from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
+    from reasondistill.plugins.product_search import ProductSearch
+
+    dom = ProductSearch()
+    folder = resolve_model(args.teacher)
+    messages = [dom.messages(r) for r in read_jsonl(DEFAULT_DATA / "dev.jsonl", args.real_prompts, seed=3)]
+    started = time.perf_counter()
+    local = [o[0] for o in TeacherGenerator(folder, dom, batch_size=32, max_new_tokens=args.max_new_tokens)
+             .generate(messages)]
+    rows_out = [("local slot engine, batch 32", round(len(local) / (time.perf_counter() - started), 2), 1.0, 0, "-")]
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    ports = [free_port(), free_port()]
+    procs = [start_transformers_serve(Path(folder), port, logs / f"served-bench-{port}.log") for port in ports]
+    try:
+        urls = [f"http://127.0.0.1:{port}/v1" for port in ports]
+        for name, n, kill in (("1 endpoint", 1, False), ("2 endpoints", 2, False), ("2 endpoints, one killed", 2, True)):
+            gen = OpenAIGenerator(dom, OpenAIBackendOptions(
+                model=str(folder), endpoints=[{"base_url": u, "max_concurrency": 4} for u in urls[:n]], timeout=600,
+                retries=4, backoff=0.2, max_backoff=2.0, probe_interval=5.0), args.max_new_tokens)
+            if kill:
+                def killer(gen=gen):
+                    while gen.accounting()["total"].get("ok", 0) < len(messages) // 3:
+                        time.sleep(0.05)
+                    stop(procs[0])
+                threading.Thread(target=killer, daemon=True).start()
+            started = time.perf_counter()
+            outs = [o[0] for o in gen.generate(messages)]
+            secs = time.perf_counter() - started
+            same = sum(a.text == b.text for a, b in zip(outs, local)) / len(outs)
+            served = {u: c.get("ok", 0) for u, c in gen.accounting()["endpoints"].items()}
+            rows_out.append((name, round(len(outs) / secs, 2), round(same, 3), sum(bool(g.error) for g in outs),
+                             json.dumps(list(served.values()))))
+            gen.close()
+    finally:
+        for proc in procs:
+            stop(proc)
+    print(f"\nReal servers: transformers serve of {args.teacher} x 2 (one thread each), {len(messages)} Home Depot dev "
+          f"prompts, max_new_tokens {args.max_new_tokens}, greedy")
+    print(table(("system", "pairs/s", "same text as local", "failed", "answers per endpoint"), rows_out))
 
 
 if __name__ == "__main__":
