@@ -36,19 +36,11 @@ from reasondistill.errors import BackendError
 from reasondistill.generators import cut_at_stop, label_mass
 from reasondistill.plugins.openai_endpoints import Endpoint, EndpointPool, error_kind
 from reasondistill.plugins.openai_options import EndpointOptions, OpenAIBackendOptions
+from reasondistill.plugins.openai_wire import chat_logprobs, completion_logprobs, httpx_module, request_id, retry_after
 
 log = logging.getLogger("reasondistill")
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401, 403, 404}
-
-
-def httpx_module():
-    """The HTTP client library: ``httpx2`` (what huggingface_hub 2 installs) or ``httpx``."""
-    try:
-        import httpx2 as httpx
-    except ImportError:  # pragma: no cover - older stacks ship httpx
-        import httpx
-    return httpx
 
 
 class OpenAIBackend(GenerationBackend):
@@ -92,6 +84,7 @@ class OpenAIGenerator:
                                  options.probe_interval)
         self._jitter = random.Random()
         self._lock = threading.Lock()
+        self._warned: set[str] = set()  # endpoints that answered as another model (warned once each)
         self._template = self._chat_template() if options.endpoint == "completions" else None
         self.identity = self._identify()
 
@@ -227,7 +220,7 @@ class OpenAIGenerator:
             hint = " (the base URL usually ends in /v1)" if status == 404 and not ep.url.endswith("/v1") else ""
             raise self._fail(f"HTTP {status} on {method} {path}{hint}: {snippet}", ep.url)
         if status in RETRY_STATUS:
-            raise _Retry(f"HTTP {status}: {snippet}", _retry_after(headers.get("retry-after")))
+            raise _Retry(f"HTTP {status}: {snippet}", retry_after(headers.get("retry-after")))
         if status >= 400:
             raise ValueError(f"{ep.url}: HTTP {status}: {snippet}")  # this request is refused; retrying will not help
         try:
@@ -351,13 +344,19 @@ class OpenAIGenerator:
                 if not isinstance(choice.get("message"), dict):
                     raise _Retry(f"malformed reply from {ep.url}: the choice has no message")
                 text = choice["message"].get("content") or ""
-                tokens, tops = _chat_logprobs(choice.get("logprobs"))
+                tokens, tops = chat_logprobs(choice.get("logprobs"))
             else:
                 text = choice["text"] or ""
-                tokens, tops = _completion_logprobs(choice.get("logprobs"))
+                tokens, tops = completion_logprobs(choice.get("logprobs"))
             usage = payload.get("usage") or {}
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Retry(f"malformed reply from {ep.url} ({type(exc).__name__}: {exc})") from None
+        answered_by = payload.get("model")
+        if answered_by and answered_by not in (ep.served, ep.model) and ep.url not in self._warned:
+            # many servers echo another name (an alias, a path, a fixed string), so a warning, once
+            self._warned.add(ep.url)
+            log.warning("openai endpoint %s answered as model %r, not %r as asked: check that it serves the teacher "
+                        "you mean", ep.url, answered_by, ep.served or ep.model)
         used = usage.get("completion_tokens")
         cut = cut_at_stop(text, stops)
         n_tokens = int(used) if isinstance(used, int) else len(tokens) or len(cut.split())
@@ -376,36 +375,6 @@ class OpenAIGenerator:
                 return label_mass(top, self.domain.labels)
             text += token
         return None
-
-
-def request_id(body: dict) -> str:
-    """A stable id of a request (its body's hash): a retried request keeps it, so a server or a
-    proxy that logs it sees one request tried twice, not two."""
-    import hashlib
-
-    return hashlib.sha1(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
-
-
-def _chat_logprobs(logprobs: Any) -> tuple[list[str], list[dict[str, float]]]:
-    content = (logprobs or {}).get("content") or []
-    return ([c["token"] for c in content],
-            [{t["token"]: t["logprob"] for t in (c.get("top_logprobs") or [])} or {c["token"]: c["logprob"]}
-             for c in content])
-
-
-def _completion_logprobs(logprobs: Any) -> tuple[list[str], list[dict[str, float]]]:
-    logprobs = logprobs or {}
-    tokens = logprobs.get("tokens") or []
-    tops = logprobs.get("top_logprobs") or [{} for _ in tokens]
-    return list(tokens), [dict(t or {}) for t in tops]
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds from a ``Retry-After`` header (delta seconds; an HTTP date counts as unknown), at most 10 min."""
-    try:
-        return min(600.0, max(0.0, float(value))) if value else 0.0
-    except ValueError:
-        return 0.0
 
 
 @hookimpl

@@ -68,9 +68,10 @@ reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompt
     ``fail_queries`` always get HTTP 500. ``key``: the Bearer key required (401 otherwise)."""
 
     def __init__(self, model: str = "teacher-7b", key: str | None = None, unlisted: bool = False, port: int = 0,
-                 usage: bool = True, latency: float = 0.0, slots: int = 0):
+                 usage: bool = True, latency: float = 0.0, slots: int = 0, answers_as: str | None = None):
         self.unlisted = unlisted  # GET /v1/models answers an empty list
         self.usage = usage  # replies carry the OpenAI usage block
+        self.answers_as = answers_as  # the model name replies carry (default: the one asked for)
         # a GPU server in small: each answer takes ``latency`` s, at most ``slots`` at once (0: no limit)
         self.latency, self._slots = latency, threading.Semaphore(slots) if slots else None
         self.model, self.key = model, key
@@ -148,6 +149,8 @@ reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompt
                     reply = completion(body) if chat else text_completion(body)
                     if not server.usage:
                         reply.pop("usage")
+                    if server.answers_as:
+                        reply["model"] = server.answers_as
                     self._send(200, json.dumps(reply).encode())
                 elif action == "nochoices":
                     self._send(200, b'{"id": "x", "choices": []}')

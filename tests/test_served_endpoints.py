@@ -106,6 +106,18 @@ def test_backoff_is_capped_and_retry_after_may_ask_more(two):
     assert "gave up after 5 attempts (last on" in g.error and time.time() - started < 4 * 0.06 + 1.0
 
 
+def test_a_reply_from_another_model_is_named_once(caplog):
+    server = FaultServer(answers_as="teacher-70b")
+    try:
+        gen = _gen([server])
+        out = gen.generate(_messages(4))
+        assert all(g.error is None for [g] in out)
+        warned = [r.getMessage() for r in caplog.records if "answered as model" in r.getMessage()]
+        assert len(warned) == 1 and "'teacher-70b', not 'teacher-7b'" in warned[0] and server.url in warned[0]
+    finally:
+        server.close()
+
+
 def test_a_server_without_usage_gets_estimated_completion_tokens():
     server = FaultServer(usage=False)
     try:
