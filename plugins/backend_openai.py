@@ -86,6 +86,7 @@ class OpenAIGenerator:
         self._lock = threading.Lock()
         self._warned: set[str] = set()  # endpoints that answered as another model (warned once each)
         self._template = self._chat_template() if options.endpoint == "completions" else None
+        self._counter = self._load_tokenizer(options.tokenizer) if options.tokenizer else None
         self.identity = self._identify()
 
     # --- set-up -------------------------------------------------------------------------------
@@ -118,11 +119,13 @@ class OpenAIGenerator:
         return key
 
     def _chat_template(self):
-        if not self.options.chat_template:
-            return None
+        return self._load_tokenizer(self.options.chat_template) if self.options.chat_template else None
+
+    @staticmethod
+    def _load_tokenizer(folder: str):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.options.chat_template)
+        return AutoTokenizer.from_pretrained(folder)
 
     def _identify(self) -> str:
         """``served:<id>[@<root>]`` from each server's model list; an unknown name, or endpoints that
@@ -304,7 +307,8 @@ class OpenAIGenerator:
     def _complete(self, messages, do_sample, temperature, top_p, seed, stops, budget) -> Generation:
         body = self._body(messages, do_sample, temperature, top_p, seed, stops, budget)
         path = "/chat/completions" if self.options.endpoint == "chat" else "/completions"
-        payload = self._with_retries(lambda ep: self._checked(ep, self._request(ep, "POST", path, body), stops))
+        payload = self._with_retries(lambda ep: self._checked(ep, self._request(ep, "POST", path, body), stops,
+                                                              messages))
         if isinstance(payload, Exception):
             return Generation("", 0, None, self._scrub(str(payload)))
         return payload
@@ -334,7 +338,7 @@ class OpenAIGenerator:
             return self._template.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "".join(m["content"] + "\n\n" for m in messages)
 
-    def _checked(self, ep: Endpoint, payload: Any, stops: Sequence[str]) -> Generation:
+    def _checked(self, ep: Endpoint, payload: Any, stops: Sequence[str], messages: Any = None) -> Generation:
         """The completion of a response, or ``_Retry`` saying what is missing (malformed)."""
         if not isinstance(payload, dict) or not payload.get("choices"):
             raise _Retry(f"malformed reply from {ep.url}: no choices")
@@ -362,7 +366,11 @@ class OpenAIGenerator:
         n_tokens = int(used) if isinstance(used, int) else len(tokens) or len(cut.split())
         counts = {"ok": 1, **{k: int(usage[k]) for k in ("prompt_tokens", "completion_tokens")
                               if isinstance(usage.get(k), int)}}
-        if "completion_tokens" not in counts:  # a server without usage: the logprob tokens, else words
+        if "completion_tokens" not in counts and self._counter is not None:  # counted as the model does
+            counts["completion_tokens"] = n_tokens = len(self._counter(cut, add_special_tokens=False)["input_ids"])
+            prompt = self._counter.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            counts["prompt_tokens"] = len(self._counter(prompt, add_special_tokens=False)["input_ids"])
+        elif "completion_tokens" not in counts:  # a server without usage: the logprob tokens, else words
             counts["completion_tokens_estimated"] = n_tokens
         self.pool.count(ep, counts)
         return Generation(cut, n_tokens, self._label_probs(tokens, tops))

@@ -55,6 +55,10 @@ class OpenAIBackendOptions(Options):
         default_factory=list, json_schema_extra=TRANSPORT,
         description="several servers of the same model, each request to the least loaded healthy one (replaces "
                     "base_url and api_key_env; adding or removing one never reruns a stage)")
+    tokenizer: str | None = Field(None, json_schema_extra=TRANSPORT,
+                                  description="a local tokenizer folder of the served model: where a server reports no "
+                                              "token usage, prompts and completions are counted with it (else the "
+                                              "completion is estimated and named so)")
     cost_per_1m_tokens: dict[Literal["input", "output"], float] = Field(
         default_factory=dict, json_schema_extra=TRANSPORT,
         description="price per million prompt (input) and completion (output) tokens, e.g. {input: 0.15, output: "

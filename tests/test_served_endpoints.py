@@ -106,6 +106,26 @@ def test_backoff_is_capped_and_retry_after_may_ask_more(two):
     assert "gave up after 5 attempts (last on" in g.error and time.time() - started < 4 * 0.06 + 1.0
 
 
+def test_a_server_without_usage_is_counted_with_the_models_tokenizer(tiny_causal_lm):
+    from transformers import AutoTokenizer
+
+    server = FaultServer(usage=False)
+    try:
+        gen = _gen([server], tokenizer=str(tiny_causal_lm))
+        messages = _messages(2)
+        out = gen.generate(messages)
+        tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+        total = gen.accounting()["total"]
+        assert total["completion_tokens"] == sum(len(tok(g.text, add_special_tokens=False)["input_ids"]) for [g] in out)
+        prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+        assert total["prompt_tokens"] == sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in prompts)
+        assert total["prompt_tokens"] > 50 * len(messages)  # the whole prompt, not the keys of an encoding
+        assert "completion_tokens_estimated" not in total and out[0][0].tokens == len(tok(out[0][0].text,
+                                                                                        add_special_tokens=False)["input_ids"])
+    finally:
+        server.close()
+
+
 def test_a_reply_from_another_model_is_named_once(caplog):
     server = FaultServer(answers_as="teacher-70b")
     try:
