@@ -26,9 +26,10 @@ def _fmt(value) -> str:
 
 
 def verdict_lines(run_dir: Path) -> list[str]:
-    """The one-line verdicts stages left in their metrics (``verdict_line``: the quality gate)."""
-    return [m["metrics"]["verdict_line"] for _, m in run_stages(run_dir)
-            if m and isinstance(m.get("metrics", {}).get("verdict_line"), str)]
+    """The one-line verdicts stages left in their metrics: the quality gate's (``verdict_line``) and
+    each gated student's ship check (``ship_check_line``)."""
+    return [m["metrics"][key] for _, m in run_stages(run_dir) if m
+            for key in ("verdict_line", "ship_check_line") if isinstance(m.get("metrics", {}).get(key), str)]
 
 
 #: the headline numbers of a stage, first found first; ``show --all`` prints every metric

@@ -59,6 +59,9 @@ def test_gold_only_ships_the_reference_when_the_gated_student_is_below_it(rd_eng
     assert info["ship_check"] == m["ship_check_line"] and info["student"]["train_rows"] == m["train_rows"]
     card = (run / "export" / "model" / "README.md").read_text()
     assert "| ship check | ship check: gated macro-F1" in card
+    from reasondistill.report import verdict_lines
+
+    assert m["ship_check_line"] in verdict_lines(run)  # printed by run and show, at the top of report.md
     # the lineage is the exported student's stage, not the run's last distill stage
     other = lineage(run, {}, run / "reference" / "student")
     assert "ship_check" not in other and other["dev_metrics"]["macro_f1"] == res["reference"].metrics["dev_macro_f1"]
