@@ -303,7 +303,8 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
         spent = accounting_delta(spent_before, annotator.usage()).get("total", {})
         bar.set_postfix(pairs_s=f"{pairs / elapsed:.2f}", tok_s=f"{tokens / elapsed:.1f}", failed=failed,
                         parsed=f"{monitor.rate:.0%}",
-                        **({"retried": sum(v for k, v in spent.items() if k.startswith("errors_"))} if spent else {}))
+                        **({"retried": sum(v for k, v in spent.items() if k.startswith("errors_"))} if spent else {}),
+                        **({"cost": f"{spent['cost']:.4f}"} if "cost" in spent else {}))
         if failed > max_failed_share * pairs:
             bar.close()
             last = next((r["error"] for r in reversed(new) if r["error"]), "in an earlier shard")
