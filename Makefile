@@ -31,7 +31,7 @@ test-main: setup
 # engine, recipes, metrics, rewards, hashing, plugin registry, input validation, the served
 # teacher's HTTP client).
 MIN_IGNORE = $(addprefix --ignore=tests/,test_docs.py test_architecture.py test_plugins.py test_hooks.py \
-	test_engine.py test_recipes.py test_fingerprint.py test_metrics.py test_rewards.py test_domain.py test_served.py \
+	test_engine.py test_recipes.py test_fingerprint.py test_metrics.py test_rewards.py test_domain.py test_served.py test_served_real.py \
 	test_report_plots.py test_packaging.py reliability/test_safety.py reliability/test_bad_inputs.py)
 
 # An isolated venv (no --system-site-packages): it sees none of the main environment's newer
