@@ -13,7 +13,7 @@ Served teacher (``--backend openai``): the ``openai`` backend against a running 
 (``--teacher``), with label agreement against it; a row against an instant local fake server
 gives the client's own ceiling, and parsing is timed apart, to say where the time goes:
 
-    transformers serve "$(python -c 'from reasondistill.models import resolve_model as r; print(r("smollm2-135m-instruct"))')" \
+    transformers serve "$(python -c 'from reasondistill import get_hooks; from reasondistill.model_refs import resolve_model as r; print(r("smollm2-135m-instruct", get_hooks()))')" \
         --port 8011 --dtype float32 --continuous-batching &
     python benchmarks/annotate.py --backend openai --base-url http://127.0.0.1:8011/v1 --prompts 64
 """
@@ -70,13 +70,14 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reasondistill.generation import TeacherGenerator, prompt_texts
-    from reasondistill.models import resolve_model
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.local_decoding import TeacherGenerator, prompt_texts
+    from reasondistill import get_hooks
+    from reasondistill.model_refs import resolve_model
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     torch.set_num_threads(2)
     dom = ProductSearch()
-    path = resolve_model(args.teacher)
+    path = resolve_model(args.teacher, get_hooks())
     rows = read_jsonl(args.data / "dev.jsonl", args.prompts, seed=3)
     messages = [dom.messages(r) for r in rows]
     tok = AutoTokenizer.from_pretrained(path)
@@ -156,10 +157,11 @@ def served(args) -> None:
     """The openai backend at each concurrency beside the local slot engine (same prompts, model)."""
     import torch
 
-    from reasondistill.generation import TeacherGenerator
-    from reasondistill.models import resolve_model
-    from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.local_decoding import TeacherGenerator
+    from reasondistill import get_hooks
+    from reasondistill.model_refs import resolve_model
+    from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     torch.set_num_threads(2)
     dom = ProductSearch()
@@ -171,7 +173,7 @@ def served(args) -> None:
         outs = [o[0] for o in gen.generate(messages, max_new_tokens=args.max_new_tokens)]
         return outs, time.perf_counter() - t
 
-    local_gen = TeacherGenerator(resolve_model(args.teacher), dom, batch_size=64, max_new_tokens=args.max_new_tokens)
+    local_gen = TeacherGenerator(resolve_model(args.teacher, get_hooks()), dom, batch_size=64, max_new_tokens=args.max_new_tokens)
     local, local_s = run(local_gen)
     del local_gen
     t = time.perf_counter()

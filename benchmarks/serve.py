@@ -206,7 +206,7 @@ def rss_mb(pid: int) -> float:
 
 
 def start(cmd: list[str], url: str) -> subprocess.Popen:
-    from reasondistill.plugins.backend_openai import httpx_module
+    from reasondistill.plugins.backends.openai_backend import httpx_module
 
     httpx = httpx_module()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -266,7 +266,7 @@ def main() -> None:
         args.requests, args.overload_s, args.slow, args.rerank_s = 192, 10.0, 100, 6.0
 
     from reasondistill.onnx_export import OnnxPredictor
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     from common import latencies, throughput
 
@@ -293,7 +293,7 @@ def main() -> None:
                     "--variant", args.variant, "--max-batch", "64", *args.server_args.split()], url)
     notes = []
     try:
-        from reasondistill.plugins.backend_openai import httpx_module
+        from reasondistill.plugins.backends.openai_backend import httpx_module
 
         httpx = httpx_module()
         load(url, score_bodies, "/score", 1, 4, 64)  # warm-up

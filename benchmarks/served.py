@@ -57,9 +57,9 @@ class FakeServers:
 def annotate(urls: list[str], rows: list[dict], domain, concurrency: int, kill_after: int | None = None,
              servers: FakeServers | None = None, out: Path | None = None) -> dict:
     """The stage's own path (``annotate_rows`` then ``write_shard``) over ``urls``; wall and CPU time."""
-    from reasondistill.plugins.annotate import TeacherAnnotatorOptions, annotate_rows
-    from reasondistill.plugins.annotation_shards import write_shard
-    from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
+    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
+    from reasondistill.plugins.annotation.shards import write_shard
+    from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
 
     gen = OpenAIGenerator(domain, OpenAIBackendOptions(
         model="fake", endpoints=[{"base_url": u, "max_concurrency": concurrency} for u in urls], timeout=30,
@@ -99,7 +99,7 @@ def main() -> None:
 
     import tempfile
 
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     dom = ProductSearch()
     rows = [{"pair_id": f"p{i}", "query": f"cordless drill {i % 97}", "item": f"20V drill kit model {i}",
@@ -141,13 +141,14 @@ def real_servers(args) -> None:
     from common import DEFAULT_DATA, read_jsonl
     from tests.served import free_port, start_transformers_serve, stop
 
-    from reasondistill.generation import TeacherGenerator
-    from reasondistill.models import resolve_model
-    from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.local_decoding import TeacherGenerator
+    from reasondistill import get_hooks
+    from reasondistill.model_refs import resolve_model
+    from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     dom = ProductSearch()
-    folder = resolve_model(args.teacher)
+    folder = resolve_model(args.teacher, get_hooks())
     messages = [dom.messages(r) for r in read_jsonl(DEFAULT_DATA / "dev.jsonl", args.real_prompts, seed=3)]
     started = time.perf_counter()
     local = [o[0] for o in TeacherGenerator(folder, dom, batch_size=32, max_new_tokens=args.max_new_tokens)

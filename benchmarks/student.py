@@ -71,7 +71,7 @@ def read_annotations(path: Path, limit: int) -> list[dict]:
 
 
 def prepare(data: Path, out: Path, n_train: int, n_dev: int, annotations: Path | None) -> tuple[Path, Path]:
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     dom = ProductSearch()
     train = read_annotations(annotations, n_train) if annotations else read_jsonl(data / "train.jsonl", n_train, seed=0)
@@ -143,7 +143,7 @@ def table_b(args) -> str:
     from transformers import pipeline
 
     from reasondistill.onnx_export import OnnxPredictor, export_onnx
-    from reasondistill.serving import Predictor
+    from reasondistill.predictor import Predictor
 
     student = _student_for_serving(args)
     rows = read_jsonl(args.data / "dev.jsonl", args.serving_pairs, seed=1)
@@ -192,14 +192,16 @@ def table_b(args) -> str:
 def table_c(args) -> str:
     import torch
 
-    from reasondistill.models import resolve_model
-    from reasondistill.plugins.distill_losses import CRSD, CrossEntropy
-    from reasondistill.plugins.product_search import ProductSearch
-    from reasondistill.plugins.student_encoder import EncoderClassifier
+    from reasondistill import get_hooks
+
+    from reasondistill.model_refs import resolve_model
+    from reasondistill.plugins.student.losses import CRSD, CrossEntropy
+    from reasondistill.plugins.domains.product_search import ProductSearch
+    from reasondistill.plugins.student.encoder import EncoderClassifier
     from reasondistill.training import PairCollator
 
     dom, comp = ProductSearch(), EncoderClassifier()
-    path = resolve_model("all-minilm-l6-v2")
+    path = resolve_model("all-minilm-l6-v2", get_hooks())
     opts = comp.Options(max_length=64, reasoning_tokens=64)
     tok = comp.tokenizer(path)
     rows = read_jsonl(args.data / "train.jsonl", 32 * 6, seed=2)

@@ -6,14 +6,13 @@ The public API: hook markers, component base classes, recipes and the engine.
 from .components import Annotator, ComponentRef, DistillLoss, ModelSource, NoOptions, Options, Selector, Stage, Student
 from .domain import Domain, Parsed
 from .engine import Engine
-from .generators import BackendSpec, Generation, GenerationBackend, Generator
 from .errors import ArtifactError, BackendError, DataError, ModelError, PluginError, ReasonDistillError, RecipeError
+from .generators import BackendSpec, Generation, GenerationBackend, Generator
 from .hookspecs import hookimpl, hookspec
 from .manager import Hooks, get_hooks, reset_hooks
 from .recipe import Recipe, StageSpec, load_recipe, step
 from .runstore import RunInfo, StageContext, StageResult
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "Annotator", "ArtifactError", "BackendError", "BackendSpec", "Generation", "GenerationBackend", "Generator", "ComponentRef", "DataError", "DistillLoss", "Domain", "Engine", "Hooks",

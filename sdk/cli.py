@@ -12,7 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import ReasonDistillError
+from .engine import Engine
+from .errors import ArtifactError, ReasonDistillError, RecipeError
+from .manager import get_hooks
+from .recipe import builtin_recipes, find_recipe, load_recipe
+from .run_summary import run_json, run_table, verdict_lines, warning_lines
+from .score_server import ServeOptions, serve
+from .student_package import find_package, missing
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    from .score_server import ServeOptions
 
     for name, field in ServeOptions.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -74,10 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from .engine import Engine
-    from .recipe import find_recipe, load_recipe
-    from .report import run_table, verdict_lines, warning_lines
-
     recipe = load_recipe(args.recipe, args.profile)
     results = Engine(runs_dir=args.runs_dir).run(recipe, force=args.force, source=str(find_recipe(args.recipe)), name=args.name)
     ran = [n for n, r in results.items() if not r.skipped]
@@ -90,9 +91,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .engine import Engine
-    from .recipe import find_recipe, load_recipe
-
     recipe = load_recipe(args.recipe, args.profile)
     engine, source = Engine(), str(find_recipe(args.recipe))
     stages = engine.validate(recipe, source=source)
@@ -102,8 +100,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from .manager import get_hooks
-
     hooks = get_hooks()
     impls = hooks.implementers()
     comps = {kind: {name: {"plugin": e.plugin, "family": e.family, "description": e.component.description,
@@ -136,7 +132,6 @@ def options_schema(component) -> dict:
 def cmd_recipes(args) -> int:
     import yaml
 
-    from .recipe import builtin_recipes
 
     for name, path in builtin_recipes().items():
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -145,8 +140,6 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report import run_json, run_table, verdict_lines, warning_lines
-
     folder = Path(args.run) if Path(args.run).is_dir() and (Path(args.run) / "recipe.json").exists() else Path(args.runs_dir) / args.run
     if args.json:
         print(run_json(folder))
@@ -158,9 +151,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .score_server import ServeOptions, serve
-    from .student_package import find_package
-
     folder = find_package(args.target, args.runs_dir)
     from pydantic import ValidationError
 
@@ -168,8 +158,6 @@ def cmd_serve(args) -> int:
     try:
         options = ServeOptions(**given)
     except ValidationError as exc:
-        from .errors import RecipeError
-
         err = exc.errors(include_url=False)[0]
         field = str(err["loc"][0]) if err["loc"] else "max_wait_ms"  # the one check across two options
         raise RecipeError("--" + field.replace("_", "-"), err["msg"].removeprefix("Value error, ")) from None
@@ -178,8 +166,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .student_package import find_package, missing
-
     folder = find_package(args.target, args.runs_dir)
     missing(folder, raise_error=True)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -190,7 +176,6 @@ def cmd_push(args) -> int:
         return 0
     from huggingface_hub import HfApi
 
-    from .errors import ArtifactError
 
     try:
         api = HfApi()

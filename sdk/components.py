@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol, runtime_che
 
 from pydantic import BaseModel, ConfigDict
 
+from .onnx_export import export_onnx
+from .predictor import Predictor
+from .student_io import load_network, save_network
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -176,8 +180,6 @@ class Student(Component):
         (a custom head) in ``network.safetensors`` (:mod:`reasondistill.student_io`). The stage then
         reloads the folder and fails, naming this plugin, if it does not reproduce the trained outputs.
         """
-        from .student_io import save_network
-
         save_network(network, tokenizer, folder, self.name)
 
     def predictor(self, folder: Path, network: Any = None, tokenizer: Any = None, batch_size: int = 64) -> Any:
@@ -187,9 +189,6 @@ class Student(Component):
         Default: the network's own ``forward_view``; a folder with parameters outside the sequence
         classifier is rebuilt with :meth:`build` and read back whole.
         """
-        from .serving import Predictor
-        from .student_io import load_network
-
         if network is None:
             network = load_network(self, Path(folder))
         return Predictor(folder, batch_size=batch_size, network=network, tokenizer=tokenizer)
@@ -200,9 +199,6 @@ class Student(Component):
 
         Default: the sequence classifier, or, for a folder with parameters outside it, the
         network rebuilt by :meth:`predictor`'s rule and traced through ``forward_view``."""
-        from .onnx_export import export_onnx
-        from .student_io import load_network
-
         network = load_network(self, Path(folder), inference=False)
         return export_onnx(folder, out_dir, quantize=quantize, optimize=optimize, network=network)
 

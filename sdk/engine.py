@@ -18,11 +18,9 @@ from .failures import stage_failures
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
 from .generators import BackendSpec, hash_view
 from .manager import Catalogue, Hooks, get_hooks
-from .models import resolve_model
+from .model_refs import resolve_model
 from .preflight import run_preflight
 from .recipe import Recipe, ResolvedStage, resolve, resolve_domain
-from .runtime import current as current_runtime
-from .runtime import resolve_runtime, using
 from .runstore import (
     STATE,
     RunInfo,
@@ -35,6 +33,8 @@ from .runstore import (
     verify_outputs,
     write_manifest,
 )
+from .runtime import current as current_runtime
+from .runtime import resolve_runtime, using
 
 log = logging.getLogger("reasondistill")
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
+
 
 class ReasonDistillError(Exception):
     """Base class: the CLI turns these into a one-line message and exit code 2."""
@@ -43,3 +47,27 @@ class BackendError(ReasonDistillError, RuntimeError):
     def __init__(self, backend: str, where: str, message: str):
         self.backend, self.where = backend, where
         super().__init__(f"backend {backend!r} at {where}: {message}")
+
+
+def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    """``("stages", 1, "options", "lr")`` -> ``stages[1].options.lr``."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "recipe"
+
+
+def recipe_error(exc: ValidationError, prefix: str = "", source: str | None = None) -> RecipeError:
+    """The first pydantic error as a one-line :class:`RecipeError`."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = err["msg"]
+    if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+        shown = repr(err["input"])
+        msg += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+    if err["type"] == "extra_forbidden":
+        msg = "unknown option"
+    return RecipeError(field_path(loc, prefix), msg, source)

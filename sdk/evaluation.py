@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .metrics import classification_metrics
-from .serving import Predictor, length_buckets, render_items
+from .predictor import Predictor, length_buckets, render_items
+from .views import forward_reasoning, key, reasoning_view
 
 
 def _gold_rows(dev) -> tuple[list[dict[str, Any]], list[int]]:
@@ -45,8 +46,6 @@ def reasoning_view_proba(student, tokenizer, component, options, queries, items,
     import torch
 
     from .training import PairCollator
-    from .views import forward_reasoning, key, reasoning_view
-
     enc = component.encode(tokenizer, queries, items, reasonings, options)
     view = reasoning_view(enc)
     keys = [k for k in enc if k.startswith(view + "_")]

@@ -17,10 +17,13 @@ from importlib.metadata import entry_points
 from typing import Any, Iterator
 
 import pluggy
+from pydantic import ValidationError
 
 from . import hookspecs
-from .components import Component
-from .errors import PluginError
+from .components import Annotator, Component, DistillLoss, ModelSource, Options, Selector, Stage, Student
+from .domain import Domain
+from .errors import PluginError, RecipeError, recipe_error
+from .generators import GenerationBackend
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 
@@ -117,8 +120,6 @@ class Catalogue:
 
     def get(self, kind: str, name: str, field_path: str | None = None) -> Component:
         """The component, or a ``RecipeError`` naming ``field_path`` and the registered names."""
-        from .errors import RecipeError
-
         entry = self.kind(kind).get(name)
         if entry is None:
             names = ", ".join(sorted(self.kind(kind))) or "none"
@@ -264,8 +265,6 @@ class Hooks:
 
 def contract_problem(comp: Any) -> str | None:
     """What a registered component gets wrong that would otherwise pass silently, or None."""
-    from .components import Options
-
     opts = getattr(comp, "Options", None)
     if not (isinstance(opts, type) and issubclass(opts, Options)):
         return "its Options must subclass reasondistill.Options (unknown recipe keys are then errors, not ignored)"
@@ -281,10 +280,6 @@ def contract_problem(comp: Any) -> str | None:
 
 def kind_bases() -> dict[str, type]:
     """The base class each component kind must subclass (its written contract)."""
-    from .components import Annotator, DistillLoss, ModelSource, Selector, Stage, Student
-    from .domain import Domain
-    from .generators import GenerationBackend
-
     return {"stage": Stage, "annotator": Annotator, "selector": Selector, "backend": GenerationBackend, "student": Student,
             "loss": DistillLoss, "domain": Domain, "model": ModelSource}
 
@@ -343,3 +338,19 @@ def hook_signature(name: str) -> str:
     sig = inspect.signature(getattr(hookspecs, name))
     params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values())
     return f"{name}({params}) -> {sig.return_annotation}"
+
+
+def validate_nested(context: dict | None, kind: str, name: str, raw: dict[str, Any], field: str) -> Any:
+    """Validate ``raw`` with the ``Options`` of component ``kind``/``name``; errors name ``field``.
+
+    Inside a run the recipe's validation passes the catalogue in the pydantic ``context``; options
+    built directly in Python (``DistillOptions(...)``) have none and use the installed plugins'
+    (:func:`get_hooks`), as every public entry point does.
+    """
+    catalogue = (context or {}).get("catalogue") or get_hooks().catalogue
+    component = catalogue.get(kind, name, field)
+    try:
+        return component.options(raw, context=context)
+    except ValidationError as exc:
+        err = recipe_error(exc, prefix=field)
+        raise RecipeError(err.field, err.message) from None

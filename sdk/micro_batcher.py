@@ -24,7 +24,6 @@ import numpy as np
 
 from .score_inputs import BadRequest
 
-
 #: admit while the estimated wait is within this share of ``max_queue_ms``: the estimate's errors are
 #: absorbed before the deadline would refuse a request late (measured in benchmarks/serve.py)
 ADMIT_SHARE = 0.8

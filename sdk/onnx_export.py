@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .predictor import length_buckets, render_items, student_meta
+
 log = logging.getLogger("reasondistill")
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -109,7 +111,6 @@ class OnnxPredictor:
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        from .serving import student_meta
 
         folder = Path(onnx_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -129,7 +130,6 @@ class OnnxPredictor:
     def predict_proba(self, queries: list[str], items: list[str]):
         import numpy as np
 
-        from .serving import length_buckets
 
         enc = self.tokenizer(queries, items, truncation="longest_first", max_length=self.max_length)
         out = None
@@ -143,7 +143,5 @@ class OnnxPredictor:
         return out
 
     def predict(self, rows, domain=None) -> list[int]:
-        from .serving import render_items
-
         queries, items = render_items(rows, domain)
         return self.predict_proba(queries, items).argmax(-1).tolist()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,8 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .components import Stage
-from .errors import RecipeError
+from .errors import RecipeError, recipe_error
 from .generators import BackendSpec
+from .model_refs import ROLE_KINDS
 from .runtime import RuntimeSpec
 
 MAX_RECIPE_BYTES = 1_000_000
@@ -99,30 +101,6 @@ def step(uses: str, name: str | None = None, inputs: dict[str, str] | None = Non
     return StageSpec(uses=uses, name=name, options=options, inputs=inputs or {})
 
 
-def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
-    """``("stages", 1, "options", "lr")`` -> ``stages[1].options.lr``."""
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "recipe"
-
-
-def recipe_error(exc: ValidationError, prefix: str = "", source: str | None = None) -> RecipeError:
-    """The first pydantic error as a one-line :class:`RecipeError`."""
-    err = exc.errors(include_url=False)[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    msg = err["msg"]
-    if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
-        shown = repr(err["input"])
-        msg += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
-    if err["type"] == "extra_forbidden":
-        msg = "unknown option"
-    return RecipeError(field_path(loc, prefix), msg, source)
-
-
 def _deep_merge(base: dict, over: dict) -> dict:
     """``over`` merged into ``base``, dicts key by key; a component spec (a dict with ``uses``) that
     names another component replaces the base's whole spec: a profile that switches the teacher's
@@ -181,13 +159,7 @@ def load_recipe(source: str | Path | dict[str, Any], profile: str | None = None)
 
 def builtin_recipes() -> dict[str, Path]:
     """Built-in YAML recipes shipped in ``reasondistill.recipes``, by name."""
-    folder = Path(__file__).resolve().parent.parent / "recipes"
-    try:
-        import reasondistill.recipes as pkg
-
-        folder = Path(pkg.__file__).parent
-    except ImportError:  # pragma: no cover - only outside an install
-        pass
+    folder = Path(str(resources.files("reasondistill.recipes")))
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
@@ -228,8 +200,6 @@ def check_reward_weights(recipe: Recipe, catalogue: Any, source: str | None = No
 def check_model_roles(recipe: Recipe, catalogue: Any, source: str | None = None) -> None:
     """A registered model of the wrong kind for its role (an encoder as teacher) fails here, not
     after the stages before the one that loads it have run."""
-    from .models import ROLE_KINDS
-
     for role, ref in recipe.models.items():
         entry = catalogue.kind("model").get(ref)
         need = ROLE_KINDS.get(role)
@@ -297,18 +267,3 @@ def output_refs(options: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
                 if isinstance(item, BaseModel):
                     found += output_refs(item, f"{prefix}{name}[{j}].")
     return found
-
-
-def validate_nested(context: dict | None, kind: str, name: str, raw: dict[str, Any], field: str) -> Any:
-    """Validate ``raw`` with the ``Options`` of component ``kind``/``name``; errors name ``field``."""
-    catalogue = (context or {}).get("catalogue")
-    if catalogue is None:
-        from .manager import get_hooks
-
-        catalogue = get_hooks().catalogue
-    component = catalogue.get(kind, name, field)
-    try:
-        return component.options(raw, context=context)
-    except ValidationError as exc:
-        err = recipe_error(exc, prefix=field)
-        raise RecipeError(err.field, err.message) from None

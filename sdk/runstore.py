@@ -14,8 +14,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import ArtifactError
+from .errors import ArtifactError, RecipeError
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
+from .model_refs import resolve_model
+from .runtime import current
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -114,8 +116,6 @@ class StageContext:
     @property
     def runtime(self) -> Any:
         """Device, dtype, attention kernel and threads of this run (:mod:`reasondistill.runtime`)."""
-        from .runtime import current
-
         return current()
 
     def has_input(self, name: str) -> bool:
@@ -156,12 +156,8 @@ class StageContext:
 
     def model(self, role: str) -> str:
         """The local folder (or hub id) of the model the recipe assigns to ``role``."""
-        from .models import resolve_model
-
         ref = self.recipe.models.get(role)
         if ref is None:
-            from .errors import RecipeError
-
             raise RecipeError(f"models.{role}", f"stage {self.name!r} needs a {role} model; set models.{role}")
         return resolve_model(ref, self.hooks, self.domain)
 

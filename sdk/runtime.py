@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .errors import RecipeError
+
 CPU_BF16_MIN_SPEEDUP = 1.5
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -157,8 +159,6 @@ def cpu_bf16_speedup(size: int = 384, repeats: int = 5) -> float:
 
 def resolve_runtime(spec: RuntimeSpec | None = None, processes: int = 1, local_rank: int = 0) -> Runtime:
     """The runtime for this process; a device that is not there is a one-line ``RecipeError``."""
-    from .errors import RecipeError
-
     spec = spec or RuntimeSpec()
     count = cuda_count()
     reasons = []

@@ -28,8 +28,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ReasonDistillError
+from .manager import get_hooks
 from .micro_batcher import MicroBatcher
+from .onnx_export import OnnxPredictor
+from .predictor import Predictor, render_items, student_meta
+from .score_connections import guarded_protocol, protocol_class
 from .score_inputs import BadRequest, check_pairs, check_text, read_json
+from .score_metrics import ServerMetrics, access
+from .student_package import read_lineage, student_component
 
 log = logging.getLogger("reasondistill")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -86,25 +92,18 @@ class Scorer:
     """Label probabilities for (query, item) pairs from a student package folder."""
 
     def __init__(self, folder: str | Path, variant: str = "int8", batch_size: int = 64, threads: int | None = None):
-        from .serving import student_meta
-
         self.folder = Path(folder)
         self.meta = student_meta(self.folder)
         self.labels: list[str] = list(self.meta.get("labels") or [])
         self.item_fields: tuple[str, ...] = ()
         self.domain = self._domain(self.meta.get("domain"))
         if variant == "torch":
-            from .serving import Predictor
-            from .student_package import student_component
-
             try:
                 self.predictor: Any = student_component(self.folder).predictor(self.folder, batch_size=batch_size)
             except ReasonDistillError as exc:  # its student plugin is not installed here
                 log.warning("%s; loading it as a sequence classifier", exc)
                 self.predictor = Predictor(self.folder, batch_size=batch_size)
         else:
-            from .onnx_export import OnnxPredictor
-
             self.predictor = OnnxPredictor(self.folder / "onnx", variant, batch_size=batch_size, threads=threads)
         if not self.labels:
             self.labels = [str(i) for i in range(self.predictor.predict_proba(["q"], ["i"]).shape[1])]
@@ -114,8 +113,6 @@ class Scorer:
         if not name:
             return None
         try:
-            from .manager import get_hooks
-
             domain = get_hooks().catalogue.get("domain", name)
             domain = domain.configured(domain.options(self.meta.get("domain_options") or {}))
         except Exception as exc:  # a package served where its domain plugin is not installed
@@ -125,8 +122,6 @@ class Scorer:
         return domain
 
     def __call__(self, pairs: list[dict[str, Any]]) -> np.ndarray:
-        from .serving import render_items
-
         queries, items = render_items(pairs, self.domain)
         return self.predictor.predict_proba(queries, items)
 
@@ -150,9 +145,6 @@ def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: 
     from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
-
-    from .score_metrics import ServerMetrics
-    from .student_package import read_lineage
 
     options = options or ServeOptions()
     scorer = scorer or Scorer(folder, options.variant, options.max_batch, options.threads)
@@ -309,7 +301,6 @@ def uvicorn_server(app: Any, host: str, port: int, options: ServeOptions) -> Any
     /ready 503 at once, then accepted requests finish."""
     import uvicorn
 
-    from .score_connections import guarded_protocol, protocol_class
 
     protocol = guarded_protocol(protocol_class(options.http), options.header_timeout_s, options.max_header_bytes,
                                 options.max_connections)
@@ -328,8 +319,6 @@ def uvicorn_server(app: Any, host: str, port: int, options: ServeOptions) -> Any
 
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options: ServeOptions | None = None) -> None:
     """Run the scoring server until SIGINT/SIGTERM: /ready turns 503 at once, accepted requests finish."""
-    from .score_metrics import access
-
     options = options or ServeOptions()
     app = create_app(folder, options)
     if host not in LOOPBACK and not options.resolved_api_key():

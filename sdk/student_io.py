@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PluginError
+from .predictor import student_meta
+from .runtime import current
 
 NETWORK_FILE = "network.safetensors"
 TRAINED_OUTPUTS = "trained_outputs.json"
@@ -50,8 +52,6 @@ def load_network(student: Any, folder: Path, inference: bool = True) -> Any | No
     back; ``None`` when the folder has no parameters outside the sequence classifier."""
     from safetensors.torch import load_file
 
-    from .runtime import current
-    from .serving import student_meta
 
     folder = Path(folder)
     if not (folder / NETWORK_FILE).exists():

@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
+from .fingerprint import canonical_hash, portable_ref
+from .manager import get_hooks
+from .predictor import META, student_meta
+from .run_summary import run_stages
+from .student_io import TRAINED_OUTPUTS
+from .version import __version__
 
 LINEAGE = "lineage.json"
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "reasondistill.json", "onnx/model.onnx",
@@ -27,11 +33,6 @@ REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "reasondistill
 def lineage(run_dir: Path, export_metrics: dict[str, Any], student: Path | None = None) -> dict[str, Any]:
     """What produced the student, read from the run's recipe and manifests: the stage whose folder
     holds ``student`` (the exported one), else the run's last ``distill`` stage."""
-    from reasondistill import __version__
-
-    from .fingerprint import canonical_hash, portable_ref
-    from .report import run_stages
-
     recipe = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
     stages = run_stages(run_dir)
     out: dict[str, Any] = {"run": run_dir.name, "recipe_hash": canonical_hash(recipe)[:16],
@@ -195,7 +196,6 @@ def start_package(student: Path, out: Path) -> Path:
     """``out`` as a fresh copy of the student's ``save_pretrained`` folder; ONNX files go in ``out/onnx``."""
     if out.exists():
         shutil.rmtree(out)
-    from .student_io import TRAINED_OUTPUTS  # the distill stage's reference rows stay out of the package
 
     shutil.copytree(student, out, ignore=shutil.ignore_patterns(TRAINED_OUTPUTS))
     return out / "onnx"
@@ -232,8 +232,6 @@ def find_package(target: str | Path, runs_dir: str | Path = "runs") -> Path:
         if (candidate / "reasondistill.json").exists() and (candidate / "onnx").exists():
             return candidate
         if (candidate / "recipe.json").exists():
-            from .report import run_stages
-
             for name, manifest in reversed(run_stages(candidate)):
                 if manifest and "model" in manifest.get("outputs", {}):
                     return candidate / name / manifest["outputs"]["model"]["path"]
@@ -244,8 +242,5 @@ def find_package(target: str | Path, runs_dir: str | Path = "runs") -> Path:
 def student_component(model_dir: str | Path, hooks: Any = None) -> Any:
     """The registered :class:`~reasondistill.Student` that trained the student in ``model_dir``
     (named in its ``reasondistill.json``): it supplies the predictor and the ONNX export."""
-    from .manager import get_hooks
-    from .serving import META, student_meta
-
     name = student_meta(model_dir).get("student") or "encoder-classifier"
     return (hooks or get_hooks()).catalogue.get("student", name, f"{Path(model_dir) / META}: student")

@@ -26,11 +26,16 @@ from typing import Any, Callable
 
 import pytest
 
+from reasondistill.data import rows_to_pairs
+from reasondistill.engine import Engine
+from reasondistill.manager import Hooks
+from reasondistill.tiny import build_tiny_causal_lm, build_tiny_encoder, build_tiny_teacher, default_domain
+
+from . import tiny
+
 
 @pytest.fixture
 def rd_hooks():
-    from reasondistill.manager import Hooks
-
     return Hooks()
 
 
@@ -50,8 +55,6 @@ def register_plugin(rd_hooks) -> Callable[..., str]:
 
 @pytest.fixture
 def rd_engine(rd_hooks, tmp_path):
-    from reasondistill.engine import Engine
-
     return Engine(rd_hooks, runs_dir=tmp_path / "runs")
 
 
@@ -67,7 +70,6 @@ def _built(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
 
     import transformers
 
-    from reasondistill import tiny
 
     key = hashlib.sha256((Path(tiny.__file__).read_text() + transformers.__version__).encode()).hexdigest()[:12]
     final = Path(cache) / f"{name}-{key}"
@@ -84,28 +86,19 @@ def _built(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory) -> Path:
-    from reasondistill.tiny import build_tiny_causal_lm
-
     return _built(tmp_path_factory, "tiny-causal-lm", build_tiny_causal_lm)
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
-    from reasondistill.tiny import build_tiny_teacher
-
     return _built(tmp_path_factory, "tiny-teacher", build_tiny_teacher)
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
-    from reasondistill.tiny import build_tiny_encoder
-
     return _built(tmp_path_factory, "tiny-encoder", build_tiny_encoder)
 
 
 @pytest.fixture
 def tiny_pairs():
-    from reasondistill.data import rows_to_pairs
-    from reasondistill.tiny import default_domain
-
     return rows_to_pairs(default_domain().generate(n=64, seed=0), "tiny_pairs", num_labels=3)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from .manager import get_hooks
+
 if TYPE_CHECKING:
     from .domain import Domain
 
@@ -20,8 +22,6 @@ DEFAULT_DOMAIN = "local_services"
 
 def default_domain() -> Domain:
     """The embedded demo domain, from the catalogue (the core never imports a plugin)."""
-    from .manager import get_hooks
-
     return get_hooks().catalogue.get("domain", DEFAULT_DOMAIN)
 
 

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .views import ReplicatedStudent
+from .views import ReplicatedStudent, present, unprefixed
 from .views import key as view_key
-from .views import present, unprefixed
 
 
 class PairCollator:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .errors import PluginError
+
 STANDARD, REASONING, SHARED = "std", "rsn", "shr"
 VIEWS = (STANDARD, REASONING, SHARED)
 
@@ -68,8 +70,6 @@ def reasoning_view(batch: Mapping[str, Any]) -> str | None:
 
 def check_encoding(encoding: Mapping[str, Any], with_reasoning: bool, student: str) -> None:
     """What :meth:`Student.encode` returned follows this layout; errors name the student."""
-    from .errors import PluginError
-
     def fail(message: str) -> None:
         raise PluginError(student, "Student.encode", message)
 

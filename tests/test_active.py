@@ -9,7 +9,7 @@ import pytest
 
 from reasondistill import Recipe, Selector, hookimpl, step
 from reasondistill.errors import PluginError, RecipeError
-from reasondistill.plugins.active_selection import RandomSelector, UncertaintyOptions, UncertaintySelector, uncertainty
+from reasondistill.plugins.annotation.selectors import RandomSelector, UncertaintyOptions, UncertaintySelector, uncertainty
 
 DISTILL = {"loss": "ce", "max_steps": 20, "batch_size": 16, "learning_rate": 0.001, "student_options": {"max_length": 48}}
 
@@ -45,7 +45,7 @@ def test_random_selection_is_seeded_distinct_and_never_over_budget():
 
 @pytest.fixture
 def pool_file(tmp_path):
-    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.plugins.domains.local_services import generate_pairs
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in generate_pairs(n=420, seed=4)))
@@ -68,7 +68,7 @@ def active(name, **options):
 def test_uncertainty_and_random_spend_the_same_budget_on_different_rows(rd_engine, pool_file):
     from datasets import load_from_disk
 
-    from reasondistill.plugins.active_annotation import score_pool
+    from reasondistill.plugins.annotation.active_stage import score_pool
 
     res = rd_engine.run(active_recipe(pool_file, active("unsure"), active("rand", selector="random")))
     run = rd_engine.runs_dir / "active"
@@ -101,7 +101,7 @@ def rd_engine_ctx(engine):
     """Enough of a stage context to score rows: the catalogue and the run's domain."""
     from types import SimpleNamespace
 
-    from reasondistill.plugins.local_services import LocalServices
+    from reasondistill.plugins.domains.local_services import LocalServices
 
     return SimpleNamespace(hooks=engine.hooks, domain=LocalServices())
 

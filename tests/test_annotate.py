@@ -10,8 +10,8 @@ import time
 import pytest
 from datasets import load_from_disk
 
-from reasondistill.generation import TeacherGenerator, label_stop_strings
-from reasondistill.plugins.local_services import LocalServices, generate_pairs
+from reasondistill.local_decoding import TeacherGenerator, label_stop_strings
+from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
 
 RECIPE = """
 name: ann
@@ -184,7 +184,7 @@ def test_bf16_teacher_is_checked_against_fp32_labels_and_falls_back(rd_engine, t
 def test_only_unparsable_rows_are_retried(teacher, request):
     """Each retry asks again for exactly the rows with no label yet: all of them, ``retries`` times,
     for the untrained model (it never writes one); the few the tiny teacher missed, for it."""
-    from reasondistill.plugins.annotate import TeacherAnnotatorOptions, annotate_rows
+    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
 
     dom = LocalServices()
     gen = TeacherGenerator(str(request.getfixturevalue(teacher)), dom, batch_size=8, max_new_tokens=32)
@@ -215,7 +215,7 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
     """Hand-computed: 4 rows, one failed in the backend, one unparsed (counted wrong against gold)."""
     from datasets import Dataset
 
-    from reasondistill.plugins.annotate import summarize
+    from reasondistill.plugins.annotation.annotate_stage import summarize
 
     ds = Dataset.from_list([
         {"label": 2, "gold_label": 2, "parse_ok": True, "new_tokens": 10, "error": None},
@@ -244,7 +244,7 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
 
 
 def test_seconds_of_kept_shards_count_after_a_resume(tmp_path):
-    from reasondistill.plugins.annotation_shards import read_seconds, write_shard
+    from reasondistill.plugins.annotation.shards import read_seconds, write_shard
 
     write_shard(tmp_path, 0, [{"a": 1}], 1.5)
     write_shard(tmp_path, 1, [{"a": 2}], 0.25)
@@ -255,7 +255,7 @@ def test_seconds_of_kept_shards_count_after_a_resume(tmp_path):
 def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny_causal_lm):
     """Each retry samples under its own seed (a repeated seed would redraw the same chains), and a
     row no chain could label keeps the first of its chains: one rule for every backend."""
-    from reasondistill.plugins.annotate import TeacherAnnotatorOptions, annotate_rows
+    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
 
     dom = LocalServices()
     gen = TeacherGenerator(str(tiny_causal_lm), dom, batch_size=8, max_new_tokens=12)
@@ -277,7 +277,7 @@ def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny
 
 def test_a_resumed_annotation_with_another_teacher_names_both(tmp_path):
     from reasondistill.errors import DataError
-    from reasondistill.plugins.annotation_shards import check_teacher
+    from reasondistill.plugins.annotation.shards import check_teacher
 
     check_teacher(tmp_path, [{"teacher": "sft/teacher@aa"}, {"teacher": "x", "error": "HTTP 500"}])
     assert (tmp_path / "teacher.txt").read_text() == "sft/teacher@aa"
@@ -295,7 +295,7 @@ def test_teacher_identity_is_the_folder_and_its_weights_digest(rd_engine, tiny_t
 
     from reasondistill import Recipe, step
     from reasondistill.fingerprint import fingerprint
-    from reasondistill.plugins.annotate import identify_teacher
+    from reasondistill.plugins.annotation.annotate_stage import identify_teacher
 
     digest = "+".join(fingerprint(tiny_teacher / f)[7:19] for f in ("config.json", "model.safetensors"))
     assert len(digest) == 25
@@ -323,7 +323,7 @@ def test_self_consistency_label_probs_are_vote_shares(tiny_teacher):
     chains the generator returned; with one chain they are the teacher's own label probabilities."""
     from collections import Counter
 
-    from reasondistill.plugins.annotate import TeacherAnnotatorOptions, annotate_rows
+    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
 
     dom = LocalServices()
     gen = TeacherGenerator(str(tiny_teacher), dom, batch_size=16, max_new_tokens=48)
@@ -369,7 +369,7 @@ def test_one_generator_per_settings_kept_across_calls(rd_hooks, tiny_causal_lm):
     from types import SimpleNamespace
 
     from reasondistill import Recipe
-    from reasondistill.plugins.annotate import TeacherAnnotator, TeacherAnnotatorOptions
+    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotator, TeacherAnnotatorOptions
 
     ctx = SimpleNamespace(hooks=rd_hooks, domain=LocalServices(), recipe=Recipe(name="r", stages=[{"uses": "pairs"}]))
     annotator, teacher = TeacherAnnotator(), str(tiny_causal_lm)

@@ -15,9 +15,11 @@ def trainer_for(tiny_teacher, tmp_path, lora: bool, answer_head_only: bool, grad
     from datasets import Dataset
     from trl import SFTConfig
 
-    from reasondistill.plugins.answer_head import AnswerHeadSFTTrainer
-    from reasondistill.plugins.teacher_common import common_args, load_causal_lm, peft_config
-    from reasondistill.plugins.teacher_sft import SFTOptions
+    from reasondistill.plugins.teacher.answer_head import AnswerHeadSFTTrainer
+    from reasondistill.plugins.teacher.loading import load_causal_lm
+    from reasondistill.plugins.teacher.lora import peft_config
+    from reasondistill.plugins.teacher.train_options import common_args
+    from reasondistill.plugins.teacher.sft import SFTOptions
 
     torch.manual_seed(0)
     model, tok = load_causal_lm(str(tiny_teacher))
@@ -120,7 +122,7 @@ def test_a_head_the_hook_cannot_narrow_still_gives_trl_loss(tiny_teacher, tmp_pa
     the positions are selected from the full logits instead, and the loss is still trl's."""
     from contextlib import nullcontext
 
-    from reasondistill.plugins import answer_head
+    from reasondistill.plugins.teacher import answer_head
 
     ours, batch = trainer_for(tiny_teacher, tmp_path / "ours", True, True)
     theirs, _ = trainer_for(tiny_teacher, tmp_path / "theirs", True, False)

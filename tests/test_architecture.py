@@ -1,69 +1,122 @@
-"""Layering of the core: sdk/ has no import cycle (not even one hidden in a function body) and never
-imports a plugin; plugins reach the core through its public modules."""
+"""The house rules of the code: import-linter's contracts (pyproject.toml: no import cycle anywhere,
+the core's layers, the plugins' phases) on the package as it installs, own modules imported inside
+a function only where a heavy dependency makes it worth it, and the device/precision rule."""
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-SDK = Path(__file__).resolve().parents[1] / "sdk"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SDK = ROOT / "sdk"
+PLUGINS = ROOT / "plugins"
 
 
-def _imports(path: Path) -> set[str]:
-    """sdk modules ``path`` imports anywhere, except under ``if TYPE_CHECKING:`` (annotations only)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)}
+@pytest.fixture()
+def installed_layout(tmp_path):
+    """The package laid out as a wheel installs it (``reasondistill/`` from sdk/, with plugins/ and
+    recipes/ inside): the import path and the file path agree there, which import-linter needs."""
+    package = tmp_path / "reasondistill"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(SDK, package, ignore=skip)
+    shutil.copytree(PLUGINS, package / "plugins", ignore=skip)
+    shutil.copytree(ROOT / "recipes", package / "recipes", ignore=skip)
+    return tmp_path
+
+
+def lint_imports(layout: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; "
+                           "sys.exit(c())", str(ROOT / "pyproject.toml"), "--no-cache"],
+                          cwd=layout, env={"PYTHONPATH": str(layout), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+
+
+def test_import_contracts_hold(installed_layout):
+    result = lint_imports(installed_layout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout and "3 kept" in result.stdout
+
+
+@pytest.mark.parametrize("module, planted, broken", [
+    ("errors.py", "from . import engine\n", "No import cycle"),  # a cycle through the whole core
+    ("fingerprint.py", "def f():\n    from .plugins.student import losses\n", "the core never imports"),  # hidden in a function
+    ("plugins/domains/product_search.py", "from reasondistill.plugins.student import losses\n", "phases"),
+    ("plugins/teacher/lora.py", "def f():\n    from reasondistill.plugins.teacher import training\n", "No import cycle"),
+])
+def test_import_contracts_catch_a_planted_break(installed_layout, module, planted, broken):
+    path = installed_layout / "reasondistill" / module
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + planted, encoding="utf-8")
+    result = lint_imports(installed_layout)
+    assert result.returncode != 0 and broken in result.stdout.split("Broken contracts")[-1], result.stdout[-2000:]
+
+
+#: third-party packages slow to import (or optional): a module that loads one at import time may be
+#: imported inside a function, so ``reasondistill --help``, ``validate`` and plugin registration stay light
+HEAVY = {"torch", "transformers", "datasets", "trl", "peft", "accelerate", "onnx", "onnxruntime", "onnxscript",
+         "starlette", "uvicorn", "matplotlib", "sklearn", "httpx", "gguf", "safetensors", "tokenizers",
+         "prometheus_client", "tqdm"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = ["reasondistill"] + parts[1:] if parts[0] == "sdk" else ["reasondistill"] + parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+FILES = {_module_name(p): p for root in (SDK, PLUGINS) for p in root.rglob("*.py")}
+
+
+def _targets(module: str, node) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:
+        package = module.split(".") if FILES[module].name == "__init__.py" else module.split(".")[:-1]
+        base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in FILES else base for a in node.names]
+
+
+def _loads_heavy(module: str, seen: frozenset = frozenset()) -> bool:
+    """Whether importing ``module`` imports a HEAVY package (its own top-level imports, followed)."""
+    if module not in FILES:
+        return module.split(".")[0] in HEAVY
+    if module in seen:
+        return False
+    tree = ast.parse(FILES[module].read_text(encoding="utf-8"))
+    return any(_loads_heavy(t, seen | {module}) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+               for t in _targets(module, node))
+
+
+def _deferred_own_imports(module: str) -> list[tuple[int, str]]:
+    tree = ast.parse(FILES[module].read_text(encoding="utf-8"))
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(a.name for a in node.names)
-            elif (node.module or "").startswith("reasondistill"):
-                parts = node.module.split(".")
-                found.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("reasondistill."))
-    return found
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.update((node.lineno, t) for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))
+                         for t in _targets(module, node) if t.startswith("reasondistill"))
+    return sorted(found)
 
 
-def _graph() -> dict[str, set[str]]:
-    return {p.stem: _imports(p) for p in SDK.glob("*.py")}
+def test_own_modules_are_imported_inside_a_function_only_when_they_load_a_heavy_package():
+    """Deferring an import hides the structure (and used to hide import cycles); it is kept only where
+    the imported module loads torch, transformers, onnx, ... at import time."""
+    light = [f"{FILES[m].relative_to(ROOT)}:{line}: {target}" for m in sorted(FILES)
+             for line, target in _deferred_own_imports(m) if not _loads_heavy(target)]
+    assert not light, "import these at the top of the module (they load nothing heavy):\n" + "\n".join(light)
 
 
-def test_sdk_imports_no_plugin():
-    offenders = {mod: deps & {"plugins"} for mod, deps in _graph().items() if "plugins" in deps}
-    assert not offenders, f"sdk modules importing reasondistill.plugins: {sorted(offenders)}"
-
-
-def test_sdk_has_no_import_cycle():
-    graph = {m: {d for d in deps if d in _graph() and d != m} for m, deps in _graph().items()}
-    graph.pop("__init__", None)
-    for deps in graph.values():
-        deps.discard("__init__")
-    seen, stack, cycles = set(), [], []
-
-    def visit(node):
-        if node in stack:
-            cycles.append(stack[stack.index(node):] + [node])
-            return
-        if node in seen:
-            return
-        seen.add(node)
-        stack.append(node)
-        for dep in sorted(graph.get(node, ())):
-            visit(dep)
-        stack.pop()
-
-    for node in sorted(graph):
-        visit(node)
-    assert not cycles, "import cycles in sdk/: " + "; ".join(" -> ".join(c) for c in cycles)
+def test_the_deferred_import_rule_sees_what_it_names():
+    assert _loads_heavy("reasondistill.training") and not _loads_heavy("reasondistill.errors")
+    assert ("reasondistill.plugins.student.losses" in FILES
+            and _targets("reasondistill.plugins.student.losses", ast.parse("from .encoder import X").body[0])
+            == ["reasondistill.plugins.student.encoder"])
 
 
 # --- device and precision have one home (reasondistill.runtime) ----------------------------------
-ROOTS = [SDK, SDK.parent / "plugins"]
+ROOTS = [SDK, PLUGINS]
 MARK = "# runtime:"  # a deliberate fixed precision says why on its line, e.g. "# runtime: ONNX export is fp32"
 FLOAT_DTYPES = {"float32", "float16", "bfloat16", "half", "float", "double", "float64"}
 
@@ -100,7 +153,7 @@ def _hard_coded(path):
 def test_no_model_load_or_tensor_fixes_device_or_precision_outside_the_runtime_module():
     """Model loads, trainer configs and tensor factories take device and dtype from
     reasondistill.runtime; a deliberate exception carries a '# runtime: <why>' comment."""
-    offenders = [hit for root in ROOTS for path in sorted(root.glob("*.py")) if path.name != "runtime.py"
+    offenders = [hit for root in ROOTS for path in sorted(root.rglob("*.py")) if path.name != "runtime.py"
                  for hit in _hard_coded(path)]
     assert not offenders, "hard-coded device/precision (use reasondistill.runtime):\n" + "\n".join(offenders)
 

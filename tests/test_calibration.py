@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reasondistill.errors import PluginError
-from reasondistill.plugins.calibration import add_to_bias, final_linear, fit_offsets, halves, macro_f1
+from reasondistill.plugins.student.calibration import add_to_bias, final_linear, fit_offsets, halves, macro_f1
 
 
 def test_offsets_recover_a_class_the_argmax_never_picks():
@@ -70,9 +70,9 @@ def test_a_head_that_changes_the_logits_after_the_bias_is_refused_and_left_as_it
 
 def test_calibrated_student_ships_the_calibrated_labels_through_every_path(rd_engine, tmp_path):
     from reasondistill import Recipe, step
-    from reasondistill.plugins.calibration import halves as split
-    from reasondistill.plugins.local_services import LocalServices, generate_pairs
-    from reasondistill.serving import Predictor, render_items
+    from reasondistill.plugins.student.calibration import halves as split
+    from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
+    from reasondistill.predictor import Predictor, render_items
     from reasondistill.student_package import lineage, model_card
 
     rows = generate_pairs(n=240, seed=4)

@@ -7,7 +7,7 @@ import pytest
 
 from reasondistill import DataError
 from reasondistill.data import load_pairs
-from reasondistill.plugins.local_services import generate_pairs
+from reasondistill.plugins.domains.local_services import generate_pairs
 
 ROWS = [{"search_term": "drill", "product_title": "Cordless Drill", "relevance": 2},
         {"search_term": "paint", "product_title": "Paint Roller", "relevance": 1}]

@@ -86,7 +86,7 @@ def test_bad_encoding_or_label_map_fail_validate(rd_engine, tmp_path, options, m
 
 def test_a_stage_that_fails_leaves_no_half_written_run_folder(rd_engine, tmp_path):
     """A bad row past the rows validate reads fails the stage; the run folder it made is gone."""
-    from reasondistill.plugins.core_stages import VALIDATE_ROWS
+    from reasondistill.plugins.pipeline.pairs_stage import VALIDATE_ROWS
 
     path = write_csv(tmp_path / "late.csv", [("q%d" % i, "item", i % 3) for i in range(VALIDATE_ROWS + 5)] + [("q", "i", 9)])
     rd_engine.validate(recipe(path))  # the first rows are fine
@@ -109,7 +109,7 @@ def test_a_failed_stage_keeps_the_earlier_stages_and_its_own_work(rd_engine, tmp
 
 
 def test_dev_queries_shared_with_train_and_repeated_pairs_are_counted_and_warned(rd_engine, tmp_path):
-    from reasondistill.report import warning_lines
+    from reasondistill.run_summary import warning_lines
 
     train = write_csv(tmp_path / "train.csv", ROWS)  # three distinct pairs, each ten times
     dev = write_csv(tmp_path / "dev.csv", [("gym", "Sunny Club: gym", 2), ("sushi", "Blue Door: pizza", 0)])

@@ -14,7 +14,7 @@ import torch
 from datasets import load_from_disk
 
 from reasondistill.metrics import classification_metrics
-from reasondistill.plugins.local_services import LocalServices, generate_pairs
+from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
 
 from .test_ml_core import CLS, LABELS, LOGITS, PROBS, R_CLS, R_LOGITS, _batch, _log_softmax
 
@@ -201,8 +201,8 @@ def test_sources_are_filtered_weighted_and_counted_per_source(mixed_run):
 
 
 def test_gate_numbers_are_the_teachers_and_the_reference_students_on_the_same_pairs(mixed_run):
-    from reasondistill.serving import Predictor, render_items
-    from reasondistill.plugins.local_services import LocalServices
+    from reasondistill.predictor import Predictor, render_items
+    from reasondistill.plugins.domains.local_services import LocalServices
 
     _, _, run, printed = mixed_run
     dev_ann = [r for r in load_from_disk(str(run / "annotate" / "dev_annotations")) if r["gold_label"] >= 0]
@@ -336,7 +336,7 @@ def test_the_student_encodes_each_rows_own_reasoning(rd_engine, register_plugin)
     """What the distill stage hands ``Student.encode`` as reasonings: every training row's chain, as
     the input has it (a loss without the reasoning view gets none)."""
     from reasondistill import Recipe, hookimpl, step
-    from reasondistill.plugins.student_encoder import EncoderClassifier
+    from reasondistill.plugins.student.encoder import EncoderClassifier
 
     seen: list = []
 
@@ -376,7 +376,7 @@ def test_gate_scores_the_teacher_on_rows_with_a_gold_label_only(tmp_path):
 
     from datasets import Dataset
 
-    from reasondistill.plugins.quality_gate import GateOptions, QualityGate
+    from reasondistill.plugins.student.gate_stage import GateOptions, QualityGate
 
     rows = [{"label": 0, "gold_label": 0}, {"label": 2, "gold_label": -1}, {"label": 2, "gold_label": 2},
             {"label": -1, "gold_label": 2}, {"label": 1, "gold_label": -1}]

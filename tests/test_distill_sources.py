@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.domains.local_services import LocalServices
 
 
 def test_merged_sources_scale_weights_to_mean_one_and_give_gold_rows_one_hot_probs():
-    from reasondistill.plugins.distill_sources import merge_sources
+    from reasondistill.plugins.student.sources import merge_sources
 
     teacher = [{"query": f"q{i}", "item": "x", "label": 1, "reasoning": "r", "label_probs": [0.2, 0.7, 0.1],
                 "weight": 0.5, "source": "annotations", "confidence": 0.7, "parse_ok": True} for i in range(3)]
@@ -38,7 +38,7 @@ def test_a_source_counts_dropped_rows_weighs_by_confidence_and_needs_its_reasoni
     from datasets import Dataset
 
     from reasondistill.errors import DataError
-    from reasondistill.plugins.distill_sources import TrainSource, load_source
+    from reasondistill.plugins.student.sources import TrainSource, load_source
 
     teacher = [{"query": f"q{i}", "item": "x", "label": lab, "parse_ok": lab >= 0, "teacher": "t",
                 "label_probs": probs, "reasoning": "r", "gold_label": 1}
@@ -76,7 +76,7 @@ def test_gold_pairs_take_the_reasoning_stage_chains_by_pair_id(rd_engine, tmp_pa
     import json
 
     from reasondistill import Recipe, step
-    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.plugins.domains.local_services import generate_pairs
 
     rows = generate_pairs(n=40, seed=5)
     for r in rows[::2]:
@@ -96,7 +96,7 @@ def test_gold_pairs_take_the_reasoning_stage_chains_by_pair_id(rd_engine, tmp_pa
 
 
 def test_class_weights_multiply_each_rows_weight_by_its_labels_before_the_mean_one_scaling():
-    from reasondistill.plugins.distill_sources import class_weight_vector, merge_sources
+    from reasondistill.plugins.student.sources import class_weight_vector, merge_sources
 
     labels = [0, 0, 0, 1, 2, 2]
     rows = [{"query": f"q{i}", "item": "x", "label": label, "reasoning": "r", "weight": 1.0, "source": "pairs"}
@@ -119,7 +119,7 @@ def test_class_weights_are_recorded_in_the_run_and_the_card_and_checked_against_
 
     from reasondistill import Recipe, step
     from reasondistill.errors import RecipeError
-    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.plugins.domains.local_services import generate_pairs
     from reasondistill.student_package import lineage, model_card
 
     rows = generate_pairs(n=40, seed=5)

@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reasondistill.plugins.local_services import LocalServices
-from reasondistill.plugins.product_search import ProductSearch
+from reasondistill.plugins.domains.local_services import LocalServices
+from reasondistill.plugins.domains.product_search import ProductSearch
 
 DOM = LocalServices()
 
@@ -53,7 +53,7 @@ def test_parser_non_string():
 
 
 def test_chinese_web_search_domain():
-    from reasondistill.plugins.web_search_zh import WebSearchZh
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 
     dom = WebSearchZh()
     text = dom.format_completion("标题回答了查询", 1)
@@ -71,7 +71,7 @@ def test_qbqtc_loads_and_renders(tmp_path):
     import pytest
 
     from reasondistill.data import load_pairs
-    from reasondistill.plugins.web_search_zh import WebSearchZh
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "qbqtc" / "dev.jsonl"
     if not path.exists():
@@ -83,7 +83,7 @@ def test_qbqtc_loads_and_renders(tmp_path):
 
 
 def test_strip_verdict_drops_only_sentences_that_name_a_label():
-    from reasondistill.plugins.web_search_zh import WebSearchZh
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 
     dom = ProductSearch()
     chain = dom.rationale({"query": "80,000 btu heater", "item": "ProCom 80,000 BTU Kerosene Heater"}, 2)
@@ -98,7 +98,7 @@ def test_strip_verdict_drops_only_sentences_that_name_a_label():
 
 
 def test_relabel_changes_only_the_verdict():
-    from reasondistill.plugins.web_search_zh import WebSearchZh
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 
     dom = ProductSearch()
     text = "Reasoning: Not irrelevant: the size fits. So the product is relevant to the query.\nLabel: relevant"
@@ -128,7 +128,7 @@ def test_product_search_checks_the_overlap_a_chain_claims():
 
 
 def test_web_search_zh_checks_the_shared_words_a_chain_claims():
-    from reasondistill.plugins.web_search_zh import WebSearchZh
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 
     zh, row = WebSearchZh(), {"query": "北京天气预报", "item": "北京天气_中国天气网"}
     assert zh.check_claims(row, zh.rationale(row, 2)) == 1.0

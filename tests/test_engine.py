@@ -144,7 +144,7 @@ def test_an_option_added_later_leaves_hashes_alone_at_its_default():
     """``json_schema_extra={"hash": "unless_default"}``: the option is in a stage's hash only when
     set away from its default, so adding it did not rerun stages cached before it existed."""
     from reasondistill.generators import hash_view
-    from reasondistill.plugins.teacher_sft import SFTOptions
+    from reasondistill.plugins.teacher.sft import SFTOptions
 
     assert "group_by_length" not in hash_view(SFTOptions())
     assert "group_by_length" not in hash_view(SFTOptions(group_by_length=False))

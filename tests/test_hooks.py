@@ -7,7 +7,7 @@ import pytest
 from reasondistill import (
     Annotator, DistillLoss, Domain, ModelSource, PluginError, Recipe, Stage, StageResult, Student, hookimpl, step,
 )
-from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.domains.local_services import LocalServices
 
 
 def _names(hooks, kind):
@@ -149,7 +149,7 @@ def test_hook_register_selectors(rd_engine, register_plugin, tmp_path):
     import numpy as np
 
     from reasondistill import Recipe, Selector, step
-    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.plugins.domains.local_services import generate_pairs
 
     seen = []
 
@@ -358,7 +358,7 @@ def test_register_mistakes_name_the_plugin(rd_hooks, register_plugin):
 
 
 def test_hook_register_models(rd_hooks, register_plugin, tmp_path):
-    from reasondistill.models import resolve_model
+    from reasondistill.model_refs import resolve_model
 
     class Folder(ModelSource):
         name = "my-folder"

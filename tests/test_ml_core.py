@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reasondistill import Recipe, step
-from reasondistill.plugins.local_services import LocalServices, generate_pairs
+from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
 
 DOM = LocalServices()
 
@@ -244,7 +244,7 @@ def test_backends_change_only_generating_stages_and_input_files_change_the_hash(
 
 
 def test_slot_engine_answers_in_input_order_and_label_probs_in_label_order(tiny_teacher):
-    from reasondistill.generation import TeacherGenerator
+    from reasondistill.local_decoding import TeacherGenerator
 
     messages = [DOM.messages(r) for r in generate_pairs(n=24, seed=7)]
     slots = TeacherGenerator(str(tiny_teacher), DOM, batch_size=5, max_new_tokens=48)
@@ -290,7 +290,7 @@ def test_each_teacher_stage_starts_from_the_previous_teacher(rd_engine):
     run = rd_engine.runs_dir / "chain"
     dapt = load_file(str(run / "dapt" / "teacher" / "model.safetensors"))
     sft = load_file(str(run / "sft" / "teacher" / "model.safetensors"))
-    from reasondistill.models import resolve_model
+    from reasondistill.model_refs import resolve_model
 
     base = load_file(str(__import__("pathlib").Path(resolve_model("tiny-causal-lm", rd_engine.hooks)) / "model.safetensors"))
     key = next(k for k in sft if "layers.0.self_attn.q_proj.weight" in k)
@@ -306,7 +306,7 @@ def test_saved_student_is_the_trained_one(rd_engine):
     from datasets import load_from_disk
 
     from reasondistill.metrics import classification_metrics
-    from reasondistill.serving import Predictor
+    from reasondistill.predictor import Predictor
 
     recipe = Recipe(name="save", models={"student": "tiny-encoder"}, seed=1,
                     stages=[step("pairs", n=240), step("distill", train_input="pairs", loss="ce", max_steps=120,

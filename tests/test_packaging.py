@@ -19,12 +19,12 @@ def wheel(tmp_path_factory):
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("reasondistill/hookspecs.py", "reasondistill/plugins/local_services.py",
+    for path in ("reasondistill/hookspecs.py", "reasondistill/plugins/domains/local_services.py",
                  "reasondistill/recipes/quickstart.yaml", "reasondistill/testing.py"):
         assert path in names, path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[reasondistill]" in text and "local_services = reasondistill.plugins.local_services" in text
+    assert "[reasondistill]" in text and "local_services = reasondistill.plugins.domains.local_services" in text
     assert "[pytest11]" in text
 
 
@@ -32,7 +32,7 @@ def test_wheel_installs_and_imports(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import reasondistill, reasondistill.plugins.local_services as l, "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import reasondistill, reasondistill.plugins.domains.local_services as l, "
             "reasondistill.recipes.__init__; from reasondistill.recipe import builtin_recipes; "
             "assert reasondistill.__file__.startswith(sys.argv[1]), reasondistill.__file__; "
             "assert 'quickstart' in builtin_recipes(); print(l.LocalServices.name)")

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from reasondistill import DataError, Recipe, step
-from reasondistill.plugins.parse_health import ParseHealthOptions, ParseMonitor
+from reasondistill.plugins.annotation.parse_health import ParseHealthOptions, ParseMonitor
 
 ANNOTATOR = {"max_new_tokens": 8, "batch_size": 8, "retries": 0}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reasondistill import PluginError, Recipe, hookimpl, step
-from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.domains.local_services import LocalServices
 
 
 def teacher_recipe(**sft) -> Recipe:

@@ -48,7 +48,7 @@ def test_run_warns_in_plain_words(tiny_quickstart, capsys):
 
 def test_never_predicted_classes_are_named_with_their_dev_counts(tmp_path):
     """Hand-made predictions: the warning names exactly the classes the student never predicts."""
-    from reasondistill.report import _never_predicted
+    from reasondistill.run_summary import _never_predicted
 
     path = tmp_path / "dev_predictions.json"
     path.write_text(json.dumps({"gold": [0, 1, 2, 2, 1], "pred": [0, 0, 1, 1, 0],

@@ -32,7 +32,7 @@ def test_smollm2_through_dapt_sft_preference_and_reload(rd_engine):
     assert len(new) >= 1 and tok.decode(new, skip_special_tokens=True).strip(), "the reloaded teacher writes text"
     from safetensors.torch import load_file
 
-    from reasondistill.models import resolve_model
+    from reasondistill.model_refs import resolve_model
 
     base = load_file(f"{resolve_model('smollm2-135m-instruct', rd_engine.hooks)}/model.safetensors")
     tuned = load_file(str(folder / "model.safetensors"))

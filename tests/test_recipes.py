@@ -226,7 +226,7 @@ def test_model_max_positions_reads_a_local_folder(tmp_path):
     import json
 
     from reasondistill.manager import Hooks
-    from reasondistill.models import model_max_positions
+    from reasondistill.model_refs import model_max_positions
 
     catalogue = Hooks().catalogue
     assert model_max_positions("all-minilm-l6-v2", catalogue) == 512

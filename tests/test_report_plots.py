@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 
-from reasondistill.plugins import run_report
-from reasondistill.plugins.web_search_zh import WebSearchZh
+from reasondistill.plugins.pipeline import run_report
+from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 
 LABELS = list(WebSearchZh.labels)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reasondistill.plugins.local_services import LocalServices
-from reasondistill.plugins.rewards import (
+from reasondistill.plugins.domains.local_services import LocalServices
+from reasondistill.plugins.rewards.dimensions import (
     ClaimCheck,
     Faithfulness,
     FormatScore,
@@ -100,7 +100,7 @@ def test_length_hand_computed(words, expected):
 def test_every_scorer_answers_through_the_plugin_manager(rd_engine):
     """What the stages call: the hook, not the classes. A scorer whose ``score_reasoning`` lost its
     ``@hookimpl`` (or whose plugin is not registered) would silently drop its dimension."""
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     hooks = rd_engine.hooks
     dom = ProductSearch()

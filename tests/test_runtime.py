@@ -115,7 +115,7 @@ def test_slot_engine_on_the_gpu_writes_what_generate_writes(tiny_teacher):
     """The slot loop's cache, index and mask tensors live on the model's device."""
     from transformers import AutoModelForCausalLM
 
-    from reasondistill.generation import TeacherGenerator
+    from reasondistill.local_decoding import TeacherGenerator
     from reasondistill.tiny import default_domain
 
     dom = default_domain()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from reasondistill.plugins.backend_openai import httpx_module
-from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.backends.openai_backend import httpx_module
+from reasondistill.plugins.domains.local_services import LocalServices
 
 from .reliability.helpers import env
 from .served import free_port
@@ -66,7 +66,7 @@ def dev_pairs(tiny_quickstart) -> list[dict]:
 
 def test_scores_equal_the_in_process_predictor(server, package, dev_pairs):
     from reasondistill.onnx_export import OnnxPredictor
-    from reasondistill.plugins.local_services import LocalServices
+    from reasondistill.plugins.domains.local_services import LocalServices
 
     got = httpx.post(server + "/score", json={"pairs": dev_pairs}, timeout=30).json()["results"]
     predictor = OnnxPredictor(package / "onnx", "fp32")

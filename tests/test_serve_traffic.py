@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from reasondistill.plugins.backend_openai import httpx_module
+from reasondistill.plugins.backends.openai_backend import httpx_module
 from reasondistill.score_server import Scorer, ServeOptions, create_app, uvicorn_server
 
 from .serve_cases import PAIR

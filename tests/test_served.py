@@ -13,8 +13,8 @@ from datasets import load_from_disk
 
 from reasondistill import BackendError, Recipe, step
 from reasondistill.generators import cut_at_stop, label_mass
-from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
-from reasondistill.plugins.local_services import LocalServices, generate_pairs
+from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
+from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
 
 from .reliability.helpers import cmd, env
 from .served import ANSWER, LABEL_TOP, FaultServer, free_port

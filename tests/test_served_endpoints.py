@@ -11,8 +11,8 @@ from datasets import load_from_disk
 
 from reasondistill import BackendError, Recipe, step
 from reasondistill.errors import DataError
-from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
-from reasondistill.plugins.local_services import LocalServices, generate_pairs
+from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
+from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
 
 from .served import FaultServer
 
@@ -313,7 +313,7 @@ def test_two_ranks_times_two_endpoints_write_the_rows_of_one_process_and_one_end
 def test_a_retry_waits_for_a_slot_elsewhere_rather_than_going_back_to_the_endpoint_that_failed():
     """(benchmarks/served.py lost 52 pairs before: the survivor was full, and the retries went back
     to the endpoint that had just failed.)"""
-    from reasondistill.plugins.openai_endpoints import Endpoint, EndpointPool
+    from reasondistill.plugins.backends.openai_endpoints import Endpoint, EndpointPool
 
     a, b = (Endpoint(url=u, model="m", capacity=1, weight=1.0, client=None) for u in ("a", "b"))
     pool = EndpointPool([a, b], breaker_failures=3, probe_interval=5.0)

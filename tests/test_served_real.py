@@ -13,7 +13,7 @@ from datasets import load_from_disk
 
 from reasondistill.fingerprint import portable_ref
 from reasondistill.hf_compat import transformers_major
-from reasondistill.plugins.backend_openai import OpenAIBackendOptions, OpenAIGenerator
+from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
 
 from .reliability.helpers import cmd, env
 from .served import free_port, start_transformers_serve, stop
@@ -49,7 +49,7 @@ def tiny_served(tiny_teacher, tmp_path_factory):
 def test_served_greedy_equals_local_backend(tiny_served, tiny_teacher):
     """Same tiny teacher, greedy: the server's answers equal the local engines' text for text, and
     so do the labels parsed from them (the teacher writes all three labels)."""
-    from reasondistill.generation import TeacherGenerator
+    from reasondistill.local_decoding import TeacherGenerator
 
     msgs = _messages(16)
     served = OpenAIGenerator(DOM, OpenAIBackendOptions(model=tiny_served.model, base_url=tiny_served.url,

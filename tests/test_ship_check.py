@@ -27,7 +27,7 @@ def gated_recipe(path, on_fail: str) -> Recipe:
 
 @pytest.fixture
 def pairs_file(tmp_path):
-    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.plugins.domains.local_services import generate_pairs
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in generate_pairs(n=240, seed=4)))
@@ -35,8 +35,8 @@ def pairs_file(tmp_path):
 
 
 def test_gold_only_ships_the_reference_when_the_gated_student_is_below_it(rd_engine, pairs_file):
-    from reasondistill.plugins.local_services import LocalServices
-    from reasondistill.serving import Predictor, render_items
+    from reasondistill.plugins.domains.local_services import LocalServices
+    from reasondistill.predictor import Predictor, render_items
     from reasondistill.student_package import lineage, read_lineage
 
     res = rd_engine.run(gated_recipe(pairs_file, "gold_only"))
@@ -59,7 +59,7 @@ def test_gold_only_ships_the_reference_when_the_gated_student_is_below_it(rd_eng
     assert info["ship_check"] == m["ship_check_line"] and info["student"]["train_rows"] == m["train_rows"]
     card = (run / "export" / "model" / "README.md").read_text()
     assert "| ship check | ship check: gated macro-F1" in card
-    from reasondistill.report import verdict_lines
+    from reasondistill.run_summary import verdict_lines
 
     assert m["ship_check_line"] in verdict_lines(run)  # printed by run and show, at the top of report.md
     # the lineage is the exported student's stage, not the run's last distill stage

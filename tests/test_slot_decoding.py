@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reasondistill.generation import TeacherGenerator, prompt_texts, shared_prefix
-from reasondistill.plugins.local_services import LocalServices, generate_pairs
+from reasondistill.local_decoding import TeacherGenerator, prompt_texts, shared_prefix
+from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
 from reasondistill.slot_decoding import SlotDecoder, supports_slots
 
 MAX_NEW = 10

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from reasondistill import Recipe, step
-from reasondistill.plugins.distill_losses import CRSD, CrossEntropy, LogitKD
-from reasondistill.plugins.local_services import LocalServices
-from reasondistill.plugins.student_encoder import EncoderClassifier
-from reasondistill.serving import Predictor
+from reasondistill.plugins.student.losses import CRSD, CrossEntropy, LogitKD
+from reasondistill.plugins.domains.local_services import LocalServices
+from reasondistill.plugins.student.encoder import EncoderClassifier
+from reasondistill.predictor import Predictor
 from reasondistill.training import PairCollator
 
 DOM = LocalServices()
@@ -123,7 +123,7 @@ def test_hide_verdict_strips_label_sentences_from_train_and_dev_reasoning(rd_eng
 
     from datasets import Dataset
 
-    from reasondistill.plugins.distill_stage import DistillOptions, hide_verdict_in, training_rows
+    from reasondistill.plugins.student.distill_stage import DistillOptions, hide_verdict_in, training_rows
 
     rows = [{"query": "q", "item": "i", "label": k, "rationale": f"Open late. So it is {DOM.labels[k]}."} for k in range(3)]
     ctx = SimpleNamespace(load_dataset=lambda name: Dataset.from_list(rows), domain=DOM)

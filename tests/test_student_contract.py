@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reasondistill import Recipe, step
-from reasondistill.plugins.student_encoder import EncoderClassifier, EncoderStudent
+from reasondistill.plugins.student.encoder import EncoderClassifier, EncoderStudent
 
 
 @pytest.mark.parametrize("broken, message", [

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reasondistill import PluginError, Recipe, hookimpl, step
-from reasondistill.plugins.student_encoder import EncoderClassifier, EncoderStudent
+from reasondistill.plugins.student.encoder import EncoderClassifier, EncoderStudent
 from reasondistill.student_io import NETWORK_FILE, read_trained_outputs
 
 
@@ -85,7 +85,7 @@ def test_custom_head_round_trip_and_export(rd_engine, rd_hooks, students):
     reloaded = component.predictor(folder).predict_proba(trained["queries"], trained["items"])
     assert np.allclose(reloaded, trained["probs"], atol=1e-4)
     # the head matters: the encoder's own (untrained) classifier gives other answers
-    from reasondistill.serving import Predictor
+    from reasondistill.predictor import Predictor
 
     plain = Predictor(folder).predict_proba(trained["queries"], trained["items"])
     assert not np.allclose(plain, trained["probs"], atol=1e-2)

@@ -5,7 +5,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM
 
 from reasondistill import Recipe, step
-from reasondistill.plugins.local_services import LocalServices, generate_pairs
+from reasondistill.plugins.domains.local_services import LocalServices, generate_pairs
 
 DOM = LocalServices()
 
@@ -75,7 +75,7 @@ def test_teacher_eval_saves_each_answer_with_its_reward_vector(teacher_run):
 
 
 def test_claims_dimension_comes_from_the_domain(rd_hooks):
-    from reasondistill.plugins.product_search import ProductSearch
+    from reasondistill.plugins.domains.product_search import ProductSearch
 
     shop, row = ProductSearch(), {"query": "cordless pump", "item": "Ryobi Cordless Drill Kit", "label": 1}
     true = shop.format_completion(shop.rationale(row, 1), 1)
@@ -161,7 +161,7 @@ def test_learned_multi_head_reward_model(teacher_run):
     results = Engine(engine.hooks, engine.runs_dir).run(recipe)
     rm = results["reward_model"].metrics
     assert rm["dims"] >= 5 and rm["steps"] >= 1
-    from reasondistill.plugins.reward_model import MultiHeadRewardModel
+    from reasondistill.plugins.rewards.reward_model import MultiHeadRewardModel
 
     model, _ = MultiHeadRewardModel.load(engine.runs_dir / "teach" / "reward_model" / "reward_model")
     assert len(model.dims) == rm["dims"] and model.heads.out_features == rm["dims"]
@@ -174,7 +174,7 @@ def test_learned_multi_head_reward_model(teacher_run):
 def test_bradley_terry_loss_orders_by_sign():
     import torch
 
-    from reasondistill.plugins.reward_model import bradley_terry_loss
+    from reasondistill.plugins.rewards.reward_model import bradley_terry_loss
 
     rc, rr = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     good = bradley_terry_loss(rc, rr, torch.tensor([[1.0, -1.0]]))
@@ -184,7 +184,7 @@ def test_bradley_terry_loss_orders_by_sign():
 
 
 def test_prompts_are_drawn_evenly_across_gold_labels():
-    from reasondistill.plugins.teacher_preference import pick_prompts
+    from reasondistill.plugins.teacher.preference import pick_prompts
 
     pool = [{"pair_id": str(i), "label": 2} for i in range(10)] + [{"pair_id": "a", "label": 0}, {"pair_id": "b", "label": 1}]
     picked = pick_prompts(pool, 6, balance=True)
@@ -198,8 +198,8 @@ def test_chosen_prefers_the_gold_label(rd_hooks):
     from types import SimpleNamespace
 
     from reasondistill import Recipe
-    from reasondistill.plugins.local_services import LocalServices
-    from reasondistill.plugins.teacher_preference import build_pairs
+    from reasondistill.plugins.domains.local_services import LocalServices
+    from reasondistill.plugins.teacher.preference import build_pairs
 
     dom = LocalServices()
     ctx = SimpleNamespace(hooks=rd_hooks, domain=dom, recipe=Recipe(name="r", stages=[{"uses": "pairs"}],
@@ -229,8 +229,8 @@ def test_lora_layers_trains_only_the_top_layers(rd_engine):
     the top layer's linear weights only (the bottom layer, embeddings and norms are bit-equal)."""
     import torch
 
-    from reasondistill.models import resolve_model
-    from reasondistill.plugins.local_services import LocalServices
+    from reasondistill.model_refs import resolve_model
+    from reasondistill.plugins.domains.local_services import LocalServices
 
     recipe = Recipe(name="top", models={"teacher": "tiny-causal-lm"}, seed=0, stages=[
         step("pairs", n=40), step("reasoning", source="column", limit=16),
@@ -250,8 +250,8 @@ def test_activation_checkpointing_is_off_on_a_cpu_unless_asked(tmp_path):
     import warnings
     from types import SimpleNamespace
 
-    from reasondistill.plugins.teacher_sft import SFTOptions
-    from reasondistill.plugins.teacher_common import common_args
+    from reasondistill.plugins.teacher.sft import SFTOptions
+    from reasondistill.plugins.teacher.train_options import common_args
 
     from trl import SFTConfig
 
@@ -271,8 +271,9 @@ def test_group_by_length_batches_rows_of_similar_length(tmp_path, tiny_teacher):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from reasondistill.plugins.teacher_common import common_args, load_causal_lm
-    from reasondistill.plugins.teacher_sft import SFTOptions
+    from reasondistill.plugins.teacher.loading import load_causal_lm
+    from reasondistill.plugins.teacher.train_options import common_args
+    from reasondistill.plugins.teacher.sft import SFTOptions
 
     model, tok = load_causal_lm(str(tiny_teacher))
     rows = [{"prompt": [{"role": "user", "content": "q " * (1 + (7 * i) % 40)}],
@@ -335,7 +336,7 @@ def test_reasoning_stage_keeps_only_gold_labelled_rows(rd_engine, tmp_path):
     """Unjudged rows (label -1 in a labelled file) have no label for a chain to end in: left out."""
     import json
 
-    from reasondistill.plugins.local_services import generate_pairs
+    from reasondistill.plugins.domains.local_services import generate_pairs
 
     rows = generate_pairs(n=10, seed=3)
     for r in rows[6:]:

@@ -43,7 +43,7 @@ stages:
 
 def test_every_training_stage_runs_in_two_processes(tmp_path):
     from reasondistill.manager import get_hooks
-    from reasondistill.models import resolve_model
+    from reasondistill.model_refs import resolve_model
     from reasondistill.recipe import load_recipe, resolve_domain
 
     recipe = tmp_path / "ddp.yaml"
@@ -111,7 +111,7 @@ def test_two_processes_with_the_same_global_batch_train_as_one(tmp_path):
     CRSD to 1e-4, CRSD's in-batch negatives gathered from both ranks (per-rank negatives would
     give another loss). Only the main process writes: both runs leave the same files."""
     from reasondistill.manager import get_hooks
-    from reasondistill.models import resolve_model
+    from reasondistill.model_refs import resolve_model
     from reasondistill.recipe import load_recipe, resolve_domain
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

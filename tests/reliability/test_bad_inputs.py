@@ -8,7 +8,7 @@ import yaml
 from reasondistill import DataError, PluginError, RecipeError, hookimpl
 from reasondistill.cli import main
 from reasondistill.data import load_pairs
-from reasondistill.plugins.local_services import LocalServices
+from reasondistill.plugins.domains.local_services import LocalServices
 
 TRIED = {"n": 0}
 
@@ -54,7 +54,7 @@ def test_invalid_utf8(tmp_path):
 
 def test_huge_item_is_truncated_for_student_and_teacher(tiny_encoder, tiny_causal_lm):
     TRIED["n"] += 1
-    from reasondistill.plugins.student_encoder import EncoderClassifier
+    from reasondistill.plugins.student.encoder import EncoderClassifier
 
     comp = EncoderClassifier()
     tok = comp.tokenizer(str(tiny_encoder))
@@ -194,7 +194,7 @@ def test_our_own_errors_inside_a_stage_gain_the_stage_name(rd_engine, tmp_path):
     TRIED["n"] += 1
     from reasondistill import Recipe, step
 
-    from reasondistill.plugins.core_stages import VALIDATE_ROWS
+    from reasondistill.plugins.pipeline.pairs_stage import VALIDATE_ROWS
 
     # past the rows validate reads, so the stage itself meets the bad label
     path = jsonl(tmp_path, [GOOD] * (VALIDATE_ROWS + 10) + [{"query": "q", "item": "x", "label": 5}])

@@ -119,7 +119,7 @@ def test_truncated_shard_is_detected_and_redone(tmp_path):
     resumed = json.loads((stage / MANIFEST).read_text())["metrics"]
     for key in ("pairs", "parse_rate", "tokens", "failed", "teacher_accuracy", "teacher_macro_f1"):
         assert resumed.get(key) == manifest["metrics"].get(key), key
-    from reasondistill.plugins.annotation_shards import read_seconds
+    from reasondistill.plugins.annotation.shards import read_seconds
 
     folder = stage / "annotations_shards"
     assert read_seconds(folder) > read_seconds(folder, 2) > 0  # the kept shards' time counts too

@@ -1,0 +1,1 @@
+"""Generation backends (``register_generation_backends``): how the teacher writes, in process or over HTTP."""

@@ -1,0 +1,1 @@
+"""Serving and export: the hub-ready student package."""

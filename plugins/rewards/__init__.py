@@ -1,0 +1,1 @@
+"""Reward scoring (``score_reasoning``): the multi-dimensional reward behind the teacher's preference pairs."""
