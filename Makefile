@@ -4,7 +4,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test test-main test-min docs bench mutants
+.PHONY: setup demo test test-main test-min docs docs-shots bench mutants
 
 setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
@@ -54,3 +54,9 @@ test-min: setup
 mutants: setup
 	$(PYTHON) -m pip install -q cosmic-ray
 	$(PYTHON) benchmarks/mutants.py $(MUTANTS)
+
+# Screenshots of the docs' main pages in headless Chromium, and a check that nothing runs past its
+# column (not in CI: it needs a browser; Debian: apt-get install chromium).
+docs-shots: setup
+	$(PYTHON) -m pip install -q playwright
+	$(PYTHON) docs/screenshots.py $(SHOTS)

@@ -54,12 +54,13 @@ TARGETS: dict[str, tuple[str, str]] = {
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/local_decoding.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_string or contract or engines or bf16'"),
-    "annotate": ("plugins/annotation/annotate_stage.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
-    "distill_stage": ("plugins/student/distill_stage.py plugins/student/sources.py plugins/student/gate_stage.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
+    "annotate": ("plugins/annotation/annotate_stage.py plugins/annotation/sharded_run.py plugins/annotation/teacher_annotator.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
+    "distill_stage": ("plugins/student/distill_stage.py plugins/student/checks.py plugins/student/sources.py plugins/student/gate_stage.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
                       f"{OPTIONS_DOC} tests/test_two_processes.py tests/test_recipes.py -k 'distill or saved_student "
                       "or hide_verdict or loss or options_reference or checkpointed_run_resumes or two_processes "
                       "or contract or dropped or invalid_recipe'"),
-    "teacher_stages": ("plugins/teacher/common.py plugins/teacher/dapt.py plugins/teacher/reasoning_data.py plugins/teacher/sft.py "
+    "teacher_stages": ("plugins/teacher/train_options.py plugins/teacher/lora.py plugins/teacher/loading.py "
+                       "plugins/teacher/training.py plugins/teacher/evaluation.py plugins/teacher/dapt.py plugins/teacher/reasoning_data.py plugins/teacher/sft.py "
                        "plugins/teacher/preference.py", f"tests/test_teacher.py tests/test_ml_core.py {OPTIONS_DOC} "
                        "tests/reliability/test_bad_inputs.py tests/reliability/test_faults.py -k 'teacher or star or sft or "
                        "preference or dapt or chosen or prompts or max_length or checkpointing or lora_layers or curve "

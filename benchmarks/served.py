@@ -57,8 +57,8 @@ class FakeServers:
 def annotate(urls: list[str], rows: list[dict], domain, concurrency: int, kill_after: int | None = None,
              servers: FakeServers | None = None, out: Path | None = None) -> dict:
     """The stage's own path (``annotate_rows`` then ``write_shard``) over ``urls``; wall and CPU time."""
-    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
     from reasondistill.plugins.annotation.shards import write_shard
+    from reasondistill.plugins.annotation.teacher_annotator import TeacherAnnotatorOptions, annotate_rows
     from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
 
     gen = OpenAIGenerator(domain, OpenAIBackendOptions(
@@ -139,13 +139,13 @@ def real_servers(args) -> None:
 
     sys.path.insert(0, str(ROOT))
     from common import DEFAULT_DATA, read_jsonl
-    from tests.served import free_port, start_transformers_serve, stop
 
-    from reasondistill.local_decoding import TeacherGenerator
     from reasondistill import get_hooks
+    from reasondistill.local_decoding import TeacherGenerator
     from reasondistill.model_refs import resolve_model
     from reasondistill.plugins.backends.openai_backend import OpenAIBackendOptions, OpenAIGenerator
     from reasondistill.plugins.domains.product_search import ProductSearch
+    from tests.served import free_port, start_transformers_serve, stop
 
     dom = ProductSearch()
     folder = resolve_model(args.teacher, get_hooks())

@@ -11,7 +11,7 @@ from .generators import BackendSpec, Generation, GenerationBackend, Generator
 from .hookspecs import hookimpl, hookspec
 from .manager import Hooks, get_hooks, reset_hooks
 from .recipe import Recipe, StageSpec, load_recipe, step
-from .runstore import RunInfo, StageContext, StageResult
+from .stage_context import RunInfo, StageContext, StageResult
 from .version import __version__ as __version__
 
 __all__ = [

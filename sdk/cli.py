@@ -132,7 +132,6 @@ def options_schema(component) -> dict:
 def cmd_recipes(args) -> int:
     import yaml
 
-
     for name, path in builtin_recipes().items():
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         print(f"{name:<14} {str(raw.get('description', '')).strip().splitlines()[0] if raw.get('description') else ''}")
@@ -175,7 +174,6 @@ def cmd_push(args) -> int:
             print(f"  {f}")
         return 0
     from huggingface_hub import HfApi
-
 
     try:
         api = HfApi()

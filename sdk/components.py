@@ -20,7 +20,7 @@ from .student_io import load_network, save_network
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from .runstore import StageContext, StageResult
+    from .stage_context import StageContext, StageResult
 
 
 class Options(BaseModel):

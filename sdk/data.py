@@ -130,6 +130,38 @@ def load_pairs(path: str | Path, format: str | None = None, columns: dict[str, s
     return rows_to_pairs(rows, str(path), report, num_labels, label_map), report
 
 
+def text_field(value: Any, where: str, col: str, report: LoadReport) -> str:
+    """A query or item as text: numbers written as text, None as empty, NUL bytes removed (counted)."""
+    if not isinstance(value, str):
+        if value is None:
+            value = ""
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        else:
+            raise DataError(f"{where}: column {col!r} must be text, got {type(value).__name__}")
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+        report.nul_bytes_removed += 1
+    return value
+
+
+def label_grade(label: Any, where: str, num_labels: int | None, label_map: dict[str, int] | None) -> int:
+    """A label as an integer grade of the schema (text mapped through ``label_map``)."""
+    if label_map and isinstance(label, str) and label.strip() in label_map:
+        label = label_map[label.strip()]
+    try:
+        as_int = int(label)
+        if as_int != float(label):
+            raise ValueError
+    except (TypeError, ValueError):
+        hint = (f"; label_map has {', '.join(map(repr, label_map))}" if label_map else
+                "; map text labels to grades with the pairs option label_map (e.g. {relevant: 2})")
+        raise DataError(f"{where}: column 'label' must be an integer grade, got {label!r}{hint}") from None
+    if num_labels is not None and not 0 <= as_int < num_labels:
+        raise DataError(f"{where}: label {as_int} is outside the schema 0..{num_labels - 1}")
+    return as_int
+
+
 def rows_to_pairs(rows: list[dict[str, Any]], source: str, report: LoadReport | None = None,
                   num_labels: int | None = None, label_map: dict[str, int] | None = None) -> Any:
     """Check rows against the pairs contract and build a ``datasets.Dataset``."""
@@ -147,36 +179,12 @@ def rows_to_pairs(rows: list[dict[str, Any]], source: str, report: LoadReport | 
     stem = Path(source).stem or "pair"
     for i, row in enumerate(rows):
         for col in REQUIRED:
-            value = row.get(col)
-            if not isinstance(value, str):
-                if value is None:
-                    value = ""
-                elif isinstance(value, (int, float)):
-                    value = str(value)
-                else:
-                    raise DataError(f"{source} row {i}: column {col!r} must be text, got {type(value).__name__}")
-            if "\x00" in value:
-                value = value.replace("\x00", "")
-                report.nul_bytes_removed += 1
-            row[col] = value
+            row[col] = text_field(row.get(col), f"{source} row {i}", col, report)
         if not row["query"].strip() or not row["item"].strip():
             report.dropped_empty += 1
             continue
         if "label" in row and row["label"] is not None and row["label"] != "":
-            label = row["label"]
-            if label_map and isinstance(label, str) and label.strip() in label_map:
-                label = label_map[label.strip()]
-            try:
-                as_int = int(label)
-                if as_int != float(label):
-                    raise ValueError
-            except (TypeError, ValueError):
-                hint = (f"; label_map has {', '.join(map(repr, label_map))}" if label_map else
-                        "; map text labels to grades with the pairs option label_map (e.g. {relevant: 2})")
-                raise DataError(f"{source} row {i}: column 'label' must be an integer grade, got {label!r}{hint}") from None
-            if num_labels is not None and not 0 <= as_int < num_labels:
-                raise DataError(f"{source} row {i}: label {as_int} is outside the schema 0..{num_labels - 1}")
-            row["label"] = as_int
+            row["label"] = label_grade(row["label"], f"{source} row {i}", num_labels, label_map)
         elif "label" in present:
             row["label"] = -1  # unlabelled row in a labelled file
         row["pair_id"] = str(row["pair_id"]) if row.get("pair_id") not in (None, "") else f"{stem}-{i}"

@@ -46,6 +46,7 @@ def reasoning_view_proba(student, tokenizer, component, options, queries, items,
     import torch
 
     from .training import PairCollator
+
     enc = component.encode(tokenizer, queries, items, reasonings, options)
     view = reasoning_view(enc)
     keys = [k for k in enc if k.startswith(view + "_")]

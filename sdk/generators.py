@@ -20,13 +20,13 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from .components import Component
 
 if TYPE_CHECKING:
     from .domain import Domain
-    from .runstore import StageContext
+    from .stage_context import StageContext
 
 Messages = list[dict[str, str]]
 
@@ -117,8 +117,9 @@ class BackendSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    uses: str = "transformers"
-    options: dict[str, Any] = {}
+    uses: str = Field("transformers",
+        description="the registered generation backend (`transformers`, `openai`, or a plugin's)")
+    options: dict[str, Any] = Field({}, description="that backend's options, validated with its own Options")
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> BackendSpec:
@@ -133,11 +134,6 @@ class BackendSpec(BaseModel):
                 raise ValueError(f"{where}: {'unknown option' if err['type'] == 'extra_forbidden' else err['msg']} "
                                  f"(backend {self.uses!r})") from None
         return self
-
-    def hash_view(self, catalogue: Any) -> dict[str, Any]:
-        """What of this choice changes the completions (transport settings left out)."""
-        backend = catalogue.get("backend", self.uses, "backend")
-        return {"uses": self.uses, "options": hash_view(backend.options(self.options))}
 
 
 class GenerationBackend(Component):
@@ -163,28 +159,6 @@ class GenerationBackend(Component):
             concurrency).
         :param max_new_tokens: the default token budget of one completion.
         """
-
-
-def hash_view(options: BaseModel) -> dict[str, Any]:
-    """The options that change a stage's outputs, for its hash.
-
-    A field declared with ``json_schema_extra={"hash": False}`` (a server address, concurrency,
-    timeouts, retries: how the work travels, not what it computes) is left out, so tuning it
-    resumes a cut-off stage instead of redoing it. One declared ``{"hash": "unless_default"}`` (an
-    option added after stages were cached) is left out while it has its default, so adding it does
-    not rerun every stage computed before it existed. Nested backend specs are viewed the same way.
-    """
-    dumped = options.model_dump(mode="json")
-    out: dict[str, Any] = {}
-    for name, info in type(options).model_fields.items():
-        extra = info.json_schema_extra
-        rule = extra.get("hash") if isinstance(extra, dict) else None
-        if rule is False or (rule == "unless_default" and getattr(options, name) == info.get_default(call_default_factory=True)):
-            continue
-        value = getattr(options, name)
-        out[name] = hash_view(value) if isinstance(value, BaseModel) and not isinstance(value, BackendSpec) \
-            else dumped[name]
-    return out
 
 
 def effective_spec(recipe: Any, spec: BackendSpec | dict | None) -> BackendSpec:

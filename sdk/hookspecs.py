@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # imports for annotations only; hookspecs stay import-light
     )
     from .domain import Domain
     from .generators import GenerationBackend
-    from .runstore import RunInfo, StageResult
+    from .stage_context import RunInfo, StageResult
 
 PROJECT = "reasondistill"
 hookspec = pluggy.HookspecMarker(PROJECT)

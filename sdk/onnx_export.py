@@ -111,7 +111,6 @@ class OnnxPredictor:
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-
         folder = Path(onnx_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         opts = ort.SessionOptions()
@@ -129,7 +128,6 @@ class OnnxPredictor:
 
     def predict_proba(self, queries: list[str], items: list[str]):
         import numpy as np
-
 
         enc = self.tokenizer(queries, items, truncation="longest_first", max_length=self.max_length)
         out = None

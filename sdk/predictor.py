@@ -50,7 +50,6 @@ class Predictor:
                  tokenizer: Any = None, network: Any = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-
         self.meta = student_meta(model_dir) if model_dir else {}
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
         if model is None and network is None:

@@ -36,11 +36,13 @@ class StageSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    uses: str
-    name: str | None = Field(default=None, pattern=NAME_PATTERN)
-    options: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[str, str] = Field(default_factory=dict)
-    seed: int | None = None
+    uses: str = Field(description="the registered stage this step runs")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN,
+        description="the step's name (its folder, and how later steps name its outputs); default: uses")
+    options: dict[str, Any] = Field(default_factory=dict, description="the stage's options, validated with its Options")
+    inputs: dict[str, str] = Field(default_factory=dict,
+        description="input name -> earlier `stage` or `stage.output` it reads; default: the latest output of that name")
+    seed: int | None = Field(None, description="this stage's own seed; default: the recipe's")
 
     @property
     def stage_name(self) -> str:
@@ -51,26 +53,33 @@ class Recipe(BaseModel):
     """A whole run: domain, models by role, seed, reward weights and the ordered stages."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    domain: str = "local_services"
-    domain_options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(pattern=NAME_PATTERN, description="the run's name: its folder under runs/")
+    description: str = Field("", description="what the recipe is for (shown by `reasondistill recipes`)")
+    domain: str = Field("local_services",
+        description="the registered search domain: prompts, student inputs and the label scale")
+    domain_options: dict[str, Any] = Field(default_factory=dict,
+        description="that domain's options, validated with its Options")
     #: role -> model: a registered model name, a local folder or a hub id (``teacher``, ``student``)
-    models: dict[str, str] = Field(default_factory=dict)
-    seed: int = 0
-    reward_weights: dict[str, float] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict,
+        description="role (teacher, student) -> a registered model, a folder or a hub id")
+    seed: int = Field(0, description="the seed every stage starts from (Python, NumPy, torch, the trainers)")
+    reward_weights: dict[str, float] = Field(default_factory=dict,
+        description="reward dimension -> its weight in the aggregated reward (default 1.0 each)")
     #: role -> generation backend (``teacher``: how the teacher runs; default ``transformers``)
-    backends: dict[str, BackendSpec] = Field(default_factory=dict)
+    backends: dict[str, BackendSpec] = Field(default_factory=dict,
+        description="role -> how that model generates (`backends.teacher`: the teacher's generation backend)")
     #: device, precision, attention kernel and threads (see :mod:`reasondistill.runtime`)
-    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec,
+        description="device, precision, attention kernel and threads of the run")
     #: the teacher's system prompt in every stage that prompts it (SFT data, preference, annotation,
     #: evaluation): ``full`` states the task, the label scale and the answer format (a zero-shot
     #: teacher needs them); ``short`` is the task in one line, for a teacher that learns the format
     #: in SFT (half the tokens of a Home Depot SFT row; see docs/recipes.md)
-    teacher_prompt: Literal["full", "short"] = "full"
+    teacher_prompt: Literal["full", "short"] = Field("full",
+        description="the teacher's prompt: full (labels with their descriptions) or short")
     #: never run code shipped with a model unless the recipe says so (and the run logs it)
-    trust_remote_code: bool = False
-    stages: list[StageSpec] = Field(min_length=1)
+    trust_remote_code: bool = Field(False, description="let model loads run code shipped with the model (off: never)")
+    stages: list[StageSpec] = Field(min_length=1, description="the steps, run in order")
 
     @field_validator("stages")
     @classmethod

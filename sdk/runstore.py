@@ -1,52 +1,30 @@
-"""The run store: ``runs/<name>/<stage>/`` folders, their manifests, and what a stage sees.
+"""The run store: ``runs/<name>/<stage>/`` folders over their life, and their manifests.
 
 A stage is complete when its ``manifest.json`` exists, carries a valid self-checksum, and every
 output it lists still matches its fingerprint. A stage folder without a manifest is work that was
-cut off: when the stage hash is unchanged the stage resumes from it.
+cut off: when the stage hash is unchanged the stage resumes from it. :class:`StageFolder` owns
+that life (up to date?, begin, finish, the result a manifest records, discard); the engine decides
+which stage runs when and calls it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any
 
-from .errors import ArtifactError, RecipeError
+from .errors import ArtifactError
 from .fingerprint import canonical_hash, fingerprint, write_json_atomic
-from .model_refs import resolve_model
-from .runtime import current
-
-if TYPE_CHECKING:
-    from .domain import Domain
-    from .manager import Hooks
-    from .recipe import Recipe
+from .stage_context import StageResult
 
 MANIFEST = "manifest.json"
 STATE = ".state.json"
+log = logging.getLogger("reasondistill")
 TRACKED_PACKAGES = ("reasondistill", "torch", "transformers", "trl", "peft", "datasets",
                     "accelerate", "pluggy", "pydantic")
-
-
-@dataclass
-class RunInfo:
-    """A run's name, folder and recipe; passed to lifecycle hooks."""
-
-    name: str
-    dir: Path
-    recipe: Recipe
-
-
-@dataclass
-class StageResult:
-    """What a stage produced: output paths (relative to its folder) and metrics."""
-
-    outputs: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    skipped: bool = False
-    seconds: float = 0.0
 
 
 def package_versions() -> dict[str, str]:
@@ -91,99 +69,85 @@ def verify_outputs(stage_dir: Path, manifest: dict[str, Any]) -> str | None:
     return None
 
 
-@dataclass
-class StageContext:
-    """Everything a running stage may use. Stages write only under ``dir``."""
+def result_from_manifest(manifest: dict[str, Any], skipped: bool = False) -> StageResult:
+    """The :class:`StageResult` a manifest records."""
+    return StageResult(outputs={k: v["path"] for k, v in manifest.get("outputs", {}).items()},
+                       metrics=manifest.get("metrics", {}), skipped=skipped,
+                       seconds=manifest.get("timings", {}).get("seconds", 0.0))
 
-    name: str
-    dir: Path
-    run: RunInfo
-    hooks: Hooks
-    domain: Domain
-    resuming: bool
-    produced: dict[str, dict[str, Path]]  # earlier stage -> output name -> absolute path
-    input_map: dict[str, str] = field(default_factory=dict)
-    stage_seed: int | None = None  # the stage's own ``seed``, where its spec sets one
 
-    @property
-    def recipe(self) -> Recipe:
-        return self.run.recipe
+class StageFolder:
+    """One stage's folder, ``runs/<run>/<stage>/``, from the check that skips it to its manifest."""
 
-    @property
-    def seed(self) -> int:
-        return self.run.recipe.seed if self.stage_seed is None else self.stage_seed
+    def __init__(self, run_dir: Path, name: str):
+        self.run_dir, self.name, self.dir = run_dir, name, run_dir / name
 
-    @property
-    def runtime(self) -> Any:
-        """Device, dtype, attention kernel and threads of this run (:mod:`reasondistill.runtime`)."""
-        return current()
-
-    def has_input(self, name: str) -> bool:
+    def up_to_date(self, digest: str) -> StageResult | None:
+        """The recorded result when the folder holds a complete stage of hash ``digest``; None when
+        it must run (no manifest, another hash, an edited manifest, an output changed or gone)."""
         try:
-            self.input(name)
-            return True
-        except ArtifactError:
+            manifest = read_manifest(self.dir)
+        except ArtifactError as exc:
+            log.warning("%s; recomputing the stage", exc)
+            return None
+        if manifest is None or manifest.get("hash") != digest:
+            return None
+        problem = verify_outputs(self.dir, manifest)
+        if problem:
+            log.warning("stage %s: %s; recomputing", self.name, problem)
+            return None
+        return result_from_manifest(manifest, skipped=True)
+
+    def can_resume(self, digest: str) -> bool:
+        """A folder left by an interrupted run of the same stage hash is resumed, not wiped."""
+        state = self.dir / STATE
+        if not state.exists() or (self.dir / MANIFEST).exists():
+            return False
+        try:
+            return json.loads(state.read_text()).get("hash") == digest
+        except (ValueError, OSError):
             return False
 
-    def input(self, name: str) -> Path:
-        """The path of an earlier output: the stage ``inputs`` names, else the latest of that name.
+    def begin(self, digest: str, resuming: bool) -> None:
+        """Make the folder ready (emptied unless ``resuming``; a killed run's half-written atomic
+        files removed) and mark it running with ``digest``, so an interruption can resume."""
+        if not resuming:
+            clear_dir(self.dir)
+        for stale in self.dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        write_json_atomic(self.dir / STATE, {"hash": digest, "status": "running"})
 
-        ``stage.output`` names one stage's output directly.
-        """
-        stage, dot, out = name.partition(".")
-        if dot and stage in self.produced:
-            if out not in self.produced[stage]:
-                raise ArtifactError(f"stage {self.name!r}: stage {stage!r} has no output {out!r}")
-            return self.produced[stage][out]
-        if name in self.input_map:
-            stage, _, out = self.input_map[name].partition(".")
-            out = out or name
-            try:
-                return self.produced[stage][out]
-            except KeyError:
-                raise ArtifactError(f"stage {self.name!r}: input {name!r} expects output {out!r} of "
-                                    f"stage {stage!r}, which it did not produce") from None
-        for outputs in reversed(list(self.produced.values())):
-            if name in outputs:
-                return outputs[name]
-        raise ArtifactError(f"stage {self.name!r} needs an input {name!r}, but no earlier stage produced one")
+    def finish(self, result: StageResult, record: dict[str, Any]) -> None:
+        """Fingerprint every output the stage reported and write the manifest (``record`` plus the
+        outputs and metrics); the stage is complete from here on."""
+        outputs = {}
+        for out_name, rel in result.outputs.items():
+            path = self.dir / rel
+            if not path.exists():
+                raise ArtifactError(f"stage {self.name!r} reported output {out_name!r} at {path}, which does not exist")
+            outputs[out_name] = {"path": str(rel), "fingerprint": fingerprint(path)}
+        write_manifest(self.dir, {**record, "outputs": outputs, "metrics": result.metrics, "versions": package_versions()})
+        (self.dir / STATE).unlink(missing_ok=True)
 
-    def load_dataset(self, name: str) -> Any:
-        from datasets import load_from_disk
+    def recorded_result(self) -> StageResult:
+        """What the manifest records (another process finished the stage), empty when none."""
+        return result_from_manifest(read_manifest(self.dir) or {})
 
-        # in memory: map/select must never write cache files into an earlier stage's output
-        return load_from_disk(str(self.input(name)), keep_in_memory=True)
+    def discard_if_empty(self) -> None:
+        """After a stage failed: remove its folder when it holds no work (only the state file, stale
+        temp files, empty folders), and the run folder when no stage folder is left in it. Work a rerun
+        can resume from (annotation shards, checkpoints, a trained teacher) is never touched."""
+        def holds_work(folder: Path) -> bool:
+            return any(p.is_file() and p.name != STATE and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                       for p in folder.rglob("*"))
 
-    def model(self, role: str) -> str:
-        """The local folder (or hub id) of the model the recipe assigns to ``role``."""
-        ref = self.recipe.models.get(role)
-        if ref is None:
-            raise RecipeError(f"models.{role}", f"stage {self.name!r} needs a {role} model; set models.{role}")
-        return resolve_model(ref, self.hooks, self.domain)
-
-    def progress(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it") -> Any:
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, desc=f"{self.name}: {desc}".rstrip(": "), unit=unit, dynamic_ncols=True)
+        if self.dir.is_dir() and not holds_work(self.dir):
+            shutil.rmtree(self.dir)
+        if self.run_dir.is_dir() and not any(p.is_dir() for p in self.run_dir.iterdir()):
+            shutil.rmtree(self.run_dir)
 
 
 def clear_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-
-
-def discard_if_empty(stage_dir: Path, run_dir: Path) -> None:
-    """After a stage failed: remove its folder when it holds no work (only the state file, stale
-    temp files, empty folders), and the run folder when no stage folder is left in it. Work a rerun
-    can resume from (annotation shards, checkpoints, a trained teacher) is never touched."""
-    import shutil
-
-    def holds_work(folder: Path) -> bool:
-        return any(p.is_file() and p.name != STATE and not (p.name.startswith(".") and p.name.endswith(".tmp"))
-                   for p in folder.rglob("*"))
-
-    if stage_dir.is_dir() and not holds_work(stage_dir):
-        shutil.rmtree(stage_dir)
-    if run_dir.is_dir() and not any(p.is_dir() for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir)

@@ -50,7 +50,8 @@ class RuntimeSpec(BaseModel):
     dtype: Literal["auto", "fastest", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights and compute; auto = bf16 on GPUs that have it, fp32 on CPU; fastest = "
                             "bf16 also on a CPU where a matmul probe measures it 1.5x faster than fp32 (see docs)")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field("auto",
+        description="attention kernel of model loads: auto (transformers' default, sdpa), or one named")
     threads: int | Literal["auto"] = Field("auto", description="torch threads per process; auto = cores / processes")
 
     @field_validator("device")
@@ -66,10 +67,6 @@ class RuntimeSpec(BaseModel):
         if isinstance(value, int) and value < 1:
             raise ValueError("must be at least 1")
         return value
-
-    def hash_view(self) -> dict[str, Any]:
-        """What a stage's hash covers (see the module docstring)."""
-        return {"dtype": self.dtype}
 
 
 @dataclass(frozen=True)

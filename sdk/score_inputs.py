@@ -98,3 +98,26 @@ async def read_json(request: Any, options: Any) -> Any:
         raise BadRequest(400, f"body is not valid JSON ({exc})") from None
     except RecursionError:
         raise BadRequest(400, "body is nested too deeply") from None
+
+
+def check_rerank(body: Any, options: Any) -> tuple[str, list[str], int, bool]:
+    """A ``/rerank`` body checked field by field: the query, the documents, ``top_n`` and
+    ``return_documents``; else a 4xx naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest(422, "body must be a JSON object with 'query' and 'documents'")
+    unknown = set(body) - {"query", "documents", "top_n", "return_documents"}
+    if unknown:
+        raise BadRequest(422, f"unknown field {sorted(unknown)[0]!r}")
+    query = check_text(body.get("query"), "query", options)
+    docs = body.get("documents")
+    if not isinstance(docs, list) or not docs:
+        raise BadRequest(422, "documents: missing, empty, or not a list")
+    if len(docs) > options.max_pairs:
+        raise BadRequest(413, f"documents: {len(docs)}, more than max_pairs {options.max_pairs}")
+    texts = [check_text(d, f"documents[{i}]", options) for i, d in enumerate(docs)]
+    top_n = body.get("top_n", len(texts))
+    if not isinstance(top_n, int) or isinstance(top_n, bool) or not 1 <= top_n <= options.max_pairs:
+        raise BadRequest(422, f"top_n: must be an integer from 1 to max_pairs {options.max_pairs}")
+    if not isinstance(body.get("return_documents", False), bool):
+        raise BadRequest(422, "return_documents: must be true or false")
+    return query, texts, top_n, body.get("return_documents", False)

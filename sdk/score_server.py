@@ -16,11 +16,8 @@ validation gives the one-line errors the bad-input table documents instead of py
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,12 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .errors import ReasonDistillError
 from .manager import get_hooks
-from .micro_batcher import MicroBatcher
 from .onnx_export import OnnxPredictor
 from .predictor import Predictor, render_items, student_meta
 from .score_connections import guarded_protocol, protocol_class
-from .score_inputs import BadRequest, check_pairs, check_text, read_json
-from .score_metrics import ServerMetrics, access
+from .score_metrics import access
 from .student_package import read_lineage, student_component
 
 log = logging.getLogger("reasondistill")
@@ -136,171 +131,20 @@ class Scorer:
 
 def create_app(folder: str | Path, options: ServeOptions | None = None, scorer: Scorer | None = None) -> Any:
     """The ASGI app serving the student package in ``folder``."""
-    from contextlib import asynccontextmanager
-
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.middleware import Middleware
-    from starlette.middleware.cors import CORSMiddleware
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    from .score_app import ScoreApp  # starlette: the serve extra, loaded when a server starts
 
     options = options or ServeOptions()
     scorer = scorer or Scorer(folder, options.variant, options.max_batch, options.threads)
-    state = {"ready": False, "draining": False}
-    metrics = ServerMetrics(lambda: batcher.queued_pairs, lambda: state["ready"] and not state["draining"])
-    batcher = MicroBatcher(scorer, options.max_batch, options.max_wait_ms, options.max_queue, options.max_queue_ms,
-                           on_batch=metrics.batch)
     private = {"variant", "threads", "api_key", "ssl_certfile", "ssl_keyfile", "cors_origins", "http"}
     metadata = {**read_lineage(folder), "variant": options.variant, "labels": scorer.labels,
                 "limits": options.model_dump(exclude=private)}
-    started = time.time()
-    key = options.resolved_api_key()
-
-    def authorized(request) -> bool:
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        # constant time: how much of a guess matched must not show in the answer's timing
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
-
-    def guarded(handler, open_route: bool = False):
-        async def endpoint(request):
-            begun = time.perf_counter()
-            request.state.pairs, request.state.timing = 0, {}
-            response = await answer(request)
-            metrics.request(request.method, request.url.path, response.status_code, request.state.pairs,
-                            request.state.timing.get("queue_ms"), time.perf_counter() - begun)
-            return response
-
-        async def answer(request):
-            if key and not open_route and not authorized(request):
-                return JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
-            try:
-                result = await handler(request)
-                return result if isinstance(result, Response) else JSONResponse(result)
-            except BadRequest as exc:
-                headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-                return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
-            except ClientDisconnect:  # gone while sending its body: nothing to answer, one access line
-                return Response(status_code=499)
-            except Exception as exc:  # the same shape, one log line; the traceback only at debug level
-                log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-                log.debug("traceback", exc_info=True)
-                return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
-        return endpoint
-
-    async def scored(request, pairs: list[dict[str, Any]]) -> np.ndarray:
-        """The pairs' probabilities; if the client disconnects first, its work leaves the queue and
-        the request ends as 499 (the access log's one line says so)."""
-        request.state.pairs = len(pairs)
-        if batcher.idle_for(len(pairs)):  # scored at once: nothing to drop, no watcher to pay for
-            return await batcher.submit(pairs, request.state.timing)
-        work = asyncio.ensure_future(batcher.submit(pairs, request.state.timing))
-        gone = asyncio.ensure_future(disconnected(request))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)  # it has left the queue
-        if work.cancelled():
-            raise ClientDisconnect()
-        return work.result()
-
-    async def disconnected(request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    async def score(request):
-        batcher.admit(0)  # already over the limit: refused before its body is read and parsed
-        pairs = check_pairs(await read_json(request, options), options, scorer.item_fields)
-        probs = await scored(request, pairs)
-        return {"results": [scorer.result(p) for p in probs]}
-
-    async def rerank(request):
-        batcher.admit(0)
-        body = await read_json(request, options)
-        if not isinstance(body, dict):
-            raise BadRequest(422, "body must be a JSON object with 'query' and 'documents'")
-        unknown = set(body) - {"query", "documents", "top_n", "return_documents"}
-        if unknown:
-            raise BadRequest(422, f"unknown field {sorted(unknown)[0]!r}")
-        query = check_text(body.get("query"), "query", options)
-        docs = body.get("documents")
-        if not isinstance(docs, list) or not docs:
-            raise BadRequest(422, "documents: missing, empty, or not a list")
-        if len(docs) > options.max_pairs:
-            raise BadRequest(413, f"documents: {len(docs)}, more than max_pairs {options.max_pairs}")
-        texts = [check_text(d, f"documents[{i}]", options) for i, d in enumerate(docs)]
-        top_n = body.get("top_n", len(texts))
-        if not isinstance(top_n, int) or isinstance(top_n, bool) or not 1 <= top_n <= options.max_pairs:
-            raise BadRequest(422, f"top_n: must be an integer from 1 to max_pairs {options.max_pairs}")
-        if not isinstance(body.get("return_documents", False), bool):
-            raise BadRequest(422, "return_documents: must be true or false")
-        probs = await scored(request, [{"query": query, "item": t} for t in texts])
-        ranked = sorted(((scorer.result(p)["score"], i) for i, p in enumerate(probs)), key=lambda x: (-x[0], x[1]))
-        out = [{"index": i, "relevance_score": s, **({"document": texts[i]} if body.get("return_documents") else {})}
-               for s, i in ranked[:top_n]]
-        return {"results": out}
-
-    async def health(request):
-        return {"status": "ok", "queued_pairs": batcher.queued_pairs, "batches": batcher.batches,
-                "uptime_s": round(time.time() - started, 1)}
-
-    async def ready(request):
-        if state["draining"]:
-            raise BadRequest(503, "shutting down: finishing accepted requests")
-        if not state["ready"]:
-            raise BadRequest(503, "starting: the model is warming up")
-        return {"status": "ready"}
-
-    async def prometheus(request):
-        body, kind = metrics.render()
-        return Response(body, media_type=kind)
-
-    async def meta(request):
-        return metadata
-
-    @asynccontextmanager
-    async def lifespan(app):
-        batcher.start()
-        await batcher.warm_up([{"query": "warm up", "item": "warm up"}])  # first-call costs before traffic
-        state["ready"] = True
-        yield
-        state["draining"] = True
-        await batcher.stop()
-
-    routes = [Route("/score", guarded(score), methods=["POST"]), Route("/rerank", guarded(rerank), methods=["POST"]),
-              Route("/health", guarded(health, open_route=True), methods=["GET"]),
-              Route("/ready", guarded(ready, open_route=True), methods=["GET"]),
-              Route("/metrics", guarded(prometheus), methods=["GET"]),
-              Route("/metadata", guarded(meta), methods=["GET"])]
-    middleware = [Middleware(CORSMiddleware, allow_origins=options.cors_origins, allow_methods=["GET", "POST"],
-                             allow_headers=["authorization", "content-type"], max_age=600)] if options.cors_origins else []
-    async def no_route(request, exc):  # 404 and 405 in the one error shape, naming what exists
-        if exc.status_code == 405:
-            allowed = sorted(m.strip() for m in exc.headers.get("Allow", "").split(",") if m.strip() not in ("", "HEAD"))
-            reason = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
-        elif exc.status_code == 404:
-            reason = f"no route {request.url.path}; routes: " + ", ".join(r.path for r in routes)
-        else:
-            reason = str(exc.detail)
-        return JSONResponse({"error": reason}, status_code=exc.status_code, headers=exc.headers)
-
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                    exception_handlers={HTTPException: no_route})
-    app.state.batcher, app.state.scorer, app.state.serving = batcher, scorer, state
-    return app
+    return ScoreApp(options, scorer, metadata).build()
 
 
 def uvicorn_server(app: Any, host: str, port: int, options: ServeOptions) -> Any:
     """The uvicorn server for ``app`` with the connection limits of ``options``; SIGTERM turns
     /ready 503 at once, then accepted requests finish."""
     import uvicorn
-
 
     protocol = guarded_protocol(protocol_class(options.http), options.header_timeout_s, options.max_header_bytes,
                                 options.max_connections)

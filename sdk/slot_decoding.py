@@ -261,92 +261,116 @@ class SlotDecoder:
 
     @torch.inference_mode()
     def _run(self, prefix: list[int], suffixes: list[list[int]], do_sample: bool = False, temperature: float = 1.0,
-            top_p: float = 1.0, seed: int | None = None, on_done: Callable[[int], None] | None = None) -> list[SlotRow]:
-        layers, kv_heads, head_dim = _kv_shape(self.model)
-        dtype = next(self.model.parameters()).dtype
+             top_p: float = 1.0, seed: int | None = None, on_done: Callable[[int], None] | None = None) -> list[SlotRow]:
+        return SlotRun(self, prefix, suffixes, do_sample, temperature, top_p, seed, on_done).decode()
+
+
+class SlotRun:
+    """One :meth:`SlotDecoder.run`: the KV buffer, which row each slot holds, and the decode loop
+    that refills a slot as soon as its row ends (a class so each step is a method)."""
+
+    def __init__(self, decoder: SlotDecoder, prefix: list[int], suffixes: list[list[int]], do_sample: bool,
+                 temperature: float, top_p: float, seed: int | None, on_done: Callable[[int], None] | None):
+        self.d, self.suffixes, self.on_done = decoder, suffixes, on_done
+        self.do_sample, self.temperature, self.top_p = do_sample, temperature, top_p
+        model = decoder.model
+        layers, kv_heads, head_dim = _kv_shape(model)
+        dtype = next(model.parameters()).dtype
         dtype = dtype if dtype.is_floating_point else torch.float32
-        p = len(prefix)
-        slots = min(self.slots, len(suffixes))
-        length = max(len(s) for s in suffixes) + self.max_new_tokens + 1  # columns after the shared prefix
-        cache = SlotCache(layers, slots, kv_heads, head_dim, length, dtype)
-        if p:
-            cache.shared = _encode_prefix(self.model, prefix, dtype)
-        valid = torch.zeros(slots, length, dtype=torch.bool)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        results = [SlotRow(i) for i in range(len(suffixes))]
-        queue = list(range(len(suffixes)))
-        owner: list[int | None] = [None] * slots  # row index held by each slot
-        pos = torch.zeros(slots, dtype=torch.long)  # next position id
-        col = torch.zeros(slots, dtype=torch.long)  # next buffer column
-        last = torch.full((slots,), self.pad, dtype=torch.long)
-        refill_min = max(1, int(slots * self.refill_fraction))
+        self.p = len(prefix)
+        slots = min(decoder.slots, len(suffixes))
+        length = max(len(s) for s in suffixes) + decoder.max_new_tokens + 1  # columns after the shared prefix
+        self.cache = SlotCache(layers, slots, kv_heads, head_dim, length, dtype)
+        if self.p:
+            self.cache.shared = _encode_prefix(model, prefix, dtype)
+        self.valid = torch.zeros(slots, length, dtype=torch.bool)
+        self.gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.results = [SlotRow(i) for i in range(len(suffixes))]
+        self.queue = list(range(len(suffixes)))
+        self.owner: list[int | None] = [None] * slots  # row index held by each slot
+        self.pos = torch.zeros(slots, dtype=torch.long)  # next position id
+        self.col = torch.zeros(slots, dtype=torch.long)  # next buffer column
+        self.last = torch.full((slots,), decoder.pad, dtype=torch.long)
+        self.refill_min = max(1, int(slots * decoder.refill_fraction))
 
-        def refill(free: list[int]) -> None:
-            take, rest = queue[:len(free)], queue[len(free):]
-            queue[:] = rest
-            rows = torch.tensor(free[:len(take)])
-            w = max(len(suffixes[i]) for i in take)
-            ids = torch.full((len(take), w), self.pad, dtype=torch.long)
-            valid[rows] = False
-            for j, i in enumerate(take):
-                s = suffixes[i]
-                ids[j, w - len(s):] = torch.tensor(s)
-                valid[rows[j], w - len(s):w] = True
-                owner[int(rows[j])] = i
-            lens = torch.tensor([len(suffixes[i]) for i in take])
-            logits = _prefill(self.model, cache, rows, ids, valid, p - (w - lens))
-            pos[rows], col[rows] = p + lens, w
-            choose(rows, logits)
-
-        def choose(rows: torch.Tensor, logits: torch.Tensor) -> None:
-            for j, slot in enumerate(rows.tolist()):
-                row = results[owner[slot]]
-                if row.at_label and row.label_probs is None:
-                    row.label_probs = self.label_probs(logits[j])
-            if do_sample:
-                scaled = torch.softmax(logits / max(temperature, 1e-5), -1)
-                if top_p < 1.0:
-                    sorted_p, order = scaled.sort(-1, descending=True)
-                    drop = sorted_p.cumsum(-1) - sorted_p > top_p
-                    scaled = scaled.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-                picked = torch.multinomial(scaled, 1, generator=gen)[:, 0]
-            else:
-                picked = logits.argmax(-1)
-            for j, slot in enumerate(rows.tolist()):
-                row, tok = results[owner[slot]], int(picked[j])
-                last[slot] = tok
-                done = tok in self.eos
-                if not done:
-                    row.tokens.append(tok)
-                    text = self.step_text(row.tokens)
-                    row.at_label = self.at_label(text)
-                    done = self.is_stop(text) or len(row.tokens) >= self.max_new_tokens
-                if done:
-                    owner[slot] = None
-                    if on_done is not None:
-                        on_done(row.index)
-
-        refill(list(range(slots)))
+    def decode(self) -> list[SlotRow]:
+        self.refill(list(range(len(self.owner))))
         while True:
-            free = [s for s in range(len(owner)) if owner[s] is None]
-            if queue and (len(free) >= refill_min or len(queue) <= len(free)):
-                refill(free)
+            free = [s for s in range(len(self.owner)) if self.owner[s] is None]
+            if self.queue and (len(free) >= self.refill_min or len(self.queue) <= len(free)):
+                self.refill(free)
                 continue
-            active = [s for s in range(len(owner)) if owner[s] is not None]
+            active = [s for s in range(len(self.owner)) if self.owner[s] is not None]
             if not active:
-                break
-            if not queue and len(active) <= len(owner) // 2:  # the tail: stop computing idle slots
-                keep = torch.tensor(active)
-                cache.keep(keep)
-                valid, pos, col, last = valid[keep], pos[keep], col[keep], last[keep]
-                owner = [owner[s] for s in active]
+                return self.results
+            if not self.queue and len(active) <= len(self.owner) // 2:  # the tail: stop computing idle slots
+                self.compact(active)
                 continue
-            rows = torch.tensor(active)
-            valid[rows, col[rows]] = True
-            width = int(col.max()) + 1
-            cache.rows, cache.cols, cache.width = None, col[:, None].clone(), width
-            logits = _forward(self.model, cache, last[:, None], pos[:, None], valid[:, None, :width])
-            col[rows] += 1
-            pos[rows] += 1
-            choose(rows, logits[rows])
-        return results
+            self.step(active)
+
+    def refill(self, free: list[int]) -> None:
+        """Prefill the next queued rows into the ``free`` slots and choose their first tokens."""
+        take, self.queue = self.queue[:len(free)], self.queue[len(free):]
+        rows = torch.tensor(free[:len(take)])
+        w = max(len(self.suffixes[i]) for i in take)
+        ids = torch.full((len(take), w), self.d.pad, dtype=torch.long)
+        self.valid[rows] = False
+        for j, i in enumerate(take):
+            s = self.suffixes[i]
+            ids[j, w - len(s):] = torch.tensor(s)
+            self.valid[rows[j], w - len(s):w] = True
+            self.owner[int(rows[j])] = i
+        lens = torch.tensor([len(self.suffixes[i]) for i in take])
+        logits = _prefill(self.d.model, self.cache, rows, ids, self.valid, self.p - (w - lens))
+        self.pos[rows], self.col[rows] = self.p + lens, w
+        self.choose(rows, logits)
+
+    def compact(self, active: list[int]) -> None:
+        keep = torch.tensor(active)
+        self.cache.keep(keep)
+        self.valid, self.pos, self.col, self.last = self.valid[keep], self.pos[keep], self.col[keep], self.last[keep]
+        self.owner = [self.owner[s] for s in active]
+
+    def step(self, active: list[int]) -> None:
+        """One decode step of every slot (idle ones masked), then the next token of the active ones."""
+        rows, col = torch.tensor(active), self.col
+        self.valid[rows, col[rows]] = True
+        width = int(col.max()) + 1
+        self.cache.rows, self.cache.cols, self.cache.width = None, col[:, None].clone(), width
+        logits = _forward(self.d.model, self.cache, self.last[:, None], self.pos[:, None], self.valid[:, None, :width])
+        col[rows] += 1
+        self.pos[rows] += 1
+        self.choose(rows, logits[rows])
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.do_sample:
+            return logits.argmax(-1)
+        scaled = torch.softmax(logits / max(self.temperature, 1e-5), -1)
+        if self.top_p < 1.0:
+            sorted_p, order = scaled.sort(-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
+            scaled = scaled.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        return torch.multinomial(scaled, 1, generator=self.gen)[:, 0]
+
+    def choose(self, rows: torch.Tensor, logits: torch.Tensor) -> None:
+        """Record label probabilities where a row is at its label, take each row's next token, and
+        free the slots whose rows ended (EOS, a stop string, the token budget)."""
+        d = self.d
+        for j, slot in enumerate(rows.tolist()):
+            row = self.results[self.owner[slot]]
+            if row.at_label and row.label_probs is None:
+                row.label_probs = d.label_probs(logits[j])
+        picked = self.pick(logits)
+        for j, slot in enumerate(rows.tolist()):
+            row, tok = self.results[self.owner[slot]], int(picked[j])
+            self.last[slot] = tok
+            done = tok in d.eos
+            if not done:
+                row.tokens.append(tok)
+                text = d.step_text(row.tokens)
+                row.at_label = d.at_label(text)
+                done = d.is_stop(text) or len(row.tokens) >= d.max_new_tokens
+            if done:
+                self.owner[slot] = None
+                if self.on_done is not None:
+                    self.on_done(row.index)

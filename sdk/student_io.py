@@ -52,7 +52,6 @@ def load_network(student: Any, folder: Path, inference: bool = True) -> Any | No
     back; ``None`` when the folder has no parameters outside the sequence classifier."""
     from safetensors.torch import load_file
 
-
     folder = Path(folder)
     if not (folder / NETWORK_FILE).exists():
         return None

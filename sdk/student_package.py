@@ -113,23 +113,35 @@ def model_card(info: dict[str, Any], labels: list[str]) -> str:
     front = {"library_name": "transformers", "pipeline_tag": "text-classification",
              "tags": ["reasondistill", "relevance", "cross-encoder", "knowledge-distillation", "onnx"],
              "metrics": ["f1"]}
-    base = (info.get("student") or {}).get("base_model")
+    student = info.get("student") or {}
+    base = student.get("base_model")
     if base and "/" in base and not base.startswith(("/", ".")):
         front["base_model"] = base
-    dev, ret, exp, ann = (info.get(k) or {} for k in ("dev_metrics", "retention", "export", "annotations"))
+    tables = {k: _table(info.get(key) or {}) for k, key in (("dev", "dev_metrics"), ("retention", "retention"),
+                                                            ("export", "export"), ("annotations", "annotations"))}
+    return MODEL_CARD.format(
+        front=yaml.safe_dump(front, sort_keys=False).strip(), run=info["run"], n_labels=len(labels),
+        label_list=", ".join(f"`{x}`" for x in labels), max_grade=max(1, len(labels) - 1), teacher=info.get("teacher"),
+        base=base, loss=student.get("loss"), train_rows=student.get("train_rows"),
+        class_weights=_weights(student.get("class_weights")), calibration=_calibration(student.get("calibration")),
+        gate=(info.get("gate") or {}).get("line") or "none", ship_check=info.get("ship_check") or "none",
+        domain=info.get("domain"), recipe_hash=info.get("recipe_hash"), version=info.get("reasondistill"), **tables)
 
-    def table(data: dict[str, Any]) -> str:
-        body = "\n".join(f"| {k} | {v} |" for k, v in data.items()) or "| (none recorded) | |"
-        return f"| metric | value |\n|---|---|\n{body}"
 
-    return f"""---
-{yaml.safe_dump(front, sort_keys=False).strip()}
+def _table(data: dict[str, Any]) -> str:
+    body = "\n".join(f"| {k} | {v} |" for k, v in data.items()) or "| (none recorded) | |"
+    return f"| metric | value |\n|---|---|\n{body}"
+
+
+#: the model card's text; :func:`model_card` fills it from the lineage
+MODEL_CARD = """---
+{front}
 ---
 
-# {info['run']}: a distilled relevance student
+# {run}: a distilled relevance student
 
-Scores how relevant an item is to a search query, as one of {len(labels)} grades
-({', '.join(f'`{x}`' for x in labels)}), in milliseconds on a CPU. Distilled by
+Scores how relevant an item is to a search query, as one of {n_labels} grades
+({label_list}), in milliseconds on a CPU. Distilled by
 reasondistill (Contrastive Reasoning Self-Distillation, arXiv 2510.11056) from
 the annotations of a reasoning LLM teacher; at inference it reads only the query and the item.
 
@@ -144,46 +156,46 @@ from reasondistill.onnx_export import OnnxPredictor
 probs = OnnxPredictor("onnx", "int8").predict_proba(["cordless drill"], ["20V cordless drill, 2 batteries"])
 ```
 
-The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max(1, len(labels) - 1)}`.
+The ranking score is the expected grade scaled to [0, 1]: `sum(p_i * i) / {max_grade}`.
 
 ## Lineage
 
 | | |
 |---|---|
-| teacher | `{info.get('teacher')}` |
+| teacher | `{teacher}` |
 | student base | `{base}` |
-| loss | {(info.get('student') or {}).get('loss')} |
-| training rows | {(info.get('student') or {}).get('train_rows')} |
-| class weights | {_weights((info.get('student') or {}).get('class_weights'))} |
-| calibration | {_calibration((info.get('student') or {}).get('calibration'))} |
-| quality gate | {(info.get('gate') or {}).get('line') or 'none'} |
-| ship check | {info.get('ship_check') or 'none'} |
-| domain | {info.get('domain')} |
-| recipe hash | `{info.get('recipe_hash')}` |
-| reasondistill | {info.get('reasondistill')} |
+| loss | {loss} |
+| training rows | {train_rows} |
+| class weights | {class_weights} |
+| calibration | {calibration} |
+| quality gate | {gate} |
+| ship check | {ship_check} |
+| domain | {domain} |
+| recipe hash | `{recipe_hash}` |
+| reasondistill | {version} |
 
 Teacher annotations:
 
-{table(ann)}
+{annotations}
 
 ## Metrics on the gold dev split
 
-{table(dev)}
+{dev}
 
 Against the teacher on the same dev pairs (retention = student / teacher):
 
-{table(ret)}
+{retention}
 
 ## Export
 
-{table(exp)}
+{export}
 
 Agreement is the share of dev pairs whose ONNX label equals the torch fp32 label; latency is the
 median of batch-1 calls on the machine that ran the export.
 
 ## Intended use and limits
 
-- Relevance of items to queries in the **{info.get('domain')}** domain it was trained on, as a fast
+- Relevance of items to queries in the **{domain}** domain it was trained on, as a fast
   re-ranking or filtering signal. Other domains, languages or label scales need their own run.
 - It learned from a teacher's labels: it inherits the teacher's mistakes and cannot be more right
   than the annotations allow (see the teacher's figures above and the retention table).

@@ -70,7 +70,6 @@ def _built(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
 
     import transformers
 
-
     key = hashlib.sha256((Path(tiny.__file__).read_text() + transformers.__version__).encode()).hexdigest()[:12]
     final = Path(cache) / f"{name}-{key}"
     if not final.exists():

@@ -7,10 +7,11 @@ checkpoints, ``resume_from_checkpoint`` and ``report_to`` work unchanged.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from .views import ReplicatedStudent, present, unprefixed
 from .views import key as view_key
@@ -43,6 +44,19 @@ class PairCollator:
         if rows[0].get("weight") is not None:
             batch["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)  # runtime: a loss weight
         return batch
+
+
+@dataclass
+class DistillConfig(TrainingArguments):
+    """The arguments of :class:`DistillTrainer` (trl's convention: one config class beside each
+    trainer). Its defaults are what every student run needs: the losses read columns the model's
+    signature does not name (views, ``label_probs``, ``weight``), in-batch InfoNCE needs full
+    batches, and two checkpoints are enough to resume."""
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "the losses read the view columns"})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "InfoNCE negatives: full batches only"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept for resume"})
+    dataloader_num_workers: int = 0
 
 
 class DistillTrainer(Trainer):

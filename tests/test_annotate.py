@@ -184,7 +184,7 @@ def test_bf16_teacher_is_checked_against_fp32_labels_and_falls_back(rd_engine, t
 def test_only_unparsable_rows_are_retried(teacher, request):
     """Each retry asks again for exactly the rows with no label yet: all of them, ``retries`` times,
     for the untrained model (it never writes one); the few the tiny teacher missed, for it."""
-    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
+    from reasondistill.plugins.annotation.teacher_annotator import TeacherAnnotatorOptions, annotate_rows
 
     dom = LocalServices()
     gen = TeacherGenerator(str(request.getfixturevalue(teacher)), dom, batch_size=8, max_new_tokens=32)
@@ -255,7 +255,7 @@ def test_seconds_of_kept_shards_count_after_a_resume(tmp_path):
 def test_retries_draw_new_samples_and_an_unparsed_row_keeps_its_first_chain(tiny_causal_lm):
     """Each retry samples under its own seed (a repeated seed would redraw the same chains), and a
     row no chain could label keeps the first of its chains: one rule for every backend."""
-    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
+    from reasondistill.plugins.annotation.teacher_annotator import TeacherAnnotatorOptions, annotate_rows
 
     dom = LocalServices()
     gen = TeacherGenerator(str(tiny_causal_lm), dom, batch_size=8, max_new_tokens=12)
@@ -295,7 +295,7 @@ def test_teacher_identity_is_the_folder_and_its_weights_digest(rd_engine, tiny_t
 
     from reasondistill import Recipe, step
     from reasondistill.fingerprint import fingerprint
-    from reasondistill.plugins.annotation.annotate_stage import identify_teacher
+    from reasondistill.plugins.annotation.sharded_run import identify_teacher
 
     digest = "+".join(fingerprint(tiny_teacher / f)[7:19] for f in ("config.json", "model.safetensors"))
     assert len(digest) == 25
@@ -323,7 +323,7 @@ def test_self_consistency_label_probs_are_vote_shares(tiny_teacher):
     chains the generator returned; with one chain they are the teacher's own label probabilities."""
     from collections import Counter
 
-    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotatorOptions, annotate_rows
+    from reasondistill.plugins.annotation.teacher_annotator import TeacherAnnotatorOptions, annotate_rows
 
     dom = LocalServices()
     gen = TeacherGenerator(str(tiny_teacher), dom, batch_size=16, max_new_tokens=48)
@@ -369,7 +369,7 @@ def test_one_generator_per_settings_kept_across_calls(rd_hooks, tiny_causal_lm):
     from types import SimpleNamespace
 
     from reasondistill import Recipe
-    from reasondistill.plugins.annotation.annotate_stage import TeacherAnnotator, TeacherAnnotatorOptions
+    from reasondistill.plugins.annotation.teacher_annotator import TeacherAnnotator, TeacherAnnotatorOptions
 
     ctx = SimpleNamespace(hooks=rd_hooks, domain=LocalServices(), recipe=Recipe(name="r", stages=[{"uses": "pairs"}]))
     annotator, teacher = TeacherAnnotator(), str(tiny_causal_lm)

@@ -143,10 +143,10 @@ def test_a_stage_seed_pins_that_stage_across_recipe_seeds(engine):
 def test_an_option_added_later_leaves_hashes_alone_at_its_default():
     """``json_schema_extra={"hash": "unless_default"}``: the option is in a stage's hash only when
     set away from its default, so adding it did not rerun stages cached before it existed."""
-    from reasondistill.generators import hash_view
+    from reasondistill.stage_hash import options_view
     from reasondistill.plugins.teacher.sft import SFTOptions
 
-    assert "group_by_length" not in hash_view(SFTOptions())
-    assert "group_by_length" not in hash_view(SFTOptions(group_by_length=False))
-    assert hash_view(SFTOptions(group_by_length=True))["group_by_length"] is True
-    assert hash_view(SFTOptions(lora_layers=10))["lora_layers"] == 10  # the others are always in
+    assert "group_by_length" not in options_view(SFTOptions())
+    assert "group_by_length" not in options_view(SFTOptions(group_by_length=False))
+    assert options_view(SFTOptions(group_by_length=True))["group_by_length"] is True
+    assert options_view(SFTOptions(lora_layers=10))["lora_layers"] == 10  # the others are always in

@@ -204,7 +204,7 @@ def test_crsd_projection_head_is_built_and_used():
 
 
 def _hashes(rd_engine, tmp_path, **change):
-    from reasondistill.engine import stage_hash
+    from reasondistill.stage_hash import stage_hash
 
     source = tmp_path / "pool.jsonl"
     if not source.exists():

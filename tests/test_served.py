@@ -240,7 +240,7 @@ def test_failures_under_the_share_are_unparsed_rows_carrying_the_error(tmp_path)
 
 
 def test_transport_options_do_not_change_the_stage_hash(rd_engine):
-    from reasondistill.engine import stage_hash
+    from reasondistill.stage_hash import stage_hash
 
     def digest(**options):
         recipe = Recipe(name="h", backends={"teacher": {"uses": "openai", "options": {"model": "m", **options}}},

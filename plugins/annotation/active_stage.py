@@ -30,8 +30,8 @@ from reasondistill.evaluation import evaluate_student
 from reasondistill.fingerprint import write_atomic
 from reasondistill.generators import current_teacher
 from reasondistill.manager import validate_nested
-from reasondistill.plugins.annotation.annotate_stage import annotate_sharded
 from reasondistill.plugins.annotation.parse_health import ParseHealthOptions, ParseMonitor
+from reasondistill.plugins.annotation.sharded_run import annotate_sharded
 from reasondistill.plugins.annotation.shards import merge_shards
 from reasondistill.predictor import render_items
 from reasondistill.recipe import OUTPUT_REF

@@ -43,9 +43,11 @@ class OpenAIBackendOptions(Options):
                            json_schema_extra=TRANSPORT)
     max_backoff: float = Field(30.0, gt=0, description="longest wait between retries (Retry-After may ask more)",
                                json_schema_extra=TRANSPORT)
-    max_response_bytes: int = Field(8_000_000, ge=1024, json_schema_extra=TRANSPORT)
+    max_response_bytes: int = Field(8_000_000, ge=1024, json_schema_extra=TRANSPORT,
+        description="a larger response body is refused (a misbehaving server cannot grow memory)")
     logprobs: bool = Field(True, description="ask for top_logprobs to read label probabilities")
-    top_logprobs: int = Field(5, ge=1, le=20)
+    top_logprobs: int = Field(5, ge=1, le=20,
+        description="alternatives per token asked for, to read each label's probability")
     send_stop: bool = Field(False, description="send the stop strings to the server; off by default because many "
                                                "servers drop the stop string (the label) from the text, so the "
                                                "client cuts the text instead")

@@ -19,13 +19,15 @@ class PairsOptions(Options):
 
     source: str = Field("generate", validate_default=True, description="'generate' (the domain's generator) "
                         "or a file/folder of pairs")
-    format: Literal["jsonl", "csv", "parquet", "disk"] | None = None
+    format: Literal["jsonl", "csv", "parquet", "disk"] | None = Field(None,
+        description="the source's format; default: from its suffix (a folder is a saved dataset)")
     columns: dict[str, str] = Field(default_factory=dict, description="contract name -> source column")
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="read at most this many rows of source (after offset)")
     offset: int = Field(0, ge=0, description="skip this many rows of source first (disjoint pools)")
     hide_labels: bool = Field(False, description="move label to gold_label: a pool for the teacher to annotate")
-    dev_source: str | None = None
-    dev_limit: int | None = Field(None, ge=1)
+    dev_source: str | None = Field(None,
+        description="a file/folder of gold dev pairs; default: dev_fraction of source, held out by query")
+    dev_limit: int | None = Field(None, ge=1, description="read at most this many rows of dev_source")
     dev_fraction: float = Field(0.2, ge=0, lt=1, description="held out by query when no dev_source")
     encoding: str = Field("utf-8", description="text encoding of a CSV or JSONL source (latin-1, cp1252, gb18030, ...)",
                           json_schema_extra={"hash": "unless_default"})

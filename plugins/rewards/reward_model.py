@@ -107,13 +107,15 @@ def make_trainer_class():
 
 class RewardModelOptions(Options):
     encoder: str = Field("tiny-encoder", description="a registered model, folder or hub id for the shared encoder")
-    input: str = "preferences"
+    input: str = Field("preferences",
+        description="the earlier output of preference pairs (a preference stage's `preferences`)")
     epochs: float = Field(3.0, gt=0, le=10000, description="passes over the training rows")
-    max_steps: int = -1
-    batch_size: int = Field(8, ge=1)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    batch_size: int = Field(8, ge=1, description="pairs a training step")
     learning_rate: float = Field(5e-5, gt=0, le=1, description="peak learning rate (AdamW); above 1 diverges")
-    max_length: int = Field(256, ge=16)
-    heldout_fraction: float = Field(0.2, ge=0, lt=1)
+    max_length: int = Field(256, ge=16, description="tokens of prompt + answer read by the encoder")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1,
+        description="share of the pairs held out to report each head's accuracy")
 
 
 class RewardModelStage(Stage):
@@ -125,7 +127,6 @@ class RewardModelStage(Stage):
     def run(self, ctx, options: RewardModelOptions) -> StageResult:
         from datasets import Dataset
         from transformers import AutoModel, AutoTokenizer, TrainingArguments
-
 
         prefs = list(ctx.load_dataset(options.input))
         dims = sorted({d for r in prefs for d in r["chosen_scores"]})

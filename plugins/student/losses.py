@@ -38,7 +38,8 @@ class CrossEntropy(DistillLoss):
 
 class KDOptions(Options):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label CE; 1-alpha goes to KL")
-    temperature: float = Field(2.0, gt=0)
+    temperature: float = Field(2.0, gt=0,
+        description="softening temperature of the teacher's and the student's label distributions")
 
 
 class LogitKD(DistillLoss):

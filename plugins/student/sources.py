@@ -103,17 +103,10 @@ def load_source(ctx, source: TrainSource, *, label_column: str, reasoning_column
         if source.min_confidence > 0 and conf < source.min_confidence:
             unconfident += 1
             continue
-        if chains is not None:
-            reasoning = chains.get(r.get("pair_id"))
-            if reasoning is None:
-                unreasoned += 1
-                continue
-        elif mode == "domain":
-            reasoning = ctx.domain.rationale(r, int(label))
-        elif mode == "column":
-            reasoning = r.get(reasoning_column) or ""
-        else:
-            reasoning = ""
+        reasoning = reasoning_of(ctx, r, int(label), chains, mode, reasoning_column)
+        if reasoning is None:  # a chain source without this pair's chain
+            unreasoned += 1
+            continue
         weight = source.weight * (conf if source.confidence_weight and conf is not None else 1.0)
         rows.append({**r, "label": int(label), "reasoning": strip(reasoning), "weight": weight, "source": source.input,
                      "confidence": conf})
@@ -127,6 +120,16 @@ def load_source(ctx, source: TrainSource, *, label_column: str, reasoning_column
     if gold:  # how right the kept teacher labels are, where the pool's hidden gold labels tell
         metrics[f"source_{key}_gold_agreement"] = round(sum(a == b for a, b in gold) / len(gold), 4)
     return rows, metrics, teacher
+
+
+def reasoning_of(ctx, row: dict[str, Any], label: int, chains: dict | None, mode: str, column: str) -> str | None:
+    """The row's reasoning: from the chain source (None when it has none for the pair), the domain's
+    rationale, the row's own column, or none."""
+    if chains is not None:
+        return chains.get(row.get("pair_id"))
+    if mode == "domain":
+        return ctx.domain.rationale(row, label)
+    return (row.get(column) or "") if mode == "column" else ""
 
 
 def class_weight_vector(labels: list[int], spec: str | list[float] | None, num_labels: int) -> list[float] | None:

@@ -19,8 +19,9 @@ class DaptOptions(TeacherTrainOptions):
     text_columns: list[str] = Field(default_factory=lambda: ["query", "item"],
                                     description="'item' is rendered by the domain with its extra fields")
     text_files: list[str] = Field(default_factory=list, description="plain-text files, one document a line")
-    packing: bool = True
-    max_length: int = Field(256, ge=16)
+    packing: bool = Field(True,
+        description="pack several texts into each training sequence (trl SFTTrainer packing), no padding")
+    max_length: int = Field(256, ge=16, description="tokens a packed training sequence holds")
 
 
 def domain_texts(ctx, options: DaptOptions) -> list[str]:

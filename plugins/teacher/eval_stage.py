@@ -11,8 +11,8 @@ from reasondistill.plugins.teacher.evaluation import dev_rows, evaluate_teacher,
 
 class TeacherEvalOptions(ParseHealthOptions):
     rows: int = Field(300, ge=1, description="dev pairs to answer")
-    max_new_tokens: int = Field(96, ge=4)
-    batch_size: int = Field(32, ge=1)
+    max_new_tokens: int = Field(96, ge=4, description="token budget of one answer")
+    batch_size: int = Field(32, ge=1, description="dev pairs decoded together")
     backend: BackendSpec | None = Field(None, description="how the teacher runs (default: the recipe's "
                                                           "backends.teacher, else transformers)")
 

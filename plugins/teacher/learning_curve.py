@@ -58,7 +58,6 @@ class LearningCurve(TrainerCallback):
         import copy
         import shutil
 
-
         scratch = Path(self.ctx.dir) / "curve-teacher"
         merged = copy.deepcopy(model)
         if hasattr(merged, "merge_and_unload"):

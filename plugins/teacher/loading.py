@@ -13,6 +13,7 @@ def teacher_source(ctx) -> str:
 
 def load_causal_lm(path: str, trust: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -18,13 +18,14 @@ from reasondistill.recipe import OUTPUT_REF
 
 
 class ReasoningDataOptions(Options):
-    source: Literal["column", "domain", "rationalize", "column_then_rationalize"] = "column_then_rationalize"
+    source: Literal["column", "domain", "rationalize", "column_then_rationalize"] = Field("column_then_rationalize",
+        description="where chains come from: the input's column, the domain's rationale, rationalized by the teacher (STaR) from the gold label, or the column where present and rationalized elsewhere")
     input: str = Field("pairs", description="the earlier output with gold labels", json_schema_extra=OUTPUT_REF)
     reasoning_column: str = Field("rationale", description="where given chains live (source 'column')")
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="use at most this many input pairs")
     samples: int = Field(2, ge=1, description="rationalization attempts a pair (sampled after the first)")
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(96, ge=8)
+    batch_size: int = Field(16, ge=1, description="pairs the teacher rationalizes together")
+    max_new_tokens: int = Field(96, ge=8, description="token budget of one rationalized chain")
     temperature: float = Field(0.8, gt=0, le=5, description="sampling temperature")
     backend: BackendSpec | None = Field(None, description="how the teacher runs (default: the recipe's "
                                                           "backends.teacher, else transformers)")

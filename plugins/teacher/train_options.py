@@ -15,20 +15,20 @@ class TeacherTrainOptions(Options):
     """Options of every teacher training stage (trl config fields, CPU-safe defaults)."""
 
     lora: bool = Field(True, description="train LoRA adapters (merged afterwards); false = full fine-tuning")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | str = Field("all-linear")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r multiplies the adapters' update)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA adapters' input")
+    target_modules: list[str] | str = Field("all-linear",
+        description="modules that get adapters: `all-linear` (every linear layer but the head) or a list of names")
     lora_layers: int | None = Field(None, ge=1, description=(
-        "LoRA on the last N decoder layers only: the backward pass stops at the lowest trained layer "
-        "(on SmolLM2-135M, 10 of 30 layers made an SFT step 1.8x faster); default: every layer"))
+        "LoRA on the last N decoder layers only, so the backward pass stops at the lowest trained layer "
+        "(faster steps, docs/benchmarks.md); default: every layer"))
     gradient_checkpointing: bool | None = Field(None, description=(
-        "recompute activations in the backward pass (less memory; 1.26-1.43x slower SFT steps on a CPU here); default: on for a GPU "
-        "(trl's default), off on a CPU, where memory is not what limits a teacher step"))
+        "recompute activations in the backward pass: less memory, slower steps (docs/benchmarks.md); default: "
+        "on for a GPU (trl's default), off on a CPU, where memory is not what limits a teacher step"))
     group_by_length: bool = Field(False, description=(
-        "batches of rows of similar length (transformers' LengthGroupedSampler) instead of random ones: "
-        "less padding (random batches of 8 Home Depot SFT rows are 22% padding, grouped ones 1%; 1.14x the examples "
-        "per second, but 5.5 points lower teacher macro-F1 after 1,600 examples in one run: docs/benchmarks.md)"),
+        "batches of rows of similar length (transformers' LengthGroupedSampler) instead of random ones: less "
+        "padding and faster epochs, at a measured cost in teacher macro-F1 (docs/benchmarks.md)"),
         json_schema_extra={"hash": "unless_default"})
     answer_head_only: bool = Field(True, description=(
         "off CUDA, run the output head only where the loss reads it (the answer's tokens, not the prompt's): "
@@ -36,15 +36,15 @@ class TeacherTrainOptions(Options):
         "false = trl's own loss"), json_schema_extra={"hash": "unless_default"})
     epochs: float = Field(1.0, gt=0, le=10000, description="passes over the training rows")
     max_steps: int = Field(-1, ge=-1, description="overrides epochs when > 0")
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1, description="rows a device processes per step")
+    grad_accum: int = Field(1, ge=1, description="steps whose gradients add up before one optimizer step")
     learning_rate: float = Field(2e-4, gt=0, le=1, description="peak learning rate (AdamW); above 1 diverges")
-    max_length: int = Field(512, ge=16)
-    logging_steps: int = Field(5, ge=1)
-    save_steps: int = Field(50, ge=1)
-    report_to: list[str] = Field(default_factory=list)
+    max_length: int = Field(512, ge=16, description="tokens a training row is cut to")
+    logging_steps: int = Field(5, ge=1, description="log the loss every N steps")
+    save_steps: int = Field(50, ge=1, description="write a checkpoint every N steps (resume after an interruption)")
+    report_to: list[str] = Field(default_factory=list, description="trackers, as in TrainingArguments (default none)")
     eval_rows: int = Field(0, ge=0, description="dev pairs to evaluate the teacher on after the stage")
-    eval_max_new_tokens: int = Field(96, ge=4)
+    eval_max_new_tokens: int = Field(96, ge=4, description="token budget of one answer when evaluating on dev")
     eval_every: int = Field(0, ge=0, description=(
         "also evaluate the teacher on the eval_rows dev pairs every N steps, while it trains: its learning "
         "curve (examples seen, training seconds, parse rate, macro-F1) in curve.json; 0 = only at the end"))

@@ -23,6 +23,7 @@ def train_and_save(ctx, trainer, tokenizer, out: Path) -> dict[str, Any]:
     of training again from step 0.
     """
     from transformers.trainer_utils import get_last_checkpoint
+
     done = ctx.dir / "trained.json"
     if ctx.resuming and done.exists() and (out / "config.json").exists():
         return {**json.loads(done.read_text()), "resumed_from": "trained"}
