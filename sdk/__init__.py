@@ -3,7 +3,18 @@
 The public API: hook markers, component base classes, recipes and the engine.
 """
 
-from .components import Annotator, ComponentRef, DistillLoss, ModelSource, NoOptions, Options, Selector, Stage, Student
+from .components import (
+    Annotator,
+    ComponentRef,
+    DistillLoss,
+    ModelSource,
+    NestedOptions,
+    NoOptions,
+    Options,
+    Selector,
+    Stage,
+    Student,
+)
 from .domain import Domain, Parsed
 from .engine import Engine
 from .errors import ArtifactError, BackendError, DataError, ModelError, PluginError, ReasonDistillError, RecipeError
@@ -16,7 +27,7 @@ from .version import __version__ as __version__
 
 __all__ = [
     "Annotator", "ArtifactError", "BackendError", "BackendSpec", "Generation", "GenerationBackend", "Generator", "ComponentRef", "DataError", "DistillLoss", "Domain", "Engine", "Hooks",
-    "ModelError", "ModelSource", "NoOptions", "Options", "Parsed", "PluginError", "ReasonDistillError", "Recipe",
+    "ModelError", "ModelSource", "NestedOptions", "NoOptions", "Options", "Parsed", "PluginError", "ReasonDistillError", "Recipe",
     "RecipeError", "RunInfo", "Selector", "Stage", "StageContext", "StageResult", "StageSpec", "Student", "get_hooks",
     "hookimpl", "hookspec", "load_recipe", "reset_hooks", "step",
 ]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Iterable, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 
 from .onnx_export import export_onnx
 from .predictor import Predictor
@@ -99,6 +99,12 @@ class Annotator(Component):
     def usage(self) -> dict[str, Any]:
         """What the annotator's teacher has spent so far (``generator_accounting``'s shape), for
         the run record; the stage reports the difference over its own work. Default: nothing known."""
+        return {}
+
+    def check_precision(self, ctx: StageContext, pairs: Dataset, teacher: str, options: Any) -> dict[str, Any]:
+        """Called once before any shard is annotated: check that the precision the teacher runs at
+        gives the labels fp32 would (and fall back when it does not); metrics for the run record.
+        Default: nothing to check (a served teacher's precision is the server's)."""
         return {}
 
 
@@ -264,3 +270,21 @@ def ComponentRef(kind: str) -> Any:
         return value
 
     return Annotated[str, AfterValidator(check)]
+
+
+def _mapping_or_options(value: Any) -> Any:
+    if not isinstance(value, (dict, BaseModel)):
+        raise ValueError(f"must be a mapping of options, got {type(value).__name__}")
+    return value
+
+
+def _as_mapping(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+#: An options field that holds another component's options (``student_options``, ``loss_options``,
+#: ``annotator_options``): a mapping in the recipe; after the owning stage validates it with that
+#: component's own ``Options`` (``Stage.options``), the typed model; written out (manifest, stage
+#: hash, docs) as the mapping it stands for.
+NestedOptions = Annotated[Any, BeforeValidator(_mapping_or_options), PlainSerializer(_as_mapping),
+                          WithJsonSchema({"type": "object"})]

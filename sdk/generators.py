@@ -80,6 +80,17 @@ def generator_accounting(gen: Any) -> dict[str, Any]:
     return accounting() if callable(accounting) else {}
 
 
+def generator_precision_check(gen: Any, messages: Sequence[Messages], min_agreement: float) -> dict[str, Any] | None:
+    """bf16 against fp32 labels on ``messages`` (``{"dtype": ..., "agreement": ...}``), or None.
+
+    An optional ability of a :class:`Generator` (``check_bf16_labels(messages, min_agreement)``): the
+    local ``transformers`` engines have it; a served teacher's precision is the server's, so it has
+    none. Asked here, in one place, like :func:`generator_accounting`.
+    """
+    check = getattr(gen, "check_bf16_labels", None)
+    return check(messages, min_agreement) if callable(check) else None
+
+
 def accounting_sum(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Several processes' accountings added up (each rank drives its own share of the endpoints' load)."""
     parts = [p for p in parts if p]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Iterator
 
@@ -20,25 +19,11 @@ import pluggy
 from pydantic import ValidationError
 
 from . import hookspecs
-from .components import Annotator, Component, DistillLoss, ModelSource, Options, Selector, Stage, Student
-from .domain import Domain
+from .catalogue import REGISTER_HOOKS, Catalogue, admit
 from .errors import PluginError, RecipeError, recipe_error
-from .generators import GenerationBackend
+from .reward_scores import aggregate_by_weights, checked_score
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
-
-#: register hook -> the component kind it fills, and the family shown by ``reasondistill plugins``
-REGISTER_HOOKS: dict[str, tuple[str, str]] = {
-    "register_stages": ("stage", "pipeline"),
-    "register_teacher_stages": ("stage", "teacher"),
-    "register_annotators": ("annotator", "annotator"),
-    "register_selectors": ("selector", "selector"),
-    "register_generation_backends": ("backend", "backend"),
-    "register_students": ("student", "student"),
-    "register_distill_losses": ("loss", "loss"),
-    "register_domains": ("domain", "domain"),
-    "register_models": ("model", "model"),
-}
 
 
 def _env_list(name: str) -> set[str] | None:
@@ -87,44 +72,6 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
         except ValueError:
             pass
         raise PluginError(name, "register", str(exc)) from exc
-
-
-@dataclass
-class Entry:
-    """A registered component and the plugin that registered it."""
-
-    component: Component
-    plugin: str
-    family: str
-
-
-@dataclass
-class Catalogue:
-    """Every registered component, by kind and name."""
-
-    entries: dict[str, dict[str, Entry]] = field(default_factory=dict)
-    #: reward dimension (or ``prefix*``) -> the plugin that declared it (:func:`hookspecs.reward_dimensions`)
-    dimensions: dict[str, str] = field(default_factory=dict)
-
-    def scorer_of(self, dim: str) -> str | None:
-        """The plugin declaring reward dimension ``dim`` (exactly or by a ``prefix*``), or None."""
-        if dim in self.dimensions:
-            return self.dimensions[dim]
-        for declared, plugin in self.dimensions.items():
-            if declared.endswith("*") and dim.startswith(declared[:-1]):
-                return plugin
-        return None
-
-    def kind(self, kind: str) -> dict[str, Entry]:
-        return self.entries.get(kind, {})
-
-    def get(self, kind: str, name: str, field_path: str | None = None) -> Component:
-        """The component, or a ``RecipeError`` naming ``field_path`` and the registered names."""
-        entry = self.kind(kind).get(name)
-        if entry is None:
-            names = ", ".join(sorted(self.kind(kind))) or "none"
-            raise RecipeError(field_path or kind, f"unknown {kind} {name!r}; registered: {names}")
-        return entry.component
 
 
 class Hooks:
@@ -193,7 +140,7 @@ class Hooks:
                     raise PluginError(impl.plugin_name, hook, f"returned {type(returned).__name__}; call "
                                       "register(component) for each component and return nothing")
                 for comp in collected:
-                    self._add(cat, kind, family, comp, impl.plugin_name, hook)
+                    admit(cat, kind, family, comp, impl.plugin_name, hook)
         self._add_dimensions(cat)
         return cat
 
@@ -214,24 +161,6 @@ class Hooks:
                 raise PluginError(impl.plugin_name, "score_reasoning", "scores without declaring its dimensions; "
                                   "add a reward_dimensions hookimpl returning their names")
 
-    @staticmethod
-    def _add(cat: Catalogue, kind: str, family: str, comp: Any, plugin: str, hook: str) -> None:
-        name = getattr(comp, "name", None)
-        if not isinstance(name, str) or not name:
-            raise PluginError(plugin, hook, f"registered {comp!r} without a string 'name'")
-        if getattr(comp, "kind", kind) != kind:
-            raise PluginError(plugin, hook, f"{name!r} is a {comp.kind}, but {hook} takes a {kind}")
-        base = kind_bases().get(kind)
-        if base is not None and not isinstance(comp, base):
-            raise PluginError(plugin, hook, f"{name!r} is a {type(comp).__name__}, not a reasondistill"
-                              f".{base.__name__}: subclass it, so the contract's methods are checked")
-        problem = contract_problem(comp)
-        if problem:
-            raise PluginError(plugin, hook, f"{name!r}: {problem}")
-        bucket = cat.entries.setdefault(kind, {})
-        if name in bucket:
-            raise PluginError(plugin, hook, f"{kind} {name!r} is already registered by plugin {bucket[name].plugin!r}")
-        bucket[name] = Entry(comp, plugin, family)
 
     # --- typed hook calls ---------------------------------------------------------------------
     def score_reasoning(self, example: dict[str, Any], completion: str, domain: Any) -> dict[str, float]:
@@ -256,58 +185,11 @@ class Hooks:
         for _, value in self._each("aggregate_reward", scores=scores, weights=weights):
             if value is not None:
                 return float(value)
-        return weighted_mean(scores, weights)
+        return aggregate_by_weights(scores, weights)
 
     def on_stage_end(self, run: Any, stage: str, result: Any) -> None:
         for _ in self._each("on_stage_end", run=run, stage=stage, result=result):
             pass
-
-
-def contract_problem(comp: Any) -> str | None:
-    """What a registered component gets wrong that would otherwise pass silently, or None."""
-    opts = getattr(comp, "Options", None)
-    if not (isinstance(opts, type) and issubclass(opts, Options)):
-        return "its Options must subclass reasondistill.Options (unknown recipe keys are then errors, not ignored)"
-    labels = getattr(comp, "labels", None)
-    if getattr(comp, "kind", "") == "domain":
-        if len(labels or ()) < 2 or len(set(labels)) != len(labels):
-            return f"labels must be two or more distinct names, got {labels!r}"
-        if len(comp.label_descriptions) != len(labels):
-            return (f"{len(comp.label_descriptions)} label_descriptions for {len(labels)} labels; "
-                    "the teacher's prompt pairs each label with its description")
-    return None
-
-
-def kind_bases() -> dict[str, type]:
-    """The base class each component kind must subclass (its written contract)."""
-    return {"stage": Stage, "annotator": Annotator, "selector": Selector, "backend": GenerationBackend, "student": Student,
-            "loss": DistillLoss, "domain": Domain, "model": ModelSource}
-
-
-def checked_score(plugin: str, dim: str, value: Any) -> float:
-    """A reward score as a float in [0, 1]; anything else is the plugin's error, named.
-
-    Checked at the source: a NaN or a 5.0 accepted here used to flow into preference margins,
-    metrics and manifests (as non-standard JSON ``NaN``) with every stage marked complete.
-    """
-    import math
-    import numbers
-
-    # numbers.Real takes numpy's float32/float64 and ints too; a bool or a string is a mistake
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PluginError(plugin, "score_reasoning", f"dimension {dim!r}: score {value!r} is not a number")
-    value = float(value)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise PluginError(plugin, "score_reasoning", f"dimension {dim!r}: score {value!r} is outside [0, 1]")
-    return float(value)
-
-
-def weighted_mean(scores: dict[str, float], weights: dict[str, float]) -> float:
-    """The default aggregation: mean of the dimensions weighted by ``weights`` (default 1.0)."""
-    if not scores:
-        return 0.0
-    total = sum(weights.get(k, 1.0) for k in scores)
-    return sum(v * weights.get(k, 1.0) for k, v in scores.items()) / total if total else 0.0
 
 
 def _spec_names() -> list[str]:

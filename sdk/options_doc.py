@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .manager import Catalogue, get_hooks
+from .catalogue import Catalogue
+from .manager import get_hooks
 
 KIND_TITLES = {
     "stage": "Stages (`stages[i].options`)",

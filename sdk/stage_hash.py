@@ -23,9 +23,10 @@ def options_view(options: BaseModel) -> dict[str, Any]:
 
     A field declared with ``json_schema_extra={"hash": False}`` is left out. One declared
     ``{"hash": "unless_default"}`` (an option added after stages were cached) is left out while it
-    has its default, so adding it does not rerun every stage computed before it existed. Nested
-    option models are viewed the same way; a nested backend spec is kept as written (see
-    :func:`backend_view` for the view through its backend).
+    has its default, so adding it does not rerun every stage computed before it existed. A field
+    declared as an option model is viewed the same way; another component's options
+    (``NestedOptions``) and a backend spec are kept whole, as written (:func:`stage_options_view`
+    views a nested backend spec through its backend).
     """
     dumped = options.model_dump(mode="json")
     out: dict[str, Any] = {}
@@ -35,8 +36,9 @@ def options_view(options: BaseModel) -> dict[str, Any]:
         if rule is False or (rule == "unless_default" and getattr(options, name) == info.get_default(call_default_factory=True)):
             continue
         value = getattr(options, name)
-        out[name] = options_view(value) if isinstance(value, BaseModel) and not isinstance(value, BackendSpec) \
-            else dumped[name]
+        declared = info.annotation if isinstance(info.annotation, type) else None
+        nested = declared is not None and issubclass(declared, BaseModel) and not issubclass(declared, BackendSpec)
+        out[name] = options_view(value) if nested and isinstance(value, BaseModel) else dumped[name]
     return out
 
 

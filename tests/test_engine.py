@@ -150,3 +150,25 @@ def test_an_option_added_later_leaves_hashes_alone_at_its_default():
     assert "group_by_length" not in options_view(SFTOptions(group_by_length=False))
     assert options_view(SFTOptions(group_by_length=True))["group_by_length"] is True
     assert options_view(SFTOptions(lora_layers=10))["lora_layers"] == 10  # the others are always in
+
+
+def test_nested_component_options_are_typed_and_hash_and_dump_as_their_mapping(rd_hooks):
+    """A stage's validated options carry the student's and the loss's own Options models (typed from
+    the recipe to the component); the manifest and the stage hash still see the mapping, so caches
+    made when they were plain dicts stay valid."""
+    from reasondistill.stage_hash import options_view, stage_options_view
+
+    catalogue = rd_hooks.catalogue
+    distill = catalogue.get("stage", "distill")
+    typed = distill.options({"loss": "kd", "student_options": {"max_length": 64}, "loss_options": {"temperature": 3.0}},
+                            context={"catalogue": catalogue})
+    assert isinstance(typed.student_options, catalogue.get("student", "encoder-classifier").Options)
+    assert typed.student_options.max_length == 64 and typed.loss_options.temperature == 3.0
+    dumped = typed.model_dump(mode="json")
+    assert dumped["student_options"] == typed.student_options.model_dump(mode="json")
+    as_mappings = typed.model_copy(update={"student_options": dumped["student_options"],
+                                           "loss_options": dumped["loss_options"]})
+    assert options_view(typed) == options_view(as_mappings)
+    assert stage_options_view(typed, catalogue) == stage_options_view(as_mappings, catalogue)
+    with pytest.raises(Exception, match="mapping"):
+        distill.Options(student_options=["max_length", 64])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from reasondistill import ComponentRef, Stage, StageResult, hookimpl
+from reasondistill import ComponentRef, NestedOptions, Stage, StageResult, hookimpl
 from reasondistill.errors import DataError, PluginError
 from reasondistill.evaluation import evaluate_student
 from reasondistill.fingerprint import write_atomic
@@ -53,10 +53,10 @@ class ActiveOptions(ParseHealthOptions):
     per_round: int = Field(500, ge=1, description="pairs sent to the annotator per round (the teacher budget of a "
                                                   "round; a pair counts whether or not its answer parses)")
     selector: ComponentRef("selector") = Field("uncertainty", description="how rows are picked (register_selectors)")
-    selector_options: dict[str, Any] = Field(default_factory=dict, description="the selector's own options")
+    selector_options: NestedOptions = Field(default_factory=dict, description="the selector's own options")
     annotator: ComponentRef("annotator") = Field("teacher", description="who labels the picked rows: `teacher`, or "
                                                  "`gold` (the pool's hidden labels as a perfect teacher)")
-    annotator_options: dict[str, Any] = Field(default_factory=dict, description="the annotator's own options")
+    annotator_options: NestedOptions = Field(default_factory=dict, description="the annotator's own options")
     distill: dict[str, Any] = Field(default_factory=dict, description="the options of each round's student, as "
                                     "for the distill stage (loss, epochs, class_weights, calibrate, ...); its "
                                     "training rows are set by this stage")
@@ -85,7 +85,8 @@ class ActiveStage(Stage):
         sel = validate_nested(context, "selector", opts.selector, opts.selector_options, "selector_options")
         ann = validate_nested(context, "annotator", opts.annotator, opts.annotator_options, "annotator_options")
         dist = validate_nested(context, "stage", "distill", opts.distill, "distill")
-        return opts.model_copy(update={"selector_options": sel.model_dump(), "annotator_options": ann.model_dump(),
+        # typed from here on; the round students' options stay as set (each round adds its sources)
+        return opts.model_copy(update={"selector_options": sel, "annotator_options": ann,
                                        "distill": dist.model_dump(exclude_unset=True)})
 
     def preflight(self, check, options: ActiveOptions) -> None:

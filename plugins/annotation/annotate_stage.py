@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field
 
-from reasondistill import ComponentRef, Stage, StageResult, hookimpl
+from reasondistill import ComponentRef, NestedOptions, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
 from reasondistill.generators import (
     current_teacher,
@@ -35,7 +35,7 @@ log = logging.getLogger("reasondistill")
 class AnnotateOptions(ParseHealthOptions):
     annotator: ComponentRef("annotator") = Field("teacher",
         description="the annotator component that labels the pairs (`teacher`, `gold`, or a plugin's)")
-    annotator_options: dict[str, Any] = Field(default_factory=dict,
+    annotator_options: NestedOptions = Field(default_factory=dict,
         description="options of that annotator, validated with its own Options")
     input: str = Field("pairs", description="the earlier output to annotate", json_schema_extra=OUTPUT_REF)
     limit: int | None = Field(None, ge=1, description="annotate only the first N pairs")
@@ -58,7 +58,7 @@ class AnnotateStage(Stage):
     def options(self, raw=None, context=None) -> AnnotateOptions:
         opts = AnnotateOptions.model_validate(raw or {}, context=context)
         sub = validate_nested(context, "annotator", opts.annotator, opts.annotator_options, "annotator_options")
-        return opts.model_copy(update={"annotator_options": sub.model_dump()})
+        return opts.model_copy(update={"annotator_options": sub})  # typed from here on
 
     def run(self, ctx, options: AnnotateOptions) -> StageResult:
         annotator = ctx.hooks.catalogue.get("annotator", options.annotator)
@@ -68,8 +68,7 @@ class AnnotateStage(Stage):
         if options.limit:
             pairs = pairs.select(range(min(options.limit, len(pairs))))
         metrics: dict[str, Any] = {}
-        if hasattr(annotator, "check_precision"):
-            metrics.update(annotator.check_precision(ctx, pairs, teacher, a_opts))
+        metrics.update(annotator.check_precision(ctx, pairs, teacher, a_opts))
         outputs = {"annotations": "annotations"}
         jobs = [("annotations", pairs)]
         if options.dev_rows and ctx.has_input("dev"):

@@ -12,6 +12,7 @@ from reasondistill import Annotator, BackendSpec, Options
 from reasondistill.generators import (
     effective_spec,
     generator_accounting,
+    generator_precision_check,
     load_generator,
 )
 from reasondistill.runtime import current
@@ -65,10 +66,8 @@ class TeacherAnnotator(Annotator):
         if not options.bf16_check_rows or not len(pairs):
             return {}
         gen = self.generator(ctx, teacher, options)
-        if not hasattr(gen, "check_bf16_labels"):  # a served teacher: its precision is the server's
-            return {}
         sample = pairs.select(range(min(options.bf16_check_rows, len(pairs))))
-        found = gen.check_bf16_labels([ctx.domain.messages(r) for r in sample], options.bf16_min_agreement)
+        found = generator_precision_check(gen, [ctx.domain.messages(r) for r in sample], options.bf16_min_agreement)
         if not found:
             return {}
         if found["dtype"] == "float32":

@@ -91,8 +91,12 @@ def _view(batch: dict[str, torch.Tensor], side: str) -> dict[str, torch.Tensor]:
     return {k[len(side) + 1:]: v for k, v in batch.items() if k.startswith(side + "_")}
 
 
-def make_trainer_class():
-    from transformers import Trainer
+def make_trainer_class() -> tuple[type, type]:
+    """The reward trainer and its config class (one config beside each trainer, as trl does); built
+    on first use, since transformers is heavy to import where a recipe has no reward model."""
+    from dataclasses import dataclass, field
+
+    from transformers import Trainer, TrainingArguments
 
     class RewardTrainer(Trainer):
         """Bradley-Terry per head; the heads share the encoder."""
@@ -102,7 +106,16 @@ def make_trainer_class():
             loss = bradley_terry_loss(rc, rr, inputs["sign"])
             return (loss, {"chosen": rc, "rejected": rr}) if return_outputs else loss
 
-    return RewardTrainer
+    @dataclass
+    class RewardConfig(TrainingArguments):
+        """The reward trainer's arguments: the loss reads both sides' columns, which the model's
+        signature does not name."""
+
+        remove_unused_columns: bool = field(default=False, metadata={"help": "the loss reads chosen_*/rejected_*"})
+        logging_steps: float = 5
+        save_steps: float = 100
+
+    return RewardTrainer, RewardConfig
 
 
 class RewardModelOptions(Options):
@@ -126,7 +139,7 @@ class RewardModelStage(Stage):
 
     def run(self, ctx, options: RewardModelOptions) -> StageResult:
         from datasets import Dataset
-        from transformers import AutoModel, AutoTokenizer, TrainingArguments
+        from transformers import AutoModel, AutoTokenizer
 
         prefs = list(ctx.load_dataset(options.input))
         dims = sorted({d for r in prefs for d in r["chosen_scores"]})
@@ -149,13 +162,13 @@ class RewardModelStage(Stage):
 
         runtime = current()
         model = MultiHeadRewardModel(AutoModel.from_pretrained(encoder_path, **runtime.model_kwargs()), dims)
-        args = TrainingArguments(output_dir=str(ctx.dir / "checkpoints"), num_train_epochs=options.epochs,
-                                 max_steps=options.max_steps, per_device_train_batch_size=options.batch_size,
-                                 learning_rate=options.learning_rate, seed=ctx.seed, report_to="none",
-                                 remove_unused_columns=False, logging_steps=5, save_steps=100,
-                                 **runtime.training_args())
-        trainer = make_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(train),
-                                       data_collator=RewardCollator(tok))
+        trainer_class, config_class = make_trainer_class()
+        args = config_class(output_dir=str(ctx.dir / "checkpoints"), num_train_epochs=options.epochs,
+                            max_steps=options.max_steps, per_device_train_batch_size=options.batch_size,
+                            learning_rate=options.learning_rate, seed=ctx.seed, report_to="none",
+                            **runtime.training_args())
+        trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(train),
+                                data_collator=RewardCollator(tok))
         trainer.train()
         dist.check_replicas(model, "reward_model")
         if not dist.is_main():  # every rank trained (DDP); the main process writes the model

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from reasondistill import ComponentRef, Options, Stage, StageResult, hookimpl
+from reasondistill import ComponentRef, NestedOptions, Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
 from reasondistill.domain import recipe_domain, require_ability
 from reasondistill.errors import DataError
@@ -44,10 +44,10 @@ log = logging.getLogger("reasondistill")
 class DistillOptions(Options):
     student: ComponentRef("student") = Field("encoder-classifier",
         description="the student component to train (`encoder-classifier`, or a plugin's)")
-    student_options: dict[str, Any] = Field(default_factory=dict,
+    student_options: NestedOptions = Field(default_factory=dict,
         description="options of that student, validated with its own Options")
     loss: ComponentRef("loss") = Field("crsd", description="the distillation loss: `crsd` (the paper), `ce` or `kd`")
-    loss_options: dict[str, Any] = Field(default_factory=dict,
+    loss_options: NestedOptions = Field(default_factory=dict,
         description="options of that loss, validated with its own Options")
     train_input: str = Field("annotations", description="the earlier output to train on (one source; see sources)", json_schema_extra=OUTPUT_REF)
     sources: list[TrainSource] = Field(default_factory=list, description="several training inputs, each with a "
@@ -125,7 +125,7 @@ class DistillStage(Stage):
         catalogue = (context or {}).get("catalogue")
         loss_entry = catalogue.kind("loss").get(opts.loss) if catalogue is not None else None
         check_position_limit(context, student, bool(loss_entry and loss_entry.component.needs_reasoning))
-        return opts.model_copy(update={"student_options": student.model_dump(), "loss_options": loss.model_dump()})
+        return opts.model_copy(update={"student_options": student, "loss_options": loss})  # typed from here on
 
     def preflight(self, check, options: DistillOptions) -> None:
         """Tokenize, encode and build the student, and run its views on two of the run's rows."""
