@@ -164,3 +164,17 @@ def test_the_device_check_catches_what_it_names(tmp_path):
                    "args = A(bf16=False)\nm.cuda()\nok = torch.zeros(2, dtype=torch.float32)  # runtime: a label target\n")
     assert [h.split(": ", 1)[1] for h in _hard_coded(bad)] == [
         "dtype=torch.float32", "device='cuda'", "bf16=False", ".cuda()"]
+
+
+def test_mutation_testing_covers_every_module_with_logic():
+    """``make mutants`` (benchmarks/mutants.py) mutates every module that defines a function; a new
+    module gets a slice of the suite there, or its mutants are never asked about."""
+    import runpy
+
+    targets = runpy.run_path(str(ROOT / "benchmarks" / "mutants.py"))["TARGETS"]
+    covered = {path for files, _ in targets.values() for path in files.split()}
+    with_logic = {str(p.relative_to(ROOT)) for root in (SDK, PLUGINS) for p in root.rglob("*.py")
+                  if p.name not in ("__init__.py", "__main__.py")
+                  and any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(ast.parse(p.read_text())))}
+    assert not with_logic - covered, f"modules make mutants never mutates: {sorted(with_logic - covered)}"
+    assert all((ROOT / path).is_file() for path in covered), "TARGETS name a file that is gone"
