@@ -248,8 +248,9 @@ def evaluate_folder(ctx, folder) -> dict[str, Any]:
 def round_record(r: int, chosen: list[int], cold: bool, annotations, trained: dict[str, Any], domain,
                  seconds: float) -> dict[str, Any]:
     """What a round did: the pool positions sent, what came back, the student's dev figures."""
-    metrics: dict[str, Any] = {k: v for k, v in trained.items()
-                               if k.startswith("dev_") and "reasoning_view" not in k and isinstance(v, (int, float))}
+    metrics: dict[str, Any] = {k: v for k, v in trained.items()  # calibrated students: also the held-out half's figures
+                               if k.startswith(("dev_", "calibration_heldout_macro_f1")) and "reasoning_view" not in k
+                               and isinstance(v, (int, float))}
     metrics["train_rows"] = trained.get("train_rows")
     if annotations is not None and len(annotations):
         labels = annotations["label"]
