@@ -96,7 +96,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "run_context": ("sdk/stage_context.py sdk/model_refs.py sdk/failures.py sdk/distributed.py sdk/generators.py",
                     "tests/test_engine.py tests/test_hooks.py tests/test_served.py tests/test_two_processes.py"),
     "pairs": ("plugins/pipeline/pairs_stage.py", "tests/test_data.py tests/test_recipes.py tests/test_data_validate.py"),
-    "teacher_extras": ("plugins/teacher/eval_stage.py plugins/teacher/learning_curve.py plugins/rewards/reward_model.py",
+    "teacher_extras": ("plugins/teacher/eval_stage.py plugins/teacher/learning_curve.py plugins/rewards/reward_model.py "
+                       "plugins/rewards/reward_trainer.py plugins/rewards/bradley_terry.py",
                        "tests/test_teacher.py"),
     "models": ("plugins/models/builtin_models.py sdk/tiny.py sdk/testing.py", "tests/test_hooks.py tests/test_real_models.py"),
 }

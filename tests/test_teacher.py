@@ -174,7 +174,7 @@ def test_learned_multi_head_reward_model(teacher_run):
 def test_bradley_terry_loss_orders_by_sign():
     import torch
 
-    from reasondistill.plugins.rewards.reward_model import bradley_terry_loss
+    from reasondistill.plugins.rewards.bradley_terry import bradley_terry_loss
 
     rc, rr = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     good = bradley_terry_loss(rc, rr, torch.tensor([[1.0, -1.0]]))

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from reasondistill import Options, Stage, StageResult, hookimpl
 from reasondistill import distributed as dist
 from reasondistill.errors import DataError
 from reasondistill.model_refs import resolve_model
+from reasondistill.plugins.rewards.bradley_terry import side_view
 from reasondistill.runtime import current
 
 HEADS = "heads.safetensors"
@@ -66,14 +66,6 @@ class MultiHeadRewardModel(torch.nn.Module):
         return runtime.place(model, inference=True).eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """Mean of -log sigmoid(sign * (r_c - r_r)) over the (pair, dimension) cells where sign != 0."""
-    mask = sign != 0
-    if not mask.any():
-        return (r_chosen.sum() * 0.0)
-    return -F.logsigmoid((sign * (r_chosen - r_rejected))[mask]).mean()
-
-
 class RewardCollator:
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
@@ -85,37 +77,6 @@ class RewardCollator:
             batch.update({f"{side}_{k}": v for k, v in self.tokenizer.pad(feats, return_tensors="pt").items()})
         batch["sign"] = torch.tensor([r["sign"] for r in rows], dtype=torch.float32)  # runtime: a target
         return batch
-
-
-def _view(batch: dict[str, torch.Tensor], side: str) -> dict[str, torch.Tensor]:
-    return {k[len(side) + 1:]: v for k, v in batch.items() if k.startswith(side + "_")}
-
-
-def make_trainer_class() -> tuple[type, type]:
-    """The reward trainer and its config class (one config beside each trainer, as trl does); built
-    on first use, since transformers is heavy to import where a recipe has no reward model."""
-    from dataclasses import dataclass, field
-
-    from transformers import Trainer, TrainingArguments
-
-    class RewardTrainer(Trainer):
-        """Bradley-Terry per head; the heads share the encoder."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            rc, rr = model(**_view(inputs, "chosen")), model(**_view(inputs, "rejected"))
-            loss = bradley_terry_loss(rc, rr, inputs["sign"])
-            return (loss, {"chosen": rc, "rejected": rr}) if return_outputs else loss
-
-    @dataclass
-    class RewardConfig(TrainingArguments):
-        """The reward trainer's arguments: the loss reads both sides' columns, which the model's
-        signature does not name."""
-
-        remove_unused_columns: bool = field(default=False, metadata={"help": "the loss reads chosen_*/rejected_*"})
-        logging_steps: float = 5
-        save_steps: float = 100
-
-    return RewardTrainer, RewardConfig
 
 
 class RewardModelOptions(Options):
@@ -162,12 +123,14 @@ class RewardModelStage(Stage):
 
         runtime = current()
         model = MultiHeadRewardModel(AutoModel.from_pretrained(encoder_path, **runtime.model_kwargs()), dims)
-        trainer_class, config_class = make_trainer_class()
-        args = config_class(output_dir=str(ctx.dir / "checkpoints"), num_train_epochs=options.epochs,
+        # heavy (transformers): imported when a reward model trains, not when the plugin registers
+        from reasondistill.plugins.rewards.reward_trainer import RewardConfig, RewardTrainer
+
+        args = RewardConfig(output_dir=str(ctx.dir / "checkpoints"), num_train_epochs=options.epochs,
                             max_steps=options.max_steps, per_device_train_batch_size=options.batch_size,
                             learning_rate=options.learning_rate, seed=ctx.seed, report_to="none",
                             **runtime.training_args())
-        trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(train),
+        trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
                                 data_collator=RewardCollator(tok))
         trainer.train()
         dist.check_replicas(model, "reward_model")
@@ -191,7 +154,7 @@ def pairwise_accuracy(model, tok, rows, dims) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device  # trained on a GPU, it is still there
     batch = {k: v.to(device) for k, v in RewardCollator(tok)(rows).items()}
-    rc, rr = model(**_view(batch, "chosen")), model(**_view(batch, "rejected"))
+    rc, rr = model(**side_view(batch, "chosen")), model(**side_view(batch, "rejected"))
     out = {}
     for j, d in enumerate(dims):
         mask = batch["sign"][:, j] != 0
