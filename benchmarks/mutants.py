@@ -44,7 +44,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "metrics": ("sdk/metrics.py", "tests/test_metrics.py"),
     "fingerprint": ("sdk/fingerprint.py", "tests/test_fingerprint.py tests/test_engine.py tests/test_ml_core.py -k 'fingerprint or hash or manifest or recomputed'"),
     "recipe": ("sdk/recipe.py sdk/errors.py", "tests/test_recipes.py tests/test_hooks.py"),
-    "runstore": ("sdk/runstore.py", "tests/test_fingerprint.py tests/test_engine.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest"),
+    "runstore": ("sdk/runstore.py", "tests/test_runstore.py tests/test_fingerprint.py tests/test_engine.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest"),
     "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py tests/test_runtime.py tests/test_annotate.py::test_two_processes_equal_one "
                "tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
                "-k 'not slot and not star and not hand_computed'"),
@@ -66,8 +66,8 @@ TARGETS: dict[str, tuple[str, str]] = {
                        "preference or dapt or chosen or prompts or max_length or checkpointing or lora_layers or curve "
                        "or options_reference or resumes'"),
     "answer_head": ("plugins/teacher/answer_head.py", "tests/test_answer_head.py"),
-    "stage_hash": ("sdk/stage_hash.py", "tests/test_engine.py tests/test_ml_core.py tests/test_served.py tests/test_parse_health.py "
-                   "-k 'hash or option_added or nested'"),
+    "stage_hash": ("sdk/stage_hash.py", "tests/test_stage_hash.py tests/test_engine.py tests/test_ml_core.py tests/test_served.py "
+                   "tests/test_parse_health.py -k 'hash or option_added or nested or settings or view or transport'"),
     "score_server": ("sdk/score_server.py sdk/score_app.py sdk/score_inputs.py sdk/score_connections.py sdk/score_metrics.py",
                      "tests/test_serve.py tests/test_serve_traffic.py"),
     "micro_batcher": ("sdk/micro_batcher.py", "tests/test_micro_batcher.py"),
