@@ -113,3 +113,27 @@ def test_a_failed_stage_leaves_only_work_a_rerun_resumes_from(tmp_path):
     other.discard_if_empty()
     assert not other.dir.exists() and other.run_dir.exists(), "the run folder stays while another stage has one"
     StageFolder(tmp_path / "nowhere", "d").discard_if_empty()  # never created: nothing to do
+
+
+def test_what_counts_as_work_when_a_failed_stage_is_cleaned_up(tmp_path):
+    for name in ("notes.tmp", ".settings"):  # only hidden *.tmp files are half-written atomic writes
+        kept = StageFolder(tmp_path / name.strip("."), "s")
+        kept.begin("h", resuming=False)
+        (kept.dir / name).write_text("x")
+        kept.discard_if_empty()
+        assert (kept.dir / name).exists(), name
+
+
+def test_finish_without_a_running_mark_still_writes_the_manifest(folder):
+    folder.dir.mkdir(parents=True)
+    (folder.dir / "out.txt").write_text("result")
+    folder.finish(StageResult(outputs={"out": "out.txt"}), {"hash": "h1"})
+    assert folder.up_to_date("h1") is not None
+
+
+def test_a_package_that_is_not_installed_is_recorded_as_absent(monkeypatch):
+    from reasondistill import runstore
+
+    monkeypatch.setattr(runstore, "TRACKED_PACKAGES", ("reasondistill", "no-such-package-here"))
+    versions = runstore.package_versions()
+    assert versions["no-such-package-here"] == "absent" and versions["reasondistill"] != "absent"
