@@ -256,3 +256,11 @@ def test_a_plugin_that_fails_to_import_says_how_to_block_it(monkeypatch):
     assert "REASONDISTILL_BLOCK_PLUGINS=broken_thing" in msg
     monkeypatch.setenv("REASONDISTILL_BLOCK_PLUGINS", "broken_thing")
     assert manager.build_plugin_manager().has_plugin("annotate")
+
+
+def test_an_unknown_name_of_a_kind_nobody_registered_says_none_are():
+    from reasondistill.catalogue import Catalogue
+    from reasondistill.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="unknown selector 'x'; registered: none"):
+        Catalogue().get("selector", "x", "stages[0].options.selector")

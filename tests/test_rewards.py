@@ -113,3 +113,14 @@ def test_every_scorer_answers_through_the_plugin_manager(rd_engine):
     assert vec["claims"] == 1.0 and vec["length"] == 1.0
     # content words: terms, title, angle, title, bracket -> angle and bracket are in the pair: 2 of 5
     assert vec["faithfulness"] == pytest.approx(2 / 5)
+
+
+def test_a_reward_score_is_accepted_on_the_bounds_of_zero_to_one_and_refused_just_outside():
+    """The boundary values themselves (0.0, 1.0) are scores; -0.5 and 1.5 name the plugin."""
+    from reasondistill.errors import PluginError
+    from reasondistill.reward_scores import checked_score
+
+    assert checked_score("p", "d", 0.0) == 0.0 and checked_score("p", "d", 1.0) == 1.0
+    for bad in (-0.5, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(PluginError, match="plugin 'p'"):
+            checked_score("p", "d", bad)
