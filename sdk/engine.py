@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import distributed as dist
+from .distributed import barrier, is_main, local_rank, world
 from .errors import RecipeError
 from .failures import stage_failures
 from .fingerprint import write_json_atomic
@@ -54,7 +54,7 @@ class Engine:
         if recipe.trust_remote_code:
             log.warning("recipe %s sets trust_remote_code: code shipped with models will run", recipe.name)
         domain = resolve_domain(recipe, self.hooks.catalogue, source)
-        runtime = resolve_runtime(recipe.runtime, processes=dist.world(), local_rank=dist.local_rank())
+        runtime = resolve_runtime(recipe.runtime, processes=world(), local_rank=local_rank())
         log.info("runtime: %s", runtime)
         with using(runtime), runtime.threads_applied():
             if self.preflight:
@@ -65,7 +65,7 @@ class Engine:
         """``validate``, then the run's dry calls (``reasondistill validate --deep``); writes no run."""
         stages = self.validate(recipe, source)
         domain = resolve_domain(recipe, self.hooks.catalogue, source)
-        runtime = resolve_runtime(recipe.runtime, processes=dist.world(), local_rank=dist.local_rank())
+        runtime = resolve_runtime(recipe.runtime, processes=world(), local_rank=local_rank())
         with using(runtime), runtime.threads_applied():
             return run_preflight(recipe, stages, domain, self.hooks, self._resolver(domain))
 
@@ -75,10 +75,10 @@ class Engine:
     def _run_stages(self, recipe: Recipe, stages: list[ResolvedStage], force: set[str], name: str | None,
                     domain) -> dict[str, StageResult]:
         run = RunInfo(name or recipe.name, self.runs_dir / (name or recipe.name), recipe)
-        if dist.is_main():
+        if is_main():
             run.dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(run.dir / "recipe.json", recipe.model_dump(mode="json"))
-        dist.barrier()
+        barrier()
         produced: dict[str, dict[str, Path]] = {}
         results: dict[str, StageResult] = {}
         previous, rerun_rest = "", False
@@ -95,12 +95,12 @@ class Engine:
                 try:
                     result = self._execute(run, stage, folder, digest, external, domain, produced)
                 except Exception:
-                    if dist.is_main():  # no half-written run folder: only work a rerun resumes from stays
+                    if is_main():  # no half-written run folder: only work a rerun resumes from stays
                         folder.discard_if_empty()
                     raise
             produced[stage.name] = {k: folder.dir / v for k, v in result.outputs.items()}
             results[stage.name] = result
-            if dist.is_main():
+            if is_main():
                 self.hooks.on_stage_end(run, stage.name, result)
             previous = digest
         return results
@@ -108,22 +108,22 @@ class Engine:
     def _execute(self, run: RunInfo, stage: ResolvedStage, folder: StageFolder, digest: str,
                  external: dict[str, str], domain, produced) -> StageResult:
         resuming = folder.can_resume(digest)
-        dist.barrier()  # every rank has read the old state before the main process changes it
-        if dist.is_main():
+        barrier()  # every rank has read the old state before the main process changes it
+        if is_main():
             folder.begin(digest, resuming)
-        dist.barrier()
+        barrier()
         ctx = StageContext(stage.name, folder.dir, run, self.hooks, domain, resuming, dict(produced),
                            dict(stage.spec.inputs), stage.spec.seed)
         log.info("stage %s: %s", stage.name, "resuming" if resuming else "running")
         started = time.time()
         result = None
-        if dist.is_main() or stage.component.distributed:
+        if is_main() or stage.component.distributed:
             seed_everything(ctx.seed)
             with stage_failures(stage.name, self.hooks):
                 result = stage.component.run(ctx, stage.options)
-        dist.barrier()
-        if not dist.is_main():  # the main process writes the manifest; read its outcome
-            dist.barrier()
+        barrier()
+        if not is_main():  # the main process writes the manifest; read its outcome
+            barrier()
             return folder.recorded_result()
         result.seconds = time.time() - started
         folder.finish(result, {
@@ -131,8 +131,8 @@ class Engine:
             "options": stage.options.model_dump(mode="json"), "external_inputs": external,
             "inputs": {s: {k: str(v.relative_to(run.dir)) for k, v in outs.items()} for s, outs in produced.items()},
             "timings": {"started": started, "ended": started + result.seconds, "seconds": result.seconds},
-            "processes": dist.world(), "runtime": current_runtime().manifest()})
-        dist.barrier()
+            "processes": world(), "runtime": current_runtime().manifest()})
+        barrier()
         return result
 
 

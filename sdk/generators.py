@@ -76,8 +76,7 @@ def generator_accounting(gen: Any) -> dict[str, Any]:
     An optional ability of a :class:`Generator` (``accounting()``): the ``openai`` backend has it;
     a local model or a third-party backend need not, so the stage asks here instead of requiring it.
     """
-    accounting = getattr(gen, "accounting", None)
-    return accounting() if callable(accounting) else {}
+    return _ability(gen, "accounting", lambda: {})()
 
 
 def generator_precision_check(gen: Any, messages: Sequence[Messages], min_agreement: float) -> dict[str, Any] | None:
@@ -87,8 +86,13 @@ def generator_precision_check(gen: Any, messages: Sequence[Messages], min_agreem
     local ``transformers`` engines have it; a served teacher's precision is the server's, so it has
     none. Asked here, in one place, like :func:`generator_accounting`.
     """
-    check = getattr(gen, "check_bf16_labels", None)
-    return check(messages, min_agreement) if callable(check) else None
+    return _ability(gen, "check_bf16_labels", lambda *_: None)(messages, min_agreement)
+
+
+def _ability(gen: Any, name: str, default: Any) -> Any:
+    """A generator's optional method ``name``, else ``default``: the one place they are looked up."""
+    found = getattr(gen, name, None)
+    return found if callable(found) else default
 
 
 def accounting_sum(parts: list[dict[str, Any]]) -> dict[str, Any]:

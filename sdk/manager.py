@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import pluggy
 from pydantic import ValidationError
 
-from . import hookspecs
+import reasondistill.hookspecs as hookspecs
+
 from .catalogue import REGISTER_HOOKS, Catalogue, admit
 from .errors import PluginError, RecipeError, recipe_error
 from .reward_scores import aggregate_by_weights, checked_score

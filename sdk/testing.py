@@ -26,12 +26,11 @@ from typing import Any, Callable
 
 import pytest
 
+import reasondistill.tiny as tiny
 from reasondistill.data import rows_to_pairs
 from reasondistill.engine import Engine
 from reasondistill.manager import Hooks
 from reasondistill.tiny import build_tiny_causal_lm, build_tiny_encoder, build_tiny_teacher, default_domain
-
-from . import tiny
 
 
 @pytest.fixture
