@@ -25,12 +25,15 @@ import ast
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from coverage import CoverageData
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
@@ -186,22 +189,53 @@ def test_environment(work: Path) -> dict[str, str]:
             "REASONDISTILL_FIXTURE_CACHE": str(cache / "fixtures"), "REASONDISTILL_CACHE": str(cache / "models")}
 
 
+def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, float, str]:
+    """Runs the module's slice once under coverage with a context per test and writes the plan
+    ``mutant_tests.py`` reads (which tests executed each line of the module's files, and a pristine
+    copy of each); returns (the plan, the slice's seconds, the slice's output when it failed)."""
+    file, tests = TARGETS[name]
+    data_file = work / f"{name}.coverage"
+    started = time.time()
+    run = subprocess.run(f"{PYTEST} --cov=reasondistill --cov-context=test --cov-report= {tests}", shell=True, cwd=ROOT,
+                         capture_output=True, text=True, env={**env, "COVERAGE_FILE": str(data_file)})
+    seconds = time.time() - started
+    if run.returncode != 0:
+        return work, seconds, run.stdout[-1500:]
+    data = CoverageData(basename=str(data_file))
+    data.read()
+    measured = {str(Path(f).resolve()): f for f in data.measured_files()}
+    pristine = work / "pristine"
+    pristine.mkdir(exist_ok=True)
+    files = {}
+    for i, path in enumerate(file.split()):
+        source = ROOT / path
+        copy = f"{i}-{source.name}"
+        shutil.copyfile(source, pristine / copy)
+        by_line = data.contexts_by_lineno(measured[str(source.resolve())]) if str(source.resolve()) in measured else {}
+        files[str(source)] = {"copy": copy, "lines": {str(n): sorted({c.split("|")[0] for c in ctx})
+                                                      for n, ctx in by_line.items()}}
+    plan = work / f"{name}.plan.json"
+    plan.write_text(json.dumps({"pytest": PYTEST, "slice": tests, "files": files}))
+    return plan, seconds, ""
+
+
 def run_module(name: str, limit: int, seed: int, work: Path, show: bool) -> dict:
     file, tests = TARGETS[name]
+    work = work / name
+    work.mkdir()
     env = test_environment(work)
     subprocess.run(f"{PYTEST} {tests}", shell=True, cwd=ROOT, capture_output=True, env=env)  # fills the caches
     started = time.time()
-    baseline = subprocess.run(f"{PYTEST} {tests}", shell=True, cwd=ROOT, capture_output=True, text=True, env=env)
-    if baseline.returncode != 0:
-        return {"module": name, "error": "its tests fail without a mutant:\n" + baseline.stdout[-1500:]}
-    seconds = time.time() - started
+    plan, seconds, failed = coverage_plan(name, work, env)
+    if failed:
+        return {"module": name, "error": "its tests fail without a mutant:\n" + failed}
     config = work / f"{name}.toml"
     db = work / f"{name}.sqlite"
     config.write_text(f"""[cosmic-ray]
 module-path = {json.dumps([str(ROOT / f) for f in file.split()])}
 timeout = {max(30.0, 4 * seconds):.0f}
 excluded-modules = []
-test-command = "{PYTEST} {tests}"
+test-command = "{sys.executable} {ROOT / 'benchmarks' / 'mutant_tests.py'} {plan}"
 
 [cosmic-ray.distributor]
 name = "local"
