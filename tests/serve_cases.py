@@ -139,6 +139,8 @@ CASES: list[tuple[str, str, str, bytes, dict, int, str]] = [
      "documents[1]: empty string"),
     ("/rerank: a document over max_chars", "POST", "/rerank", rerank(documents=["x" * 2001]), JSON, 413,
      "documents[0]: 2001 characters, more than max_chars 2000"),
+    ("/rerank: exactly max_pairs documents, `top_n` max_pairs", "POST", "/rerank",
+     rerank(documents=["a"] * 64, top_n=64), JSON, 200, ""),
     ("/rerank: one document over max_pairs", "POST", "/rerank", rerank(documents=["a"] * 65), JSON, 413,
      "documents: 65, more than max_pairs 64"),
     ("/rerank: `top_n` 0", "POST", "/rerank", rerank(top_n=0), JSON, 422,

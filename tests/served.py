@@ -72,6 +72,7 @@ reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompt
         self.unlisted = unlisted  # GET /v1/models answers an empty list
         self.usage = usage  # replies carry the OpenAI usage block
         self.answers_as = answers_as  # the model name replies carry (default: the one asked for)
+        self.pad_to: int | None = None  # a reply's body padded with spaces to this many bytes (still JSON)
         # a GPU server in small: each answer takes ``latency`` s, at most ``slots`` at once (0: no limit)
         self.latency, self._slots = latency, threading.Semaphore(slots) if slots else None
         self.model, self.key = model, key
@@ -151,7 +152,8 @@ reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompt
                         reply.pop("usage")
                     if server.answers_as:
                         reply["model"] = server.answers_as
-                    self._send(200, json.dumps(reply).encode())
+                    payload = json.dumps(reply).encode()
+                    self._send(200, payload.ljust(server.pad_to or 0, b" "))
                 elif action == "nochoices":
                     self._send(200, b'{"id": "x", "choices": []}')
                 elif action == "nomessage":

@@ -381,3 +381,20 @@ def test_one_generator_per_settings_kept_across_calls(rd_hooks, tiny_causal_lm):
     assert again is not large and again.batch_size == 8
     longer = annotator.generator(ctx, teacher, TeacherAnnotatorOptions(batch_size=8, max_new_tokens=32))
     assert longer is not again and longer.max_new_tokens == 32
+
+
+def test_a_failed_share_equal_to_max_failed_share_goes_on(tmp_path):
+    """``max_failed_share`` is the largest share of failed rows a run goes on with: 1 of 4 under
+    0.25 goes on, 2 of 4 stops naming the option, the count, the last error and the kept shards."""
+    from reasondistill.errors import DataError
+    from reasondistill.plugins.annotation.sharded_run import check_failed_share
+
+    rows = [{"error": None}, {"error": "HTTP 500 on POST /chat/completions"}, {"error": None}]
+    check_failed_share(1, 4, 0.25, rows, tmp_path)
+    check_failed_share(0, 4, 0.0, rows, tmp_path)
+    with pytest.raises(DataError) as err:
+        check_failed_share(2, 4, 0.25, rows, tmp_path)
+    assert "2 of 4 rows failed" in str(err.value) and "max_failed_share 0.25" in str(err.value)
+    assert "HTTP 500 on POST" in str(err.value) and str(tmp_path) in str(err.value)
+    with pytest.raises(DataError, match="in an earlier shard"):
+        check_failed_share(1, 4, 0.0, [{"error": None}], tmp_path)

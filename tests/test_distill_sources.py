@@ -58,6 +58,10 @@ def test_a_source_counts_dropped_rows_weighs_by_confidence_and_needs_its_reasoni
     assert m == {"source_annotations_rows": 2, "source_annotations_teacher": True,
                  "source_annotations_dropped_unparsed": 2, "source_annotations_dropped_below_min_confidence": 1,
                  "source_annotations_gold_agreement": 1.0}
+    at_bar, _, _ = load(TrainSource(input="annotations", min_confidence=0.7))  # q4's label has exactly 0.7
+    assert [r["query"] for r in at_bar] == ["q0", "q4"], "a confidence equal to min_confidence is kept"
+    above, _, _ = load(TrainSource(input="annotations", min_confidence=0.7000001))
+    assert [r["query"] for r in above] == ["q0"]
     weighted, _, _ = load(TrainSource(input="annotations", weight=2.0, confidence_weight=True))
     assert [r["weight"] for r in weighted] == pytest.approx([1.6, 0.8, 1.4])  # weight x the teacher's probability
     assert [r["confidence"] for r in weighted] == pytest.approx([0.8, 0.4, 0.7])

@@ -97,3 +97,20 @@ def test_every_limit_at_its_boundary(name, cls, field, limit):
     else:
         assert errors, f"{name}: the limit itself ({at_limit!r}) is documented as refused, but was accepted"
     assert _field_errors(cls, field, past), f"{name}: {past!r}, past the limit {limit}, was accepted"
+
+
+def test_every_run_time_limit_names_a_test_that_exists():
+    """docs/testing.md's table of run-time limits names, for each, tests that exist."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent
+    text = (root.parent / "docs" / "testing.md").read_text(encoding="utf-8")
+    table = text.split("## Limits at their boundary", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(test_\w+)::(test_\w+)`|, `(test_\w+)`", table)
+    assert len(named) >= 18
+    module = None
+    for mod, test, more in named:
+        module = mod or module
+        source = (root / f"{module}.py").read_text(encoding="utf-8")
+        assert re.search(rf"def {test or more}\b", source), f"docs/testing.md names {module}::{test or more}"

@@ -96,6 +96,16 @@ def test_gives_up_after_retries_with_the_error(fault, action, reason):
     assert len(fault.requests) == 2
 
 
+def test_a_response_of_exactly_max_response_bytes_is_read(fault):
+    """The size bound is the largest body accepted: 2,000 bytes pass under ``max_response_bytes:
+    2000``, and fail (the attempt, then the retries) under 1,999."""
+    fault.pad_to = 2000
+    [[g]] = _gen(fault, retries=0, max_response_bytes=2000).generate(_messages(1))
+    assert g.error is None and g.text
+    [[g]] = _gen(fault, retries=0, max_response_bytes=1999).generate(_messages(1))
+    assert "response larger than 1999 bytes" in (g.error or "")
+
+
 def test_wrong_model_name_is_one_line_naming_backend_and_url(fault):
     with pytest.raises(BackendError) as err:
         OpenAIGenerator(DOM, OpenAIBackendOptions(model="teacher-70b", base_url=fault.url, **FAST))

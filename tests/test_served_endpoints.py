@@ -330,3 +330,18 @@ def test_a_retry_waits_for_a_slot_elsewhere_rather_than_going_back_to_the_endpoi
     # with no other endpoint in service, the one that failed is tried again
     alone = EndpointPool([a], breaker_failures=3, probe_interval=5.0)
     assert alone.acquire(avoid=a) is a
+
+
+def test_the_breaker_opens_at_exactly_breaker_failures_in_a_row():
+    """``breaker_failures: 3``: two failures in a row leave the endpoint in service, the third takes
+    it out; a success in between starts the count again."""
+    from reasondistill.plugins.backends.openai_endpoints import Endpoint, EndpointPool
+
+    a, b = (Endpoint(url=u, model="m", capacity=4, weight=1.0, client=None) for u in ("a", "b"))
+    pool = EndpointPool([a, b], breaker_failures=3, probe_interval=60.0)
+    for outcome in ("connection", "connection", None, "connection", "connection"):
+        pool.release(pool.acquire(avoid=b), outcome)
+    assert not a.open_until and a.failures == 2, "two failures in a row: still in service"
+    pool.release(pool.acquire(avoid=b), "http_500")
+    assert a.open_until and pool.others_usable(b) is False, "the third takes it out"
+    assert pool.acquire(avoid=b) is b

@@ -224,6 +224,29 @@ def test_chosen_prefers_the_gold_label(rd_hooks):
     assert len(no_gold) == 1  # no candidate carries the gold label: nothing to flip
 
 
+def test_a_pair_whose_margin_equals_min_margin_is_kept(rd_hooks):
+    """``min_margin`` is the least reward gap a pair may have: a gap equal to it is kept, the
+    nearest float above it drops the prompt (and counts it)."""
+    import math
+    from types import SimpleNamespace
+
+    from reasondistill import Recipe
+    from reasondistill.plugins.domains.local_services import LocalServices
+    from reasondistill.plugins.teacher.preference import build_pairs
+
+    dom = LocalServices()
+    ctx = SimpleNamespace(hooks=rd_hooks, domain=dom, recipe=Recipe(name="r", stages=[{"uses": "pairs"}]))
+    row = {"pair_id": "p", "query": "pizza", "item": "Blue Door: pizza", "label": 0}
+    cands = [[f"Reasoning: no pizza here.\nLabel: {dom.labels[0]}", "???"]]
+    [pair], dropped = build_pairs(ctx, [row], cands, 0.0)
+    margin = pair["margin"]
+    assert margin > 0 and dropped == 0
+    kept, dropped = build_pairs(ctx, [row], cands, margin)
+    assert len(kept) == 1 and dropped == 0, "a gap equal to min_margin is kept"
+    kept, dropped = build_pairs(ctx, [row], cands, math.nextafter(margin, math.inf))
+    assert kept == [] and dropped == 1
+
+
 def test_lora_layers_trains_only_the_top_layers(rd_engine):
     """``lora_layers: 1`` on the 2-layer tiny teacher: the merged teacher differs from its start in
     the top layer's linear weights only (the bottom layer, embeddings and norms are bit-equal)."""

@@ -33,6 +33,16 @@ def identify_teacher(ctx, teacher: str) -> str:
     return f"{name}@{digest}" if digest else name
 
 
+def check_failed_share(failed: int, pairs: int, max_failed_share: float, new: list[dict], folder: Path) -> None:
+    """Stops the stage (``DataError``) once more than ``max_failed_share`` of the ``pairs`` done now
+    have failed in the backend; a share equal to the limit goes on."""
+    if failed > max_failed_share * pairs:
+        last = next((r["error"] for r in reversed(new) if r["error"]), "in an earlier shard")
+        raise DataError(f"annotate: {failed} of {pairs} rows failed in the teacher's backend, more than "
+                        f"max_failed_share {max_failed_share:g} (last error: {last}); the shards are kept in "
+                        f"{folder}: rerun to resume, only the failed rows are redone")
+
+
 def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: int, folder: Path,
                      max_failed_share: float = 1.0, monitor: ParseMonitor | None = None) -> dict[str, float]:
     """Annotate every shard this rank owns that is missing, corrupt or holds failed rows.
@@ -72,11 +82,7 @@ def annotate_sharded(ctx, annotator, data, teacher: str, options, shard_size: in
         show_speed(bar, time.time() - started, pairs, tokens, failed, monitor.rate,
                    accounting_delta(spent_before, annotator.usage()).get("total", {}))
         try:
-            if failed > max_failed_share * pairs:
-                last = next((r["error"] for r in reversed(new) if r["error"]), "in an earlier shard")
-                raise DataError(f"annotate: {failed} of {pairs} rows failed in the teacher's backend, more than "
-                                f"max_failed_share {max_failed_share:g} (last error: {last}); the shards are kept in "
-                                f"{folder}: rerun to resume, only the failed rows are redone")
+            check_failed_share(failed, pairs, max_failed_share, new, folder)
             monitor.check()
         except DataError:
             bar.close()
