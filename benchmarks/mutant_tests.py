@@ -7,8 +7,10 @@ coverage with a context per test (``--cov-context=test``) and writes, for each m
 tests executed each line. This command diffs the mutated file against its pristine copy and runs:
 
 - the tests that executed the changed lines (``-x``: the first failure kills the mutant);
-- the whole slice when a changed line ran while modules were imported (no test context: module
-  constants, ``def`` lines, class bodies), since any test may depend on it;
+- the whole slice when a changed line runs when its module is imported (outside every function
+  body: module constants, ``def`` lines, decorators, defaults, class bodies), since any test may
+  depend on it and coverage credits the import to whichever test came first; and when a line ran
+  only while fixtures were set up (a module-scoped fixture is credited to its first test alone);
 - nothing (the mutant survives) when no test of the slice executed the line: the slice cannot
   kill it, whatever runs.
 
@@ -17,6 +19,7 @@ mutmut 3 selects tests the same way; cosmic-ray has no such mode, hence this scr
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import subprocess
@@ -35,6 +38,16 @@ def changed_lines(pristine: str, mutated: str) -> set[int]:
     return lines
 
 
+def function_body_lines(source: str) -> set[int]:
+    """Lines inside some function's body: they run when the function is called, not at import."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            body = node.body if isinstance(node.body, list) else [node.body]
+            lines.update(range(body[0].lineno, node.end_lineno + 1))
+    return lines
+
+
 def tests_to_run(coverage_map: dict[str, dict], pristine_dir: Path) -> list[str] | None:
     """Node ids of the tests that executed a mutated line; ``None``: run the whole slice."""
     selected: set[str] = set()
@@ -43,11 +56,14 @@ def tests_to_run(coverage_map: dict[str, dict], pristine_dir: Path) -> list[str]
         pristine = (pristine_dir / by_line["copy"]).read_text(encoding="utf-8")
         if current == pristine:
             continue
+        in_functions = function_body_lines(pristine)
         for line in changed_lines(pristine, current):
             contexts = by_line["lines"].get(str(line), [])
-            if "" in contexts:
+            if line not in in_functions or "" in contexts:
                 return None
-            selected.update(contexts)
+            if contexts and all(c.endswith("|setup") for c in contexts):
+                return None
+            selected.update(c.split("|")[0] for c in contexts)
     return sorted(selected)
 
 

@@ -212,8 +212,7 @@ def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, flo
         copy = f"{i}-{source.name}"
         shutil.copyfile(source, pristine / copy)
         by_line = data.contexts_by_lineno(measured[str(source.resolve())]) if str(source.resolve()) in measured else {}
-        files[str(source)] = {"copy": copy, "lines": {str(n): sorted({c.split("|")[0] for c in ctx})
-                                                      for n, ctx in by_line.items()}}
+        files[str(source)] = {"copy": copy, "lines": {str(n): sorted(ctx) for n, ctx in by_line.items()}}
     plan = work / f"{name}.plan.json"
     plan.write_text(json.dumps({"pytest": PYTEST, "slice": tests, "files": files}))
     return plan, seconds, ""

@@ -178,3 +178,31 @@ def test_mutation_testing_covers_every_module_with_logic():
                   and any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(ast.parse(p.read_text())))}
     assert not with_logic - covered, f"modules make mutants never mutates: {sorted(with_logic - covered)}"
     assert all((ROOT / path).is_file() for path in covered), "TARGETS name a file that is gone"
+
+
+def test_a_mutant_runs_the_tests_that_executed_its_line(tmp_path):
+    """benchmarks/mutant_tests.py: a line in a function body runs the tests coverage saw execute
+    it; a line run at import (a constant, a ``def``), or only by fixtures, runs the whole slice; a
+    line no test executed runs nothing (the slice cannot kill it)."""
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "benchmarks" / "mutant_tests.py"))
+    source = "LIMIT = 3\n\n\ndef check(n):\n    if n > LIMIT:\n        raise ValueError(n)\n    return n\n"
+    (tmp_path / "pristine").mkdir()
+    (tmp_path / "pristine" / "0-m.py").write_text(source)
+    module = tmp_path / "m.py"
+    plan = {str(module): {"copy": "0-m.py", "lines": {
+        "1": [""], "4": [""], "5": ["t.py::a|run", "t.py::b|run"], "6": ["t.py::b|run"], "7": ["t.py::s|setup"]}}}
+
+    def selected(mutated: str):
+        module.write_text(mutated)
+        return tool["tests_to_run"](plan, tmp_path / "pristine")
+
+    assert selected(source) == []
+    assert selected(source.replace("n > LIMIT", "n >= LIMIT")) == ["t.py::a", "t.py::b"]
+    assert selected(source.replace("raise ValueError(n)", "pass")) == ["t.py::b"]
+    assert selected(source.replace("LIMIT = 3", "LIMIT = 4")) is None
+    assert selected(source.replace("def check(n)", "def check(n=1)")) is None
+    assert selected(source.replace("return n", "return -n")) is None
+    plan[str(module)]["lines"].pop("6")
+    assert selected(source.replace("raise ValueError(n)", "pass")) == []
