@@ -52,7 +52,7 @@ test-min: setup
 # Mutation testing of the core modules (not part of CI; hours for all of them on 2 cores).
 # MUTANTS="--modules metrics,recipe --max 0" narrows it; see benchmarks/mutants.py.
 mutants: setup
-	$(PYTHON) -m pip install -q cosmic-ray
+	$(PYTHON) -m pip install -q cosmic-ray pytest-cov
 	$(PYTHON) benchmarks/mutants.py $(MUTANTS)
 
 # Screenshots of the docs' main pages in headless Chromium, and a check that nothing runs past its
