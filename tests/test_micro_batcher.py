@@ -114,3 +114,102 @@ def test_full_queue_boundary_in_pairs():
     with pytest.raises(BadRequest) as refused:
         batcher.admit(5)
     assert refused.value.status == 503 and "6 pairs queued (max_queue 10)" in refused.value.reason
+
+
+def test_max_wait_ms_gathers_a_lone_request_with_the_next_one():
+    """``max_wait_ms: 200``: a request on an idle server waits up to 200 ms (not 0, not 200 s) for
+    company, so two requests 30 ms apart are one batch."""
+    model = Model()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=8, max_wait_ms=200, max_queue=100)
+        batcher.start()
+        a = asyncio.ensure_future(batcher.submit([{"query": "a"}]))
+        await asyncio.sleep(0.03)
+        b = asyncio.ensure_future(batcher.submit([{"query": "b"}]))
+        out = await asyncio.wait_for(asyncio.gather(a, b), timeout=5)
+        await batcher.stop()
+        return out
+
+    assert [o.shape for o in asyncio.run(main())] == [(1, 3), (1, 3)]
+    assert model.batches == [["a", "b"]]
+
+
+def test_the_rate_counts_the_gap_between_back_to_back_batches(monkeypatch):
+    """The admission estimate's rate: pairs over the wall-clock gap since the previous batch when
+    the batches ran back to back (a gap under twice the batch's own time), else over the batch's
+    own time; a batch that took no time leaves the rate alone; smoothed 0.8 / 0.2."""
+    from reasondistill import micro_batcher
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(micro_batcher.time, "perf_counter", lambda: clock["now"])
+    batcher = MicroBatcher(Model(), max_batch=8, max_wait_ms=0, max_queue=100)
+    batcher._scored(10, 0.5)  # the first: its own half second
+    assert batcher.pairs_per_s == pytest.approx(20.0)
+    clock["now"] = 100.9  # 0.9 s after the last, under 2 x 0.5 s: back to back, the gap counts
+    batcher._scored(10, 0.5)
+    assert batcher.pairs_per_s == pytest.approx(0.8 * 20 + 0.2 * 10 / 0.9)
+    before = batcher.pairs_per_s
+    clock["now"] = 102.1  # 1.2 s: an idle gap, the batch's own time counts
+    batcher._scored(10, 0.5)
+    assert batcher.pairs_per_s == pytest.approx(0.8 * before + 0.2 * 20)
+    before = batcher.pairs_per_s
+    clock["now"] = 200.0
+    batcher._scored(5, 0.0)
+    assert batcher.pairs_per_s == before and batcher.stats.batches == 4 and batcher.stats.pairs == 35
+
+
+def test_a_gone_or_late_request_at_the_head_does_not_stop_the_batch_behind_it():
+    """The next batch skips a request whose client went and one past its deadline (refused, counted
+    once), and still takes the request behind them, in the same call; a request forgotten when its
+    client goes leaves the queue with its pairs and is counted once."""
+    import time
+
+    from reasondistill.micro_batcher import _Job
+
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = MicroBatcher(Model(), max_batch=8, max_wait_ms=0, max_queue=100, max_queue_ms=100)
+        now = time.perf_counter()
+        gone, late, fresh = (_Job([{"query": q}] * n, loop.create_future(), now, {})
+                             for q, n in (("gone", 1), ("late", 2), ("fresh", 1)))
+        gone.future.cancel()
+        late.enqueued = now - 1.0  # queued a second ago, past max_queue_ms
+        batcher.queue.extend([gone, late, fresh])
+        batcher.queued_pairs = 4
+        segments = batcher._next_batch()
+        assert [(s.job, s.start, s.stop) for s in segments] == [(fresh, 0, 1)]
+        assert batcher.stats.refused_wait == 1 and "more than max_queue_ms 100" in late.future.exception().reason
+        assert batcher.queued_pairs == 1 and not batcher.queue
+        waiting = _Job([{"query": "w"}] * 3, loop.create_future(), now, {})
+        waiting.cursor = 1  # one pair already in a batch
+        batcher.queue.append(waiting)
+        batcher.queued_pairs += 3
+        batcher._forget(waiting)
+        batcher._forget(waiting)  # already gone: nothing more
+        assert batcher.stats.dropped_disconnected == 1 and batcher.queued_pairs == 2 and not batcher.queue
+    finally:
+        loop.close()
+
+
+def test_isolating_a_failed_batch_skips_requests_already_answered_and_scores_the_rest():
+    """After a batch fails, each request's part is scored alone: a part whose request is already
+    done (its client went) is skipped, the one the model cannot take fails, the rest are answered."""
+    import time
+
+    from reasondistill.micro_batcher import _Job, _Segment
+
+    model = Model()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        batcher = MicroBatcher(model, max_batch=8, max_wait_ms=0, max_queue=100)
+        jobs = [_Job([{"query": q}], loop.create_future(), time.perf_counter(), {}) for q in ("gone", "boom", "fine")]
+        jobs[0].future.cancel()
+        await batcher._isolate([_Segment(j, 0, 1) for j in jobs], TypeError("the batch failed"))
+        await batcher.stop()
+        return jobs
+
+    gone, boom, fine = asyncio.run(main())
+    assert isinstance(boom.future.exception(), TypeError) and fine.future.result().shape == (1, 3)
+    assert model.batches == [["boom"], ["fine"]]
