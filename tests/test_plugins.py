@@ -94,6 +94,32 @@ def test_component_of_wrong_kind_rejected(rd_hooks, register_plugin):
         rd_hooks.catalogue
 
 
+@pytest.mark.parametrize("name", ["", 5, None])
+def test_a_component_without_a_string_name_is_refused_naming_the_plugin(rd_hooks, register_plugin, name):
+    class Nameless:
+        @hookimpl
+        def register_domains(self, register):
+            register(type("Unnamed", (Domain,), {"name": name})())
+
+    register_plugin(Nameless(), "nameless")
+    with pytest.raises(PluginError, match="plugin 'nameless' failed in hook 'register_domains'.*without a string 'name'"):
+        rd_hooks.catalogue
+
+
+def test_each_contract_names_the_methods_a_plugin_must_write():
+    """The abstract methods of each kind's base class are the contract a third party implements
+    (docs/plugins.md): a subclass missing one cannot be built, so it never reaches a run."""
+    from reasondistill.catalogue import kind_bases
+
+    must = {kind: sorted(base.__abstractmethods__) for kind, base in kind_bases().items()}
+    assert must == {"stage": ["run"], "annotator": ["annotate"], "selector": ["select"], "backend": ["load"],
+                    "student": ["build", "encode", "tokenizer"], "loss": ["compute"], "domain": [],
+                    "model": ["materialize"]}
+    student = kind_bases()["student"]
+    with pytest.raises(TypeError, match="encode"):
+        type("Half", (student,), {"name": "half", "tokenizer": lambda *a: None, "build": lambda *a: None})()
+
+
 def test_tracing_prints_hook_calls(monkeypatch, capsys):
     monkeypatch.setenv("REASONDISTILL_TRACE", "1")
     hooks = Hooks()
