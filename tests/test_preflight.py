@@ -5,6 +5,8 @@ read its own domain's answers made every annotation -1. The run (and ``validate 
 both before the first stage, naming the plugin, and writes nothing.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,62 @@ def test_failure_after_training_keeps_the_teacher_and_the_rerun_reuses_it(rd_eng
     m = rd_engine.run(recipe)["sft"].metrics
     assert m["resumed_from"] == "trained" and m["steps"] == 2
     assert weights.stat().st_mtime_ns == trained_at and "teacher_macro_f1" in m
+
+
+@pytest.mark.parametrize("messages", ["Is this relevant?", [], [{"role": "user"}], [{"role": 1, "content": "x"}],
+                                      [{"role": "user", "content": None}], ["user: x"],
+                                      [{"role": "system", "content": "s"}, {"content": "x"}]])
+def test_every_malformed_prompt_is_named(messages):
+    """Each part of the chat-message shape is checked: a list, not empty, of dicts whose role and
+    content are text; one bad message among good ones is enough."""
+    from reasondistill.preflight import check_domain
+
+    class Odd(LocalServices):
+        def messages(self, row):
+            return messages
+
+    with pytest.raises(PluginError, match=r"'odd' failed in hook 'Domain\.messages'"):
+        check_domain(Odd(), [{"query": "q", "item": "i"}], "odd")
+    check_domain(LocalServices(), [{"query": "q", "item": "i"}], "fine")
+
+
+def test_the_dry_call_uses_a_row_label_only_when_it_is_one_of_the_domains():
+    from reasondistill.preflight import Preflight
+
+    check = Preflight(recipe=None, domain=LocalServices(), hooks=None, rows=[], resolve=str)
+    n = len(LocalServices().labels)
+    got = [check.label({"label": v}) for v in (0, n - 1, n, -1, "1", None, 1.0)]
+    assert got == [0, n - 1, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("rows", ["pairs", [{"query": "q"}], [{"item": "i"}], [("q", "i")],
+                                  [{"query": "q", "item": "i"}, {"query": "q2"}]])
+def test_a_domain_generator_returning_rows_without_query_and_item_is_named(rd_hooks, rows):
+    from types import SimpleNamespace
+
+    from reasondistill.preflight import sample_rows
+
+    class Broken(LocalServices):
+        def generate(self, n, seed, noise=0.0):
+            return rows
+
+    with pytest.raises(PluginError, match=r"'broken' failed in hook 'Domain\.generate': must return a list of dicts"):
+        sample_rows(SimpleNamespace(seed=0), [], Broken(), "broken", rd_hooks)
+    good = sample_rows(SimpleNamespace(seed=0), [], LocalServices(), "fine", rd_hooks)
+    assert 0 < len(good) <= 10 and all({"query", "item"} <= set(r) for r in good)
+
+
+def test_the_dry_call_reads_the_pairs_file_the_run_will_read(rd_engine, tmp_path, monkeypatch):
+    """Whatever the file is called (a relative name sorts after ``generate`` too), the dry call
+    samples its rows, not the domain's generator."""
+    import json
+
+    from reasondistill.preflight import sample_rows
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"query": f"zebra {i}", "item": f"stripes {i}", "label": i % 3} for i in range(12)]
+    Path("zz-pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = Recipe(name="pre", stages=[step("pairs", source="zz-pairs.jsonl")])
+    stages = rd_engine.validate(recipe)
+    got = sample_rows(recipe, stages, LocalServices(), "local_services", rd_engine.hooks)
+    assert got and all(r["query"].startswith("zebra") for r in got)
