@@ -6,7 +6,8 @@ mutant costs 1-2 minutes here. Before the mutants, ``mutants.py`` runs the slice
 coverage with a context per test (``--cov-context=test``) and writes, for each mutated file, which
 tests executed each line. This command diffs the mutated file against its pristine copy and runs:
 
-- the tests that executed the changed lines (``-x``: the first failure kills the mutant);
+- the tests that executed the changed lines, quickest first (``-x``: the first failure kills the
+  mutant, so most mutants cost one short test);
 - the whole slice when a changed line runs when its module is imported (outside every function
   body: module constants, ``def`` lines, decorators, defaults, class bodies), since any test may
   depend on it and coverage credits the import to whichever test came first; and when a line ran
@@ -77,6 +78,8 @@ def main() -> int:
         return subprocess.run(f"{plan['pytest']} {plan['slice']}", shell=True).returncode
     if not tests:
         return 0
+    seconds = plan.get("seconds", {})  # quickest first: with -x, most mutants die in the first test
+    tests.sort(key=lambda t: seconds.get(t, 1.0))
     return subprocess.run([*plan["pytest"].split(), *tests]).returncode
 
 

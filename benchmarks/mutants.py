@@ -25,6 +25,7 @@ import ast
 import json
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -196,8 +197,9 @@ def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, flo
     file, tests = TARGETS[name]
     data_file = work / f"{name}.coverage"
     started = time.time()
-    run = subprocess.run(f"{PYTEST} --cov=reasondistill --cov-context=test --cov-report= {tests}", shell=True, cwd=ROOT,
-                         capture_output=True, text=True, env={**env, "COVERAGE_FILE": str(data_file)})
+    run = subprocess.run(f"{PYTEST} --durations=0 --durations-min=0 --cov=reasondistill --cov-context=test --cov-report= "
+                         f"{tests}", shell=True, cwd=ROOT, capture_output=True, text=True,
+                         env={**env, "COVERAGE_FILE": str(data_file)})
     seconds = time.time() - started
     if run.returncode != 0:
         return work, seconds, run.stdout[-1500:]
@@ -214,7 +216,10 @@ def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, flo
         by_line = data.contexts_by_lineno(measured[str(source.resolve())]) if str(source.resolve()) in measured else {}
         files[str(source)] = {"copy": copy, "lines": {str(n): sorted(ctx) for n, ctx in by_line.items()}}
     plan = work / f"{name}.plan.json"
-    plan.write_text(json.dumps({"pytest": PYTEST, "slice": tests, "files": files}))
+    seconds_by_test: dict[str, float] = {}  # pytest's --durations lines: "0.52s call     tests/x.py::t"
+    for match in re.finditer(r"^([0-9.]+)s (?:setup|call|teardown)\s+(\S+)$", run.stdout, re.M):
+        seconds_by_test[match[2]] = seconds_by_test.get(match[2], 0.0) + float(match[1])
+    plan.write_text(json.dumps({"pytest": PYTEST, "slice": tests, "files": files, "seconds": seconds_by_test}))
     return plan, seconds, ""
 
 
