@@ -8,7 +8,7 @@ tests executed each line. This command diffs the mutated file against its pristi
 
 - the tests that executed the changed lines, quickest first (``-x``: the first failure kills the
   mutant, so most mutants cost one short test);
-- the whole slice when a changed line runs when its module is imported (outside every function
+- the whole slice (quickest first too) when a changed line runs when its module is imported (outside every function
   body: module constants, ``def`` lines, decorators, defaults, class bodies), since any test may
   depend on it and coverage credits the import to whichever test came first; and when a line ran
   only while fixtures were set up (a module-scoped fixture is credited to its first test alone);
@@ -74,11 +74,13 @@ def main() -> int:
     plan_path = Path(sys.argv[1])
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
     tests = tests_to_run(plan["files"], plan_path.parent / "pristine")
-    if tests is None:
+    seconds = plan.get("seconds", {})  # quickest first: with -x, most mutants die in the first test
+    if tests is None and not seconds:
         return subprocess.run(f"{plan['pytest']} {plan['slice']}", shell=True).returncode
+    if tests is None:
+        tests = list(seconds)  # the whole slice, as the coverage run collected it
     if not tests:
         return 0
-    seconds = plan.get("seconds", {})  # quickest first: with -x, most mutants die in the first test
     tests.sort(key=lambda t: seconds.get(t, 1.0))
     return subprocess.run([*plan["pytest"].split(), *tests]).returncode
 
