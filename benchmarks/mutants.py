@@ -47,13 +47,13 @@ OPTIONS_DOC = "tests/test_docs.py::test_options_reference_is_current"
 TARGETS: dict[str, tuple[str, str]] = {
     "metrics": ("sdk/metrics.py", "tests/test_metrics.py"),
     "fingerprint": ("sdk/fingerprint.py", "tests/test_fingerprint.py tests/test_engine.py tests/test_ml_core.py -k 'fingerprint or hash or manifest or recomputed'"),
-    "recipe": ("sdk/recipe.py sdk/errors.py", "tests/test_recipes.py tests/test_hooks.py"),
+    "recipe": ("sdk/recipe.py sdk/errors.py", f"{OPTIONS_DOC} tests/test_recipes.py tests/test_hooks.py"),
     "runstore": ("sdk/runstore.py", "tests/test_runstore.py tests/test_fingerprint.py tests/test_engine.py tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest"),
     "engine": ("sdk/engine.py", "tests/test_engine.py tests/test_ml_core.py tests/test_runtime.py tests/test_annotate.py::test_two_processes_equal_one "
                "tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
                "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
-    "distill_losses": ("plugins/student/losses.py", "tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection'"),
+    "distill_losses": ("plugins/student/losses.py", f"{OPTIONS_DOC} tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection or options_reference'"),
     "rewards": ("plugins/rewards/dimensions.py", "tests/test_rewards.py tests/test_ml_core.py -k 'rewards or reward'"),
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/local_decoding.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
@@ -73,36 +73,37 @@ TARGETS: dict[str, tuple[str, str]] = {
     "stage_hash": ("sdk/stage_hash.py", "tests/test_stage_hash.py tests/test_engine.py tests/test_ml_core.py tests/test_served.py "
                    "tests/test_parse_health.py -k 'hash or option_added or nested or settings or view or transport'"),
     "score_server": ("sdk/score_server.py sdk/score_app.py sdk/score_inputs.py sdk/score_connections.py sdk/score_metrics.py",
-                     "tests/test_serve.py tests/test_serve_traffic.py"),
+                     f"{OPTIONS_DOC} tests/test_serve.py tests/test_serve_traffic.py"),
     "micro_batcher": ("sdk/micro_batcher.py", "tests/test_micro_batcher.py"),
     "openai_backend": ("plugins/backends/openai_backend.py plugins/backends/openai_endpoints.py plugins/backends/openai_wire.py "
-                       "plugins/backends/openai_options.py", "tests/test_served.py tests/test_served_endpoints.py"),
-    "transformers_backend": ("plugins/backends/transformers_local.py", "tests/test_annotate.py tests/test_slot_decoding.py"),
-    "runtime": ("sdk/runtime.py sdk/hf_compat.py", "tests/test_runtime.py"),
+                       "plugins/backends/openai_options.py", f"{OPTIONS_DOC} tests/test_served.py tests/test_served_endpoints.py"),
+    "transformers_backend": ("plugins/backends/transformers_local.py", f"{OPTIONS_DOC} tests/test_annotate.py tests/test_slot_decoding.py"),
+    "runtime": ("sdk/runtime.py sdk/hf_compat.py", f"{OPTIONS_DOC} tests/test_runtime.py"),
     "domain": ("sdk/domain.py plugins/domains/local_services.py plugins/domains/product_search.py "
-               "plugins/domains/web_search_zh.py", "tests/test_domain.py"),
+               "plugins/domains/web_search_zh.py", f"{OPTIONS_DOC} tests/test_domain.py"),
     "export": ("plugins/export/export_stage.py sdk/onnx_export.py sdk/student_package.py sdk/predictor.py sdk/student_io.py",
-               "tests/test_serve.py tests/test_student_roundtrip.py tests/test_student_contract.py"),
+               f"{OPTIONS_DOC} tests/test_serve.py tests/test_student_roundtrip.py tests/test_student_contract.py"),
     "plugin_system": ("sdk/manager.py sdk/catalogue.py sdk/hookspecs.py sdk/components.py sdk/reward_scores.py",
                       "tests/test_plugins.py tests/test_hooks.py tests/test_rewards.py tests/test_student_contract.py"),
     "data": ("sdk/data.py sdk/preflight.py", "tests/test_data.py tests/test_data_validate.py tests/test_preflight.py"),
     "evaluation": ("sdk/evaluation.py sdk/training.py", "tests/test_student.py tests/test_distill_trainer.py"),
     "gate": ("plugins/student/calibration.py plugins/student/ship_check.py plugins/student/gate_stage.py",
-             "tests/test_calibration.py tests/test_ship_check.py tests/test_distill_mixing.py"),
-    "student": ("plugins/student/encoder.py plugins/student/checks.py", "tests/test_student.py tests/test_student_contract.py"),
+             f"{OPTIONS_DOC} tests/test_calibration.py tests/test_ship_check.py tests/test_distill_mixing.py"),
+    "student": ("plugins/student/encoder.py plugins/student/checks.py", f"{OPTIONS_DOC} tests/test_student.py tests/test_student_contract.py"),
     "active": ("plugins/annotation/active_stage.py plugins/annotation/selectors.py plugins/annotation/gold_annotator.py",
-               "tests/test_active.py"),
+               f"{OPTIONS_DOC} tests/test_active.py"),
     "annotation_store": ("plugins/annotation/parse_health.py plugins/annotation/shards.py",
-                         "tests/test_parse_health.py tests/test_annotate.py"),
+                         f"{OPTIONS_DOC} tests/test_parse_health.py tests/test_annotate.py"),
     "reports": ("plugins/pipeline/run_report.py plugins/pipeline/lifecycle_log.py sdk/run_summary.py",
                 "tests/test_report_plots.py tests/test_recipes.py tests/test_engine.py"),
-    "cli": ("sdk/cli.py sdk/options_doc.py", f"tests/test_recipes.py tests/test_plugins.py {OPTIONS_DOC}"),
+    "cli": ("sdk/cli.py sdk/options_doc.py sdk/option_tables.py", f"tests/test_recipes.py tests/test_plugins.py {OPTIONS_DOC} "
+            "tests/test_serve.py::test_the_docs_show_every_serve_flag_with_its_bounds"),
     "run_context": ("sdk/stage_context.py sdk/model_refs.py sdk/failures.py sdk/distributed.py sdk/generators.py",
-                    "tests/test_engine.py tests/test_hooks.py tests/test_served.py tests/test_two_processes.py"),
-    "pairs": ("plugins/pipeline/pairs_stage.py", "tests/test_data.py tests/test_recipes.py tests/test_data_validate.py"),
+                    f"{OPTIONS_DOC} tests/test_engine.py tests/test_hooks.py tests/test_served.py tests/test_two_processes.py"),
+    "pairs": ("plugins/pipeline/pairs_stage.py", f"{OPTIONS_DOC} tests/test_data.py tests/test_recipes.py tests/test_data_validate.py"),
     "teacher_extras": ("plugins/teacher/eval_stage.py plugins/teacher/learning_curve.py plugins/rewards/reward_model.py "
                        "plugins/rewards/reward_trainer.py plugins/rewards/bradley_terry.py",
-                       "tests/test_teacher.py"),
+                       f"{OPTIONS_DOC} tests/test_teacher.py"),
     "models": ("plugins/models/builtin_models.py sdk/tiny.py sdk/testing.py", "tests/test_hooks.py tests/test_real_models.py"),
 }
 

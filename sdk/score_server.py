@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .errors import ReasonDistillError
 from .manager import get_hooks
 from .onnx_export import OnnxPredictor
+from .option_tables import options_table
 from .predictor import Predictor, render_items, student_meta
 from .score_connections import guarded_protocol, protocol_class
 from .score_metrics import access
@@ -81,6 +82,17 @@ class ServeOptions(BaseModel):
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get("REASONDISTILL_API_KEY") or None
+
+
+def flags_markdown() -> str:
+    """Every ``serve`` flag as a markdown table (docs/serving.md's *Every flag*; a test compares):
+    the option ``max_queue_ms`` is the flag ``--max-queue-ms``."""
+    header, rule, *rows = options_table(ServeOptions)
+    flags = []
+    for row in rows:
+        name, rest = row[3:].split("`", 1)
+        flags.append(f"| `--{name.replace('_', '-')}`{rest}")
+    return "\n".join([header.replace("| option |", "| flag |"), rule, *flags]) + "\n"
 
 
 class Scorer:

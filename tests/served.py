@@ -62,7 +62,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 class FaultServer:
     """A threaded local server. ``script`` is consumed one entry per chat request (then ``ok``):
-    ``ok``, ``500``, ``429`` (Retry-After: 1), ``garbage`` (HTTP 200, not JSON), ``hang`` (headers,
+    ``ok``, any HTTP status as digits (``500``, ``408``, ``400``, ...), ``429`` (Retry-After: 1), ``garbage`` (HTTP 200, not JSON), ``hang`` (headers,
     then silence), ``trickle`` (one byte every 50 ms, forever), ``401``, ``nochoices`` and ``nomessage`` (HTTP 200, a
 reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompts containing any of
     ``fail_queries`` always get HTTP 500. ``key``: the Bearer key required (401 otherwise)."""
@@ -158,10 +158,10 @@ reply without them). Paths outside ``/v1/`` get 404, as on a real server. Prompt
                     self._send(200, b'{"id": "x", "choices": []}')
                 elif action == "nomessage":
                     self._send(200, b'{"id": "x", "choices": [{"index": 0, "finish_reason": "stop"}]}')
-                elif action in ("500", "401"):
-                    self._send(int(action), b'{"error": "scripted failure"}')
                 elif action == "429":
                     self._send(429, b'{"error": "slow down"}', {"Retry-After": "1"})
+                elif action.isdigit():  # any other status: "500", "401", "408", "400", ...
+                    self._send(int(action), b'{"error": "scripted failure"}')
                 elif action == "garbage":
                     self._send(200, b'{"choices": [ this is not json')
                 elif action in ("hang", "trickle"):

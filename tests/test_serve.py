@@ -285,3 +285,13 @@ def test_api_key_from_the_environment_and_label_names_in_the_config(package, mon
         assert resp.status_code == 200 and resp.json()["results"][0]["label"] in LocalServices.labels
     config = json.loads((package / "config.json").read_text())
     assert list(config["id2label"].values()) == list(LocalServices.labels)  # not LABEL_0..2
+
+
+def test_the_docs_show_every_serve_flag_with_its_bounds():
+    """docs/serving.md's *Every flag* is generated from ``ServeOptions``: a changed default or bound
+    fails here until the docs say it (regenerate with ``reasondistill.score_server.flags_markdown``)."""
+    from reasondistill.score_server import flags_markdown
+
+    text = (Path(__file__).parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    assert flags_markdown() in text
+    assert "| `--max-queue-ms` | number > 0 | `1000.0` |" in flags_markdown()

@@ -86,6 +86,27 @@ def test_retries_500_429_malformed_then_success(fault):
     assert time.time() - started >= 1.0, "Retry-After: 1 was honoured"
 
 
+@pytest.mark.parametrize("status", ["408", "500", "502", "503", "504"])
+def test_each_retryable_status_is_retried(fault, status):
+    """The statuses a server answers when it is busy or restarting are retried (429 above)."""
+    fault.script = [status]
+    [[g]] = _gen(fault).generate(_messages(1))
+    assert g.error is None and g.text == ANSWER and len(fault.requests) == 2
+
+
+def test_a_refused_request_fails_alone_without_retries(fault):
+    """A 4xx that is neither retryable nor fatal (400: this request is malformed, e.g. too long for
+    the server's context) fails that request only, at once: no retry, the endpoint stays in
+    service, the other requests are answered."""
+    fault.script = ["400"]
+    gen = _gen(fault, retries=3)
+    [bad, good] = sorted((g for [g] in gen.generate(_messages(2))), key=lambda g: g.error is None)  # either may get it
+    assert "HTTP 400" in (bad.error or "") and bad.text == ""
+    assert good.error is None and good.text == ANSWER
+    assert len(fault.requests) == 2, "no retry of a refused request"
+    assert gen.pool.accounting()["total"].get("errors_fatal", 0) == 0
+
+
 @pytest.mark.parametrize("action, reason", [("500", "HTTP 500"), ("garbage", "malformed JSON"),
                                             ("hang", "Timeout"), ("trickle", "no complete response")])
 def test_gives_up_after_retries_with_the_error(fault, action, reason):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -54,7 +55,8 @@ def test_requests_spread_over_endpoints_and_the_accounting_equals_the_servers_us
     assert acc["total"]["ok"] == 24 and acc["total"]["requests"] == 24
     ids = two[0].request_ids + two[1].request_ids
     # one stable id per request body (the pool repeats a few pairs: the same body, the same id)
-    assert len(set(ids)) == len({json.dumps(m) for m in messages}) and all(ids)
+    assert len(set(ids)) == len({json.dumps(m) for m in messages})
+    assert all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids), "24 hex digits, as docs/served.md says"
 
 
 @pytest.mark.parametrize("how", ["killed", "500"])
