@@ -195,3 +195,117 @@ def test_configured_prompt_style_leaves_the_registered_domain_alone():
     assert short.rationalize_prompt(row, 1)[0]["content"] == DOM.task
     with pytest.raises(ValueError, match="prompt_style"):
         DOM.configured(DOM.settings, "tiny")
+
+
+def _svc(category="pizza", district="Harbor", price="$", opens=10, closes=21):
+    return {"category": category, "district": district, "price": price, "opens": opens, "closes": closes}
+
+
+def _query(category="pizza", district="", price="", hours=""):
+    return {"category": category, "district": district, "price": price, "hours": hours}
+
+
+def test_the_local_services_rule_grade_by_grade():
+    """The documented rule on hand-made pairs: same category, 0 / 1 / 2+ failed constraints give
+    2 / 1 / 0; a related category 1 or 0; another family 0. A constraint the query does not state
+    is not checked, and the hour bounds are inclusive (late: closes at 23 or later; early: opens at
+    8 or earlier; all day: 0-24)."""
+    from reasondistill.plugins.domains.local_services import _grade
+
+    assert _grade(_query(), _svc())[0] == 2
+    assert _grade(_query(district="Harbor"), _svc())[0] == 2
+    assert _grade(_query(district="Airport"), _svc())[0] == 1
+    assert _grade(_query(district="Airport", price="$$"), _svc())[0] == 0
+    assert _grade(_query(district="Airport", price="$$", hours="late"), _svc())[0] == 0
+    assert _grade(_query(category="pasta"), _svc())[0] == 1  # related: the same family
+    assert _grade(_query(category="pasta", price="$$"), _svc())[0] == 0
+    assert _grade(_query(category="sushi"), _svc())[0] == 0  # another family
+    for hours, opens, closes, ok in [("late", 10, 23, True), ("late", 10, 22, False), ("early", 8, 15, True),
+                                     ("early", 9, 15, False), ("allday", 0, 24, True), ("allday", 0, 23, False),
+                                     ("allday", 1, 24, False)]:
+        grade, why = _grade(_query(hours=hours), _svc(opens=opens, closes=closes))
+        assert grade == (2 if ok else 1), (hours, opens, closes)
+        assert ("(matches)" if ok else "(does not match)") in why
+    assert "Constraints" not in _grade(_query(), _svc())[1], "no constraint stated, none explained"
+
+
+def test_the_generator_sizes_and_noise():
+    """``n // 6`` distinct queries (at least 10) unless ``queries`` says; without noise every label
+    is the rule's, with noise 1 every label moves one step (clamped to the scale)."""
+    from reasondistill.plugins.domains.local_services import generate_pairs
+
+    assert len({r["pair_id"] for r in generate_pairs(n=120, seed=0)}) == 120
+    def rule(why: str) -> int:  # the grade the rationale explains
+        fails = why.count("(does not match)")
+        if "different kind" in why:
+            return 0
+        if "related" in why:
+            return 1 if not fails else 0
+        return max(0, 2 - fails)
+
+    clean = generate_pairs(n=300, seed=5, noise=0.0)
+    assert all(r["label"] == rule(r["rationale"]) for r in clean)
+    moved = [(rule(r["rationale"]), r["label"]) for r in generate_pairs(n=300, seed=5, noise=1.0)]
+    assert all(abs(x - y) == 1 or (x == y and x in (0, 2)) for x, y in moved)
+    assert {y for _, y in moved} <= {0, 1, 2} and sum(x != y for x, y in moved) > 150
+
+
+def test_query_counts_follow_n():
+    """The rows cycle through ``max(10, n // 6)`` queries (or ``queries``): row i and row i + that
+    many ask the same query."""
+    from reasondistill.plugins.domains.local_services import generate_pairs
+
+    for n, queries, cycle in ((30, None, 10), (120, None, 20), (600, None, 100), (100, 7, 7)):
+        rows = generate_pairs(n=n, seed=1, queries=queries)
+        assert all(rows[i]["query"] == rows[i + cycle]["query"] for i in range(n - cycle)), (n, queries)
+        assert len({r["query"] for r in rows[:cycle]}) > cycle // 2
+
+
+def test_relabel_replaces_the_longest_label_name_first():
+    """A domain whose label names share a prefix ("good", "good enough"): the whole name is replaced."""
+
+    class Graded(LocalServices):
+        name = "graded"
+        labels = ("bad", "good enough", "good")
+
+    dom = Graded()
+    text = dom.format_completion("It is good enough for the query.", 1)
+    assert dom.relabel(text, 0) == dom.format_completion("It is bad for the query.", 0)
+
+
+def test_web_search_zh_rationale_names_six_shared_words_at_most():
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
+
+    zh = WebSearchZh()
+    row = {"query": "一二三四五六七八九", "item": "一二三四五六七八九十"}  # 8 shared two-character words
+    words = zh.rationale(row).split("：", 1)[1].rstrip("。").split("、")
+    assert len(words) == 6 and words == sorted(words)
+
+
+def test_generated_data_is_the_same_from_version_to_version():
+    """A seed names one data set: recipes, docs and benchmarks quote results on ``source: generate``
+    data, so a change that draws the random stream differently is a change users see."""
+    import hashlib
+    import json
+
+    from reasondistill.plugins.domains.local_services import generate_pairs
+
+    def digest(**kw):
+        return hashlib.sha256(json.dumps(generate_pairs(n=60, seed=0, **kw)).encode()).hexdigest()[:16]
+
+    assert (digest(noise=0.0), digest()) == ("7751dbe3b8097aae", "24b74778ca1c075e")
+
+
+def test_the_recipe_domain_is_known_only_with_both_the_catalogue_and_the_recipe(rd_hooks):
+    """Options validated outside a recipe (a stage's options built directly) skip the domain
+    checks instead of failing on a half context."""
+    from types import SimpleNamespace
+
+    from reasondistill.domain import recipe_domain
+
+    recipe = SimpleNamespace(domain="local_services")
+    assert recipe_domain({"catalogue": rd_hooks.catalogue, "recipe": recipe}).name == "local_services"
+    assert recipe_domain({"catalogue": None, "recipe": recipe}) is None
+    assert recipe_domain({"catalogue": rd_hooks.catalogue}) is None
+    assert recipe_domain(None) is None
+    assert recipe_domain({"catalogue": rd_hooks.catalogue, "recipe": SimpleNamespace(domain="nowhere")}) is None
