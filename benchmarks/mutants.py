@@ -86,7 +86,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "plugin_system": ("sdk/manager.py sdk/catalogue.py sdk/hookspecs.py sdk/components.py sdk/reward_scores.py",
                       "tests/test_plugins.py tests/test_hooks.py tests/test_rewards.py tests/test_student_contract.py"),
     "data": ("sdk/data.py sdk/preflight.py", "tests/test_data.py tests/test_data_validate.py tests/test_preflight.py"),
-    "evaluation": ("sdk/evaluation.py sdk/training.py", "tests/test_student.py tests/test_distill_trainer.py"),
+    "evaluation": ("sdk/evaluation.py sdk/training.py", "tests/test_evaluation.py tests/test_student.py tests/test_distill_trainer.py"),
     "gate": ("plugins/student/calibration.py plugins/student/ship_check.py plugins/student/gate_stage.py",
              f"{OPTIONS_DOC} tests/test_calibration.py tests/test_ship_check.py tests/test_distill_mixing.py"),
     "student": ("plugins/student/encoder.py plugins/student/checks.py", f"{OPTIONS_DOC} tests/test_student.py tests/test_student_contract.py"),
