@@ -12,8 +12,9 @@ tests executed each line. This command diffs the mutated file against its pristi
   body: module constants, ``def`` lines, decorators, defaults, class bodies), since any test may
   depend on it and coverage credits the import to whichever test came first; and when a line ran
   only while fixtures were set up (a module-scoped fixture is credited to its first test alone);
-- nothing (the mutant survives) when no test of the slice executed the line: the slice cannot
-  kill it, whatever runs.
+- the whole slice too when no test's context executed the line: it may have run in a subprocess
+  (the CLI, a served student), which coverage does not follow; a line nothing runs survives after
+  the whole slice, as it would without the selection.
 
 mutmut 3 selects tests the same way; cosmic-ray has no such mode, hence this script.
 """
@@ -60,7 +61,7 @@ def tests_to_run(coverage_map: dict[str, dict], pristine_dir: Path) -> list[str]
         in_functions = function_body_lines(pristine)
         for line in changed_lines(pristine, current):
             contexts = by_line["lines"].get(str(line), [])
-            if line not in in_functions or "" in contexts:
+            if line not in in_functions or not contexts or "" in contexts:
                 return None
             if contexts and all(c.endswith("|setup") for c in contexts):
                 return None
