@@ -398,3 +398,23 @@ def test_tls_with_uvicorns_own_certificate_options(package, real_scorer, tmp_pat
         with pytest.raises(httpx.TransportError):
             httpx.post(url.replace("https", "http") + "/score", json={"pairs": [PAIR]}, timeout=5)
     assert resp.status_code == 200 and resp.json()["results"][0]["label"] in real_scorer.labels
+
+
+def test_a_model_error_is_one_500_line_and_its_traceback_only_at_debug(package, real_scorer, caplog):
+    """A scorer that raises: the client gets the error shape (500, the exception's type, nothing
+    of its message), the log one error line; the traceback is kept for ``--log-level debug``."""
+
+    class Broken(SlowScorer):
+        def __call__(self, pairs):
+            if any(p["query"] == "boom" for p in pairs):  # not the start-up warm-up
+                raise RuntimeError("secret detail of the model")
+            return super().__call__(pairs)
+
+    with caplog.at_level(logging.DEBUG, logger="reasondistill"), \
+            running(package, Broken(real_scorer)) as (url, _, _):
+        status, _, resp = post(url, json={"pairs": [{**PAIR, "query": "boom"}]})
+    assert status == 500 and resp.json() == {"error": "internal error: RuntimeError"}
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "RuntimeError" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    traced = [r for r in caplog.records if r.levelno == logging.DEBUG and r.getMessage() == "traceback"]
+    assert len(traced) == 1 and traced[0].exc_info and traced[0].exc_info[0] is RuntimeError
