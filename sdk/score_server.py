@@ -173,13 +173,21 @@ def uvicorn_server(app: Any, host: str, port: int, options: ServeOptions) -> Any
     return Server(config)
 
 
+def exposure_warning(host: str, options: ServeOptions) -> str | None:
+    """The warning for a server other machines can reach with no API key (None when it is safe)."""
+    if host in LOOPBACK or options.resolved_api_key():
+        return None
+    return (f"serving on {host} without an API key: anyone who can reach this port can score; set --api-key or "
+            "REASONDISTILL_API_KEY, and put TLS in front (docs/serving.md)")
+
+
 def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, options: ServeOptions | None = None) -> None:
     """Run the scoring server until SIGINT/SIGTERM: /ready turns 503 at once, accepted requests finish."""
     options = options or ServeOptions()
     app = create_app(folder, options)
-    if host not in LOOPBACK and not options.resolved_api_key():
-        log.warning("serving on %s without an API key: anyone who can reach this port can score; set --api-key or "
-                    "REASONDISTILL_API_KEY, and put TLS in front (docs/serving.md)", host)
+    warning = exposure_warning(host, options)
+    if warning:
+        log.warning(warning)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     access.addHandler(handler)

@@ -331,6 +331,11 @@ def test_metrics_count_requests_pairs_and_batches(package, real_scorer):
     assert float(lines['reasondistill_request_seconds_count{path="/score"}']) == 4
     assert float(lines["reasondistill_queue_pairs"]) == 0 and float(lines["reasondistill_ready"]) == 1
     assert float(lines["reasondistill_queue_seconds_count"]) == 4  # every scored request
+    # the latency buckets dashboards are built on (seconds)
+    buckets = [k.split('le="')[1].split('"')[0] for k in lines if k.startswith('reasondistill_request_seconds_bucket{')
+               and 'path="/score"' in k]
+    assert buckets == ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0",
+                       "10.0", "+Inf"]
 
 
 def test_readiness_is_distinct_from_liveness(package, real_scorer):
@@ -418,3 +423,39 @@ def test_a_model_error_is_one_500_line_and_its_traceback_only_at_debug(package, 
     assert len(errors) == 1 and errors[0].exc_info is None
     traced = [r for r in caplog.records if r.levelno == logging.DEBUG and r.getMessage() == "traceback"]
     assert len(traced) == 1 and traced[0].exc_info and traced[0].exc_info[0] is RuntimeError
+
+
+def test_answers_carry_probabilities_to_six_decimals(package, real_scorer):
+    with running(package, real_scorer) as (url, _, _):
+        result = post(url, json={"pairs": [PAIR, {"query": "haircut", "item": "Corner Garden: dentist"}]})[2].json()
+    for r in result["results"]:
+        places = [len(repr(v).split(".")[1]) for v in [*r["probs"].values(), r["score"]] if "." in repr(v)]
+        assert max(places) == 6, r
+
+
+def test_a_package_without_label_names_is_served_with_numbered_labels(package, tmp_path):
+    """An older or hand-made package whose metadata has no ``labels``: the scorer numbers the
+    model's outputs ("0", "1", "2") rather than failing or guessing names."""
+    import json
+
+    copy = tmp_path / "model"
+    shutil.copytree(package, copy)
+    meta = json.loads((copy / "reasondistill.json").read_text())
+    meta.pop("labels", None)
+    (copy / "reasondistill.json").write_text(json.dumps(meta))
+    scorer = Scorer(copy, "fp32")
+    assert scorer.labels == ["0", "1", "2"]
+    assert set(scorer.result(scorer([PAIR])[0])["probs"]) == {"0", "1", "2"}
+
+
+@pytest.mark.parametrize(("host", "key", "warned"), [("0.0.0.0", None, True), ("10.1.2.3", None, True),
+                                                     ("0.0.0.0", "k", False), ("127.0.0.1", None, False),
+                                                     ("localhost", None, False), ("::1", None, False)])
+def test_serving_beyond_this_machine_without_a_key_warns(host, key, warned, monkeypatch):
+    from reasondistill.score_server import exposure_warning
+
+    monkeypatch.delenv("REASONDISTILL_API_KEY", raising=False)
+    message = exposure_warning(host, ServeOptions(api_key=key))
+    assert (message is not None) == warned
+    if warned:
+        assert host in message and "--api-key" in message
