@@ -349,3 +349,27 @@ def test_the_breaker_opens_at_exactly_breaker_failures_in_a_row():
     pool.release(pool.acquire(avoid=b), "http_500")
     assert a.open_until and pool.others_usable(b) is False, "the third takes it out"
     assert pool.acquire(avoid=b) is b
+
+
+def test_progress_counts_a_prompt_once_all_its_samples_are_back(two):
+    class Bar:
+        def __init__(self):
+            self.n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    out = _gen(two).generate(_messages(3), n=4, do_sample=True, seed=1, progress=bar)
+    assert [len(o) for o in out] == [4, 4, 4] and bar.n == 3
+
+
+def test_a_request_waits_through_an_all_out_fleet_until_a_probe_is_due(two):
+    """Every endpoint taken out: an attempt that finds none in service is counted and the next one
+    waits for a probe, so the request is answered once a probe is due (0.4 s here) within its
+    retries, instead of failing at the first empty look."""
+    gen = _gen(two, retries=20, backoff=0.05, max_backoff=0.06, probe_interval=0.4)
+    for ep in gen.pool.endpoints:
+        gen.pool.take_out(ep)
+    [[g]] = gen.generate(_messages(1))
+    assert g.error is None and g.text
