@@ -14,7 +14,8 @@ tests executed each line. This command diffs the mutated file against its pristi
   only while fixtures were set up (a module-scoped fixture is credited to its first test alone);
 - the whole slice too when no test's context executed the line: it may have run in a subprocess
   (the CLI, a served student), which coverage does not follow; a line nothing runs survives after
-  the whole slice, as it would without the selection.
+  the whole slice, as it would without the selection. For the same reason, the tests of files that
+  start subprocesses run with every selection.
 
 mutmut 3 selects tests the same way; cosmic-ray has no such mode, hence this script.
 """
@@ -76,10 +77,12 @@ def main() -> int:
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
     tests = tests_to_run(plan["files"], plan_path.parent / "pristine")
     seconds = plan.get("seconds", {})  # quickest first: with -x, most mutants die in the first test
-    if tests is None and not seconds:
+    if tests is None and not plan.get("tests"):
         return subprocess.run(f"{plan['pytest']} {plan['slice']}", shell=True).returncode
     if tests is None:
-        tests = list(seconds)  # the whole slice, as the coverage run collected it
+        tests = list(plan["tests"])  # the whole slice, as pytest collected it
+    elif tests:
+        tests = sorted(set(tests) | set(plan.get("opaque", [])))  # what subprocesses ran, coverage did not see
     if not tests:
         return 0
     tests.sort(key=lambda t: seconds.get(t, 1.0))

@@ -217,10 +217,18 @@ def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, flo
         by_line = data.contexts_by_lineno(measured[str(source.resolve())]) if str(source.resolve()) in measured else {}
         files[str(source)] = {"copy": copy, "lines": {str(n): sorted(ctx) for n, ctx in by_line.items()}}
     plan = work / f"{name}.plan.json"
-    seconds_by_test: dict[str, float] = {}  # pytest's --durations lines: "0.52s call     tests/x.py::t"
-    for match in re.finditer(r"^([0-9.]+)s (?:setup|call|teardown)\s+(\S+)$", run.stdout, re.M):
+    seconds_by_test: dict[str, float] = {}  # pytest's --durations lines: "0.52s call     tests/x.py::t[a b]"
+    for match in re.finditer(r"^([0-9.]+)s (?:setup|call|teardown) +(.+?)\s*$", run.stdout, re.M):
         seconds_by_test[match[2]] = seconds_by_test.get(match[2], 0.0) + float(match[1])
-    plan.write_text(json.dumps({"pytest": PYTEST, "slice": tests, "files": files, "seconds": seconds_by_test}))
+    listed = subprocess.run(f"{PYTEST} --collect-only -q {tests}", shell=True, cwd=ROOT, capture_output=True, text=True,
+                            env=env).stdout
+    collected = [line.strip() for line in listed.splitlines() if "::" in line]
+    # tests that run the package in a subprocess (the CLI, a served student): coverage does not see
+    # what they execute, so every mutant runs them too
+    opaque_files = {t.split("::")[0] for t in collected
+                    if re.search(r"subprocess|start_server\(|Popen", (ROOT / t.split("::")[0]).read_text(encoding="utf-8"))}
+    plan.write_text(json.dumps({"pytest": PYTEST, "slice": tests, "files": files, "seconds": seconds_by_test,
+                                "tests": collected, "opaque": [t for t in collected if t.split("::")[0] in opaque_files]}))
     return plan, seconds, ""
 
 
