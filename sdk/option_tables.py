@@ -5,7 +5,10 @@ defaults the same way."""
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
+
+from pydantic import BaseModel
 
 BOUNDS = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
 
@@ -45,3 +48,15 @@ def options_table(model: Any) -> list[str]:
         lines.append(f"| `{opt}` | {cell(type_words(prop))} | {cell(default_words(model.model_fields.get(opt)))} "
                      f"| {cell(prop.get('description', ''))} |")
     return lines
+
+
+def nested_models(model: Any) -> list[tuple[str, Any]]:
+    """(field, model) for each field of ``model`` whose value is, or holds, another pydantic model
+    (``sources: list[TrainSource]``), so the reference shows those options and their bounds too."""
+
+    def found(annotation: Any) -> list[Any]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in typing.get_args(annotation) for m in found(arg)]
+
+    return [(name, m) for name, info in model.model_fields.items() for m in found(info.annotation)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .catalogue import Catalogue
 from .manager import get_hooks
-from .option_tables import cell, options_table
+from .option_tables import cell, nested_models, options_table
 
 KIND_TITLES = {
     "stage": "Stages (`stages[i].options`)",
@@ -41,6 +41,8 @@ def options_markdown(catalogue: Catalogue | None = None, builtin_only: bool = Tr
             lines += [f"### `{name}`", "", cell(comp.description or (type(comp).__doc__ or "").strip().split("\n")[0]), ""]
             rows = options_table(comp.Options)
             lines += [*rows, ""] if rows else ["No options.", ""]
+            for field, model in nested_models(comp.Options):
+                lines += [f"`{field}` holds `{model.__name__}` options:", "", *options_table(model), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
