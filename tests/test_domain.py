@@ -120,6 +120,8 @@ def test_product_search_checks_the_overlap_a_chain_claims():
     assert dom.check_claims(row, swapped) == 0.0
     both = "Query terms in the title: paint, brush. Not in the title: chalk, paint."  # paint named twice
     assert dom.check_claims(row, both) == 2 / 3
+    partial = "Query terms in the title: paint."  # right about paint; chalk and brush unaccounted for
+    assert dom.check_claims(row, partial) == 1 / 3
     invented = "Query terms in the title: paint, brush, roller. Not in the title: chalk."
     assert dom.check_claims(row, invented) == 3 / 4
     assert dom.check_claims(row, "A fine brush for chalk paint.") == 0.0, "no overlap stated: nothing to credit"
@@ -309,3 +311,12 @@ def test_the_recipe_domain_is_known_only_with_both_the_catalogue_and_the_recipe(
     assert recipe_domain({"catalogue": rd_hooks.catalogue}) is None
     assert recipe_domain(None) is None
     assert recipe_domain({"catalogue": rd_hooks.catalogue, "recipe": SimpleNamespace(domain="nowhere")}) is None
+
+
+def test_what_a_domain_can_do_follows_the_methods_it_overrides():
+    """``can_generate`` / ``writes_rationale`` are properties read from the class: a domain without
+    a generator (the data-file domains) says so, and validation can refuse ``source: generate``."""
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
+
+    assert LocalServices().can_generate is True and ProductSearch().can_generate is False
+    assert WebSearchZh().can_generate is False and ProductSearch().writes_rationale is True
