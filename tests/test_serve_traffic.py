@@ -351,6 +351,11 @@ def test_readiness_is_distinct_from_liveness(package, real_scorer):
         drain = live.get("/ready")
         assert drain.status_code == 503 and "shutting down" in drain.json()["error"]
         assert live.get("/health").status_code == 200
+    # the server's own shutdown (the lifespan's end) drains: /ready stays 503 from then on
+    fresh = create_app(package, ServeOptions(variant="fp32"), scorer=real_scorer)
+    with TestClient(fresh) as live:
+        assert live.get("/ready").status_code == 200
+    assert fresh.state.serving["draining"] is True
 
 
 def test_sigterm_turns_readiness_off_and_finishes_accepted_work(package, real_scorer):
