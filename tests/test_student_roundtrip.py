@@ -84,6 +84,17 @@ def test_custom_head_round_trip_and_export(rd_engine, rd_hooks, students):
     component = rd_hooks.catalogue.get("student", "mlp-head-encoder")
     reloaded = component.predictor(folder).predict_proba(trained["queries"], trained["items"])
     assert np.allclose(reloaded, trained["probs"], atol=1e-4)
+    # the dev figures the stage recorded are this student's, head included
+    from datasets import load_from_disk
+
+    from reasondistill.metrics import classification_metrics
+    from reasondistill.plugins.domains.local_services import LocalServices
+    from reasondistill.predictor import render_items
+
+    dev = [r for r in load_from_disk(str(rd_engine.runs_dir / "head" / "pairs" / "dev")) if r["label"] >= 0]
+    probs = component.predictor(folder).predict_proba(*render_items(dev, LocalServices()))
+    again = classification_metrics([r["label"] for r in dev], probs.argmax(-1), LocalServices().labels)
+    assert round(again["macro_f1"], 5) == results["distill"].metrics["dev_macro_f1"]
     # the head matters: the encoder's own (untrained) classifier gives other answers
     from reasondistill.predictor import Predictor
 
