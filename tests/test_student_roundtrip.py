@@ -92,9 +92,11 @@ def test_custom_head_round_trip_and_export(rd_engine, rd_hooks, students):
     from reasondistill.predictor import render_items
 
     dev = [r for r in load_from_disk(str(rd_engine.runs_dir / "head" / "pairs" / "dev")) if r["label"] >= 0]
-    probs = component.predictor(folder).predict_proba(*render_items(dev, LocalServices()))
-    again = classification_metrics([r["label"] for r in dev], probs.argmax(-1), LocalServices().labels)
-    assert round(again["macro_f1"], 5) == results["distill"].metrics["dev_macro_f1"]
+    queries, items = render_items(dev, LocalServices())
+    probs = component.predictor(folder).predict_proba(queries, items)
+    again = classification_metrics([r["label"] for r in dev], probs.argmax(-1), LocalServices().labels, probs, queries)
+    recorded = results["distill"].metrics
+    assert {k: round(v, 5) for k, v in again.items()} == {k: recorded[f"dev_{k}"] for k in again}
     # the head matters: the encoder's own (untrained) classifier gives other answers
     from reasondistill.predictor import Predictor
 
