@@ -220,7 +220,7 @@ def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, flo
     seconds_by_test: dict[str, float] = {}  # pytest's --durations lines: "0.52s call     tests/x.py::t[a b]"
     for match in re.finditer(r"^([0-9.]+)s (?:setup|call|teardown) +(.+?)\s*$", run.stdout, re.M):
         seconds_by_test[match[2]] = seconds_by_test.get(match[2], 0.0) + float(match[1])
-    listed = subprocess.run(f"{PYTEST} --collect-only -q {tests}", shell=True, cwd=ROOT, capture_output=True, text=True,
+    listed = subprocess.run(f"{PYTEST} --collect-only {tests}", shell=True, cwd=ROOT, capture_output=True, text=True,
                             env=env).stdout
     collected = [line.strip() for line in listed.splitlines() if "::" in line]
     # tests that run the package in a subprocess (the CLI, a served student): coverage does not see
