@@ -75,3 +75,40 @@ def test_the_collator_keeps_the_optional_columns_of_a_batch_of_one():
     assert batch["labels"].tolist() == [2] and batch["weight"].tolist() == [0.5]
     assert np.allclose(batch["label_probs"].numpy(), [[0.1, 0.2, 0.7]])
     assert batch[key("std", "input_ids")].tolist() == [[5, 6, 7]]
+
+
+def test_unknown_fields_are_named_first_in_sorted_order():
+    """Several unknown fields: the error names the first by name, the same on every request."""
+    from reasondistill.score_inputs import BadRequest, check_pairs
+    from reasondistill.score_server import ServeOptions
+
+    pair = {"query": "q", "item": "i", "zeta": 1, "alpha": 2}
+    try:
+        check_pairs({"pairs": [pair]}, ServeOptions(), ())
+    except BadRequest as exc:
+        assert exc.status == 422 and "unknown field 'alpha'" in exc.reason
+    else:
+        raise AssertionError("unknown fields accepted")
+
+
+def test_evaluation_counts_gold_rows_writes_predictions_and_skips_the_reasoning_view_without_a_student(
+        tiny_quickstart, tmp_path):
+    """Rows labelled -1 or unlabelled are not scored; ``predictions_path`` gets gold, predictions
+    and label names; a dev split with a reasoning column but no trained network in hand gives the
+    standard view's figures only."""
+    import json
+
+    from datasets import Dataset, load_from_disk
+
+    from reasondistill.evaluation import evaluate_student
+
+    folder = tiny_quickstart / "quickstart" / "distill" / "student"
+    dev = load_from_disk(str(tiny_quickstart / "quickstart" / "pairs" / "dev")).to_list()[:12]
+    rows = [{**r, "reasoning": "because"} for r in dev]
+    rows[0]["label"], rows[1]["label"] = -1, None
+    out = evaluate_student(folder, Dataset.from_list(rows), DOM, predictions_path=tmp_path / "p.json")
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert written["gold"] == [r["label"] for r in rows[2:]] and len(written["pred"]) == 10
+    assert written["labels"] == list(DOM.labels)
+    assert "dev_macro_f1" in out and not any("reasoning_view" in k for k in out)
+    assert evaluate_student(folder, Dataset.from_list(rows[:2]), DOM) == {}
