@@ -248,6 +248,10 @@ def test_shared_layout_standard_view_is_exact(tiny_encoder, tiny_pairs):
     real = int(batch["shr_attention_mask"][0].sum())
     assert ids[:split] == [t for t in batch["std_input_ids"][0].tolist() if t != tok.pad_token_id]
     assert ids[real - 1] == tok.cls_token_id and ids[real - 2] == tok.sep_token_id
+    # segment ids: the standard part's own, 1 for the reasoning and its [SEP], 0 for the second [CLS]
+    types = batch["shr_token_type_ids"][0].tolist()
+    assert types[:split] == batch["std_token_type_ids"][0].tolist()[:split]
+    assert set(types[split:real - 1]) == {1} and types[real - 1] == 0
 
 
 def test_shared_layout_trains_both_views(tiny_encoder, tiny_pairs):
