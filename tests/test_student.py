@@ -353,3 +353,14 @@ def test_view_layout_checks_and_reasoning_view_forward(tiny_encoder):
             assert torch.allclose(forward_reasoning(net, batch)[0], r_logits)
             assert torch.allclose(forward_view(net, batch, "std")[0], s_logits, atol=1e-5)
             assert not torch.allclose(r_logits, s_logits), "the reasoning view is not the standard one"
+
+
+def test_dropout_option_reaches_every_dropout_the_encoder_has(tiny_encoder):
+    """``dropout: 0.3`` sets the encoder's hidden, attention and classifier dropout; without it,
+    the model's own values stay."""
+    comp = EncoderClassifier()
+    net = comp.build(str(tiny_encoder), 3, comp.Options(dropout=0.3))
+    config = net.model.config
+    assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.classifier_dropout) == (0.3, 0.3, 0.3)
+    plain = comp.build(str(tiny_encoder), 3, comp.Options()).model.config
+    assert plain.hidden_dropout_prob != 0.3 and plain.classifier_dropout != 0.3
