@@ -398,3 +398,19 @@ def test_a_failed_share_equal_to_max_failed_share_goes_on(tmp_path):
     assert "HTTP 500 on POST" in str(err.value) and str(tmp_path) in str(err.value)
     with pytest.raises(DataError, match="in an earlier shard"):
         check_failed_share(1, 4, 0.0, [{"error": None}], tmp_path)
+
+
+def test_a_shard_is_readable_text_and_needs_its_checksum(tmp_path):
+    """Shards keep Chinese (any) text as written, so a person can read them; a shard whose checksum
+    file is missing (a crash between the two writes) is redone, not trusted."""
+    from reasondistill.plugins.annotation.shards import read_shard, write_shard
+
+    rows = [{"query": "北京天气", "reasoning": "标题提到北京天气。"}]
+    write_shard(tmp_path, 0, rows)
+    assert "北京天气" in (tmp_path / "shard-00000.jsonl").read_text(encoding="utf-8")
+    assert read_shard(tmp_path, 0) == rows
+    (tmp_path / "shard-00000.sha256").unlink()
+    assert read_shard(tmp_path, 0) is None
+    write_shard(tmp_path, 1, rows)
+    (tmp_path / "shard-00001.jsonl").unlink()
+    assert read_shard(tmp_path, 1) is None
