@@ -94,3 +94,29 @@ def test_a_dict_is_viewed_through_a_backend_only_when_it_is_a_backend_spec(rd_ho
     assert stage_options_view(Outer(other={"x": not_a_spec}), cat)["other"]["x"] == not_a_spec
     unknown = {"uses": "no-such-backend", "options": {"timeout": 1}}
     assert stage_options_view(Outer(other={"x": [unknown]}), cat)["other"]["x"] == [unknown]
+
+
+def test_the_options_outside_the_hash_are_the_documented_ones():
+    """Which options never rerun a stage (``hash: False``: where and how to reach a teacher, how
+    to react to a low parse rate) and which enter it only away from their default (``hash:
+    unless_default``: options added after stages were cached). Moving an option between these
+    sets reruns, or silently reuses, users' cached stages: it is a decision, made here."""
+    from .test_docs import _option_models
+
+    rules: dict[str, set[str]] = {}
+    for where, cls in _option_models():
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra
+            rule = extra.get("hash") if isinstance(extra, dict) else None
+            if rule is not None:
+                rules.setdefault(str(rule), set()).add(f"{where.rsplit('.', 1)[-1]}.{name}")
+    parse = {"min_parse_rate", "on_low_parse"}
+    assert rules["False"] == {f"{cls}.{opt}" for cls in ("ActiveOptions", "AnnotateOptions", "ParseHealthOptions",
+                                                         "TeacherEvalOptions", "PreferenceOptions") for opt in parse} | {
+        f"OpenAIBackendOptions.{opt}" for opt in ("api_key_env", "backoff", "base_url", "breaker_failures", "concurrency",
+                                                  "cost_per_1m_tokens", "endpoints", "max_backoff", "max_response_bytes",
+                                                  "probe_interval", "retries", "timeout", "tokenizer")}
+    assert rules["unless_default"] == {"PairsOptions.encoding", "PairsOptions.label_map"} | {
+        f"{cls}.{opt}" for cls in ("DaptOptions", "PreferenceOptions", "SFTOptions", "TeacherTrainOptions")
+        for opt in ("answer_head_only", "group_by_length")}
+    assert set(rules) == {"False", "unless_default"}
