@@ -41,7 +41,8 @@ PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 
 #: what every module with ``Options`` adds to its slice: the generated options reference states
 #: each option's default and bounds, so a changed bound or default fails it
-OPTIONS_DOC = "tests/test_docs.py::test_options_reference_is_current"
+OPTIONS_DOC = ("tests/test_docs.py::test_options_reference_is_current "
+               "tests/test_stage_hash.py::test_the_options_outside_the_hash_are_the_documented_ones")
 
 #: module -> (its file, or several separated by spaces, and the tests that exercise it)
 TARGETS: dict[str, tuple[str, str]] = {
@@ -53,7 +54,7 @@ TARGETS: dict[str, tuple[str, str]] = {
                "tests/reliability/test_faults.py::test_sigkill_during_manifest_write_leaves_no_half_manifest "
                "-k 'not slot and not star and not hand_computed'"),
     "views": ("sdk/views.py", "tests/test_student.py tests/test_ml_core.py -k 'view_layout or hand_computed'"),
-    "distill_losses": ("plugins/student/losses.py", f"{OPTIONS_DOC} tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection or options_reference'"),
+    "distill_losses": ("plugins/student/losses.py", f"{OPTIONS_DOC} tests/test_ml_core.py -k 'hand_computed or stop_gradient or loss_ or soft_targets or projection or options_reference or documented_ones'"),
     "rewards": ("plugins/rewards/dimensions.py", "tests/test_rewards.py tests/test_ml_core.py -k 'rewards or reward'"),
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/local_decoding.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
@@ -61,14 +62,14 @@ TARGETS: dict[str, tuple[str, str]] = {
     "annotate": ("plugins/annotation/annotate_stage.py plugins/annotation/sharded_run.py plugins/annotation/teacher_annotator.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
     "distill_stage": ("plugins/student/distill_stage.py plugins/student/checks.py plugins/student/sources.py plugins/student/gate_stage.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
                       f"{OPTIONS_DOC} tests/test_two_processes.py tests/test_recipes.py -k 'distill or saved_student "
-                      "or hide_verdict or loss or options_reference or checkpointed_run_resumes or two_processes "
+                      "or hide_verdict or loss or options_reference or documented_ones or checkpointed_run_resumes or two_processes "
                       "or contract or dropped or invalid_recipe'"),
     "teacher_stages": ("plugins/teacher/train_options.py plugins/teacher/lora.py plugins/teacher/loading.py "
                        "plugins/teacher/training.py plugins/teacher/evaluation.py plugins/teacher/dapt.py plugins/teacher/reasoning_data.py plugins/teacher/sft.py "
                        "plugins/teacher/preference.py", f"tests/test_teacher.py tests/test_ml_core.py {OPTIONS_DOC} "
                        "tests/reliability/test_bad_inputs.py tests/reliability/test_faults.py -k 'teacher or star or sft or "
                        "preference or dapt or chosen or prompts or max_length or checkpointing or lora_layers or curve "
-                       "or options_reference or resumes'"),
+                       "or options_reference or documented_ones or resumes'"),
     "answer_head": ("plugins/teacher/answer_head.py", "tests/test_answer_head.py"),
     "stage_hash": ("sdk/stage_hash.py", "tests/test_stage_hash.py tests/test_engine.py tests/test_ml_core.py tests/test_served.py "
                    "tests/test_parse_health.py -k 'hash or option_added or nested or settings or view or transport'"),
