@@ -97,7 +97,7 @@ TARGETS: dict[str, tuple[str, str]] = {
                          f"{OPTIONS_DOC} tests/test_parse_health.py tests/test_annotate.py"),
     "reports": ("plugins/pipeline/run_report.py plugins/pipeline/lifecycle_log.py sdk/run_summary.py",
                 "tests/test_report_plots.py tests/test_recipes.py tests/test_engine.py"),
-    "cli": ("sdk/cli.py sdk/options_doc.py sdk/option_tables.py", f"tests/test_recipes.py tests/test_plugins.py {OPTIONS_DOC} "
+    "cli": ("sdk/cli.py sdk/options_doc.py sdk/option_tables.py", f"tests/test_cli.py tests/test_recipes.py tests/test_plugins.py {OPTIONS_DOC} "
             "tests/test_serve.py::test_the_docs_show_every_serve_flag_with_its_bounds"),
     "run_context": ("sdk/stage_context.py sdk/model_refs.py sdk/failures.py sdk/distributed.py sdk/generators.py",
                     f"{OPTIONS_DOC} tests/test_engine.py tests/test_hooks.py tests/test_served.py tests/test_two_processes.py"),
