@@ -45,3 +45,23 @@ def test_push_dry_run_lists_the_package_and_sends_nothing(tiny_quickstart, capsy
     assert main(["push", "quickstart", "--runs-dir", str(tiny_quickstart), "--repo-id", "me/student", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("-> me/student (%d files):" % (len(out) - 1)) and "  README.md" in out
+
+
+def test_plugins_lists_every_component_with_its_plugin(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    components = out.split("Components:", 1)[1].splitlines()
+    assert any(line.split()[:3] == ["loss", "crsd", "distill_losses"] for line in components if line.strip())
+    assert sum(1 for line in components if line.startswith("  domain ")) >= 3
+
+
+def test_importing_a_command_module_runs_nothing(capsys):
+    """The modules with a ``__main__`` block print only when run, never when imported."""
+    import importlib
+
+    import reasondistill.cli
+    import reasondistill.options_doc
+
+    for module in (reasondistill.options_doc, reasondistill.cli):
+        importlib.reload(module)
+    assert capsys.readouterr().out == ""
