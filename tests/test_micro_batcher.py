@@ -213,3 +213,38 @@ def test_isolating_a_failed_batch_skips_requests_already_answered_and_scores_the
     gone, boom, fine = asyncio.run(main())
     assert isinstance(boom.future.exception(), TypeError) and fine.future.result().shape == (1, 3)
     assert model.batches == [["boom"], ["fine"]]
+
+
+def test_a_split_request_gets_each_pair_its_own_probabilities():
+    """A request larger than max_batch is scored over several batches, the last shared with the
+    next request: every pair gets the row the model gave it, in order."""
+
+    class ByQuery:
+        def __init__(self):
+            self.gate, self.batches = threading.Event(), []
+
+        def __call__(self, pairs):
+            self.batches.append([p["query"] for p in pairs])
+            if pairs[0]["query"] == "hold":
+                self.gate.wait(5)
+            return np.array([[int(p["query"][1:] or 0), 0.0, 1.0] if p["query"] != "hold" else [0, 0, 0]
+                             for p in pairs], dtype=float)
+
+    model = ByQuery()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=4, max_wait_ms=0, max_queue=100)
+        batcher.start()
+        hold = asyncio.ensure_future(batcher.submit([{"query": "hold"}]))
+        await asyncio.sleep(0.02)
+        big = asyncio.ensure_future(batcher.submit([{"query": f"a{i}"} for i in range(6)]))
+        small = asyncio.ensure_future(batcher.submit([{"query": "b7"}]))
+        await asyncio.sleep(0.02)
+        model.gate.set()
+        out = await asyncio.gather(hold, big, small)
+        await batcher.stop()
+        return out
+
+    _, big, small = asyncio.run(main())
+    assert model.batches[1:] == [["a0", "a1", "a2", "a3"], ["a4", "a5", "b7"]]
+    assert big[:, 0].tolist() == [0, 1, 2, 3, 4, 5] and small[:, 0].tolist() == [7]
