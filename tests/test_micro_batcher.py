@@ -241,7 +241,7 @@ def test_a_split_request_gets_each_pair_its_own_probabilities():
         small = asyncio.ensure_future(batcher.submit([{"query": "b7"}]))
         await asyncio.sleep(0.02)
         model.gate.set()
-        out = await asyncio.gather(hold, big, small)
+        out = await asyncio.wait_for(asyncio.gather(hold, big, small), timeout=10)
         await batcher.stop()
         return out
 
