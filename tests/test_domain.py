@@ -296,6 +296,7 @@ def test_generated_data_is_the_same_from_version_to_version():
         return hashlib.sha256(json.dumps(generate_pairs(n=60, seed=0, **kw)).encode()).hexdigest()[:16]
 
     assert (digest(noise=0.0), digest()) == ("7751dbe3b8097aae", "24b74778ca1c075e")
+    assert generate_pairs(n=30) == generate_pairs(n=30, seed=0), "seed 0 by default"
 
 
 def test_the_recipe_domain_is_known_only_with_both_the_catalogue_and_the_recipe(rd_hooks):
@@ -320,3 +321,29 @@ def test_what_a_domain_can_do_follows_the_methods_it_overrides():
 
     assert LocalServices().can_generate is True and ProductSearch().can_generate is False
     assert WebSearchZh().can_generate is False and ProductSearch().writes_rationale is True
+
+
+def test_claims_match_plural_words_and_zh_counts_two_character_words_only():
+    """"bags" in a query matches "Bag" in a title (words over 3 letters lose a plural s; "gas"
+    keeps its s); in Chinese, sharing one character is not sharing a word."""
+    from reasondistill.plugins.domains.web_search_zh import WebSearchZh
+
+    dom = ProductSearch()
+    row = {"query": "tool bags", "item": "Husky Tool Bag"}
+    assert dom.check_claims(row, "Query terms in the title: tool, bags.") == 1.0
+    assert dom.check_claims({"query": "gas can", "item": "Ga Can"},
+                            "Query terms in the title: can. Not in the title: gas.") == 1.0
+    zh = WebSearchZh()
+    assert zh.check_claims({"query": "北京", "item": "京都"}, "查询与标题共有的词：无。") == 1.0
+
+
+def test_a_missing_ability_names_the_fix(rd_engine):
+    from reasondistill import Recipe, RecipeError, step
+
+    recipe = Recipe(name="nogen", domain="product_search", stages=[step("pairs", source="generate")])
+    try:
+        rd_engine.validate(recipe)
+    except RecipeError as exc:
+        assert "has no generator" in str(exc) and "give a file or folder" in str(exc)
+    else:
+        raise AssertionError("source: generate accepted for a domain without a generator")
