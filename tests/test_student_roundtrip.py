@@ -129,6 +129,10 @@ def test_custom_head_round_trip_and_export(rd_engine, rd_hooks, students):
     assert float_types == {onnx.TensorProto.FLOAT}
     got = OnnxPredictor(rd_engine.runs_dir / "own-export", "fp32").predict_proba(trained["queries"][:20],
                                                                                trained["items"][:20])
+    own = OnnxPredictor(rd_engine.runs_dir / "own-export", "fp32")
+    rows = [{"query": q, "item": i} for q, i in zip(trained["queries"][:20], trained["items"][:20])]
+    assert own.predict(rows) == own.predict_proba(trained["queries"][:20], trained["items"][:20]).argmax(-1).tolist()
+    assert component.export_onnx(folder, rd_engine.runs_dir / "own-export") == names, "exports again in place"
     # fp32 all the way differs by ~5e-7 here; weights that went through bf16 by ~2e-4
     assert np.allclose(got, np.asarray(trained["probs"][:20]), atol=2e-5), "weights rounded to bf16 on the way"
 
