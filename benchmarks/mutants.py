@@ -59,7 +59,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/local_decoding.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_string or contract or engines or bf16'"),
-    "annotate": ("plugins/annotation/annotate_stage.py plugins/annotation/sharded_run.py plugins/annotation/teacher_annotator.py", f"tests/test_annotate.py {OPTIONS_DOC}"),
+    "annotate": ("plugins/annotation/annotate_stage.py plugins/annotation/sharded_run.py plugins/annotation/teacher_annotator.py", f"tests/test_annotate.py tests/test_shards.py {OPTIONS_DOC}"),
     "distill_stage": ("plugins/student/distill_stage.py plugins/student/checks.py plugins/student/sources.py plugins/student/gate_stage.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
                       f"{OPTIONS_DOC} tests/test_two_processes.py tests/test_recipes.py -k 'distill or saved_student "
                       "or hide_verdict or loss or options_reference or documented_ones or checkpointed_run_resumes or two_processes "
@@ -74,7 +74,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "stage_hash": ("sdk/stage_hash.py", "tests/test_stage_hash.py tests/test_engine.py tests/test_ml_core.py tests/test_served.py "
                    "tests/test_parse_health.py -k 'hash or option_added or nested or settings or view or transport'"),
     "score_server": ("sdk/score_server.py sdk/score_app.py sdk/score_inputs.py sdk/score_connections.py sdk/score_metrics.py",
-                     f"{OPTIONS_DOC} tests/test_serve.py tests/test_serve_traffic.py"),
+                     f"{OPTIONS_DOC} tests/test_serve.py tests/test_serve_traffic.py tests/test_serve_answers.py"),
     "micro_batcher": ("sdk/micro_batcher.py", "tests/test_micro_batcher.py"),
     "openai_backend": ("plugins/backends/openai_backend.py plugins/backends/openai_endpoints.py plugins/backends/openai_wire.py "
                        "plugins/backends/openai_options.py", f"{OPTIONS_DOC} tests/test_served.py tests/test_served_endpoints.py"),
@@ -94,7 +94,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "active": ("plugins/annotation/active_stage.py plugins/annotation/selectors.py plugins/annotation/gold_annotator.py",
                f"{OPTIONS_DOC} tests/test_active.py"),
     "annotation_store": ("plugins/annotation/parse_health.py plugins/annotation/shards.py",
-                         f"{OPTIONS_DOC} tests/test_parse_health.py tests/test_annotate.py"),
+                         f"{OPTIONS_DOC} tests/test_parse_health.py tests/test_annotate.py tests/test_shards.py"),
     "reports": ("plugins/pipeline/run_report.py plugins/pipeline/lifecycle_log.py sdk/run_summary.py",
                 "tests/test_report_plots.py tests/test_recipes.py tests/test_engine.py"),
     "cli": ("sdk/cli.py sdk/options_doc.py sdk/option_tables.py", f"tests/test_cli.py tests/test_recipes.py tests/test_plugins.py {OPTIONS_DOC} "

@@ -219,18 +219,14 @@ def test_a_split_request_gets_each_pair_its_own_probabilities():
     """A request larger than max_batch is scored over several batches, the last shared with the
     next request: every pair gets the row the model gave it, in order."""
 
-    class ByQuery:
-        def __init__(self):
-            self.gate, self.batches = threading.Event(), []
+    class ByQuery(Model):
+        """Model's batches and hold; the first probability is the number in the query ("a4": 4)."""
 
         def __call__(self, pairs):
-            self.batches.append([p["query"] for p in pairs])
-            if pairs[0]["query"] == "hold":
-                self.gate.wait(5)
-            return np.array([[int(p["query"][1:] or 0), 0.0, 1.0] if p["query"] != "hold" else [0, 0, 0]
-                             for p in pairs], dtype=float)
+            super().__call__(pairs)
+            return np.array([[float(p["query"][1:]) if p["query"][0] in "ab" else 0.0, 0.0, 1.0] for p in pairs])
 
-    model = ByQuery()
+    model = ByQuery(hold="hold")
 
     async def main():
         batcher = MicroBatcher(model, max_batch=4, max_wait_ms=0, max_queue=100)

@@ -15,107 +15,16 @@ import socket
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
 from reasondistill.plugins.backends.openai_backend import httpx_module
-from reasondistill.score_server import Scorer, ServeOptions, create_app, uvicorn_server
+from reasondistill.score_server import ServeOptions, create_app
 
 from .serve_cases import PAIR
-from .served import free_port
+from .serve_running import SlowScorer, access_lines, package, post, read_answer, real_scorer, running  # noqa: F401 (fixtures)
 
 httpx = httpx_module()
-
-
-@pytest.fixture(scope="module")
-def package(tiny_quickstart) -> Path:
-    return tiny_quickstart / "quickstart" / "export" / "model"
-
-
-@pytest.fixture(scope="module")
-def real_scorer(package) -> Scorer:
-    return Scorer(package, "fp32", batch_size=64)
-
-
-class SlowScorer:
-    """The real scorer, ``delay`` seconds slower per batch, recording each batch's queries; after
-    :meth:`hold`, the next batch waits in the model until :meth:`release`, so a queue builds behind
-    it however slowly the clients arrive."""
-
-    def __init__(self, scorer: Scorer, delay: float = 0.0):
-        self.scorer, self.delay, self.batches = scorer, delay, []
-        self.labels, self.item_fields, self.result = scorer.labels, scorer.item_fields, scorer.result
-        self.holding, self.released = threading.Event(), threading.Event()
-        self.released.set()
-
-    def __call__(self, pairs):
-        self.batches.append([p["query"] for p in pairs])
-        self.holding.set()
-        self.released.wait(timeout=60)
-        time.sleep(self.delay)
-        return self.scorer(pairs)
-
-    def hold(self) -> None:
-        self.holding.clear()
-        self.released.clear()
-
-    def release(self) -> None:
-        self.released.set()
-
-
-@contextmanager
-def running(package, scorer, **options):
-    """The real server (guarded protocol, real app) in a thread; yields (url, app, server)."""
-    opts = ServeOptions(variant="fp32", **options)
-    app = create_app(package, opts, scorer=scorer)
-    port = free_port()
-    server = uvicorn_server(app, "127.0.0.1", port, opts)
-    server.install_signal_handlers = lambda: None  # not the main thread
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert server.started, "server did not start"
-    try:
-        yield f"{'https' if opts.ssl_certfile else 'http'}://127.0.0.1:{port}", app, server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-
-
-@pytest.fixture
-def access_lines():
-    """The access log's lines while the test runs."""
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    log = logging.getLogger("reasondistill.access")
-    log.addHandler(handler)
-    level, log.level = log.level, logging.INFO
-    yield lines
-    log.removeHandler(handler)
-    log.setLevel(level)
-
-
-def read_answer(sock: socket.socket, timeout: float = 10) -> bytes:
-    """Everything the server sends until it closes the connection (or ``timeout``)."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (socket.timeout, ConnectionResetError):
-        pass
-    return data
-
-
-def post(url: str, path: str = "/score", **kw) -> tuple[int, float, httpx.Response]:
-    begun = time.perf_counter()
-    resp = httpx.post(url + path, timeout=30, **kw)
-    return resp.status_code, time.perf_counter() - begun, resp
 
 
 # ---- overload -----------------------------------------------------------------------------------
@@ -408,59 +317,3 @@ def test_tls_with_uvicorns_own_certificate_options(package, real_scorer, tmp_pat
         with pytest.raises(httpx.TransportError):
             httpx.post(url.replace("https", "http") + "/score", json={"pairs": [PAIR]}, timeout=5)
     assert resp.status_code == 200 and resp.json()["results"][0]["label"] in real_scorer.labels
-
-
-def test_a_model_error_is_one_500_line_and_its_traceback_only_at_debug(package, real_scorer, caplog):
-    """A scorer that raises: the client gets the error shape (500, the exception's type, nothing
-    of its message), the log one error line; the traceback is kept for ``--log-level debug``."""
-
-    class Broken(SlowScorer):
-        def __call__(self, pairs):
-            if any(p["query"] == "boom" for p in pairs):  # not the start-up warm-up
-                raise RuntimeError("secret detail of the model")
-            return super().__call__(pairs)
-
-    with caplog.at_level(logging.DEBUG, logger="reasondistill"), \
-            running(package, Broken(real_scorer)) as (url, _, _):
-        status, _, resp = post(url, json={"pairs": [{**PAIR, "query": "boom"}]})
-    assert status == 500 and resp.json() == {"error": "internal error: RuntimeError"}
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "RuntimeError" in r.getMessage()]
-    assert len(errors) == 1 and errors[0].exc_info is None
-    traced = [r for r in caplog.records if r.levelno == logging.DEBUG and r.getMessage() == "traceback"]
-    assert len(traced) == 1 and traced[0].exc_info and traced[0].exc_info[0] is RuntimeError
-
-
-def test_answers_carry_probabilities_to_six_decimals(package, real_scorer):
-    with running(package, real_scorer) as (url, _, _):
-        result = post(url, json={"pairs": [PAIR, {"query": "haircut", "item": "Corner Garden: dentist"}]})[2].json()
-    for r in result["results"]:
-        places = [len(repr(v).split(".")[1]) for v in [*r["probs"].values(), r["score"]] if "." in repr(v)]
-        assert max(places) == 6, r
-
-
-def test_a_package_without_label_names_is_served_with_numbered_labels(package, tmp_path):
-    """An older or hand-made package whose metadata has no ``labels``: the scorer numbers the
-    model's outputs ("0", "1", "2") rather than failing or guessing names."""
-    import json
-
-    copy = tmp_path / "model"
-    shutil.copytree(package, copy)
-    meta = json.loads((copy / "reasondistill.json").read_text())
-    meta.pop("labels", None)
-    (copy / "reasondistill.json").write_text(json.dumps(meta))
-    scorer = Scorer(copy, "fp32")
-    assert scorer.labels == ["0", "1", "2"]
-    assert set(scorer.result(scorer([PAIR])[0])["probs"]) == {"0", "1", "2"}
-
-
-@pytest.mark.parametrize(("host", "key", "warned"), [("0.0.0.0", None, True), ("10.1.2.3", None, True),
-                                                     ("0.0.0.0", "k", False), ("127.0.0.1", None, False),
-                                                     ("localhost", None, False), ("::1", None, False)])
-def test_serving_beyond_this_machine_without_a_key_warns(host, key, warned, monkeypatch):
-    from reasondistill.score_server import exposure_warning
-
-    monkeypatch.delenv("REASONDISTILL_API_KEY", raising=False)
-    message = exposure_warning(host, ServeOptions(api_key=key))
-    assert (message is not None) == warned
-    if warned:
-        assert host in message and "--api-key" in message
