@@ -37,15 +37,15 @@ def cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def options_table(model: Any) -> list[str]:
-    """A pydantic model's fields as markdown table rows: name, type with its bounds, default,
-    description (``[]`` for a model without fields)."""
+def options_table(model: Any, title: str = "option", name: Any = str) -> list[str]:
+    """A pydantic model's fields as markdown table rows: name (as ``name(field)`` writes it, under
+    ``title``), type with its bounds, default, description (``[]`` for a model without fields)."""
     props = model.model_json_schema().get("properties", {})
     if not props:
         return []
-    lines = ["| option | type | default | description |", "|---|---|---|---|"]
+    lines = [f"| {title} | type | default | description |", "|---|---|---|---|"]
     for opt, prop in props.items():
-        lines.append(f"| `{opt}` | {cell(type_words(prop))} | {cell(default_words(model.model_fields.get(opt)))} "
+        lines.append(f"| `{name(opt)}` | {cell(type_words(prop))} | {cell(default_words(model.model_fields.get(opt)))} "
                      f"| {cell(prop.get('description', ''))} |")
     return lines
 

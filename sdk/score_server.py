@@ -87,12 +87,7 @@ class ServeOptions(BaseModel):
 def flags_markdown() -> str:
     """Every ``serve`` flag as a markdown table (docs/serving.md's *Every flag*; a test compares):
     the option ``max_queue_ms`` is the flag ``--max-queue-ms``."""
-    header, rule, *rows = options_table(ServeOptions)
-    flags = []
-    for row in rows:
-        name, rest = row[3:].split("`", 1)
-        flags.append(f"| `--{name.replace('_', '-')}`{rest}")
-    return "\n".join([header.replace("| option |", "| flag |"), rule, *flags]) + "\n"
+    return "\n".join(options_table(ServeOptions, "flag", lambda opt: "--" + opt.replace("_", "-"))) + "\n"
 
 
 class Scorer:
