@@ -11,6 +11,7 @@ import json
 import pytest
 
 from reasondistill import DataError, Recipe, RecipeError, step
+from reasondistill.plugins.pipeline.pairs_stage import VALIDATE_ROWS
 
 HEADER = "query,item,label\n"
 
@@ -86,8 +87,6 @@ def test_bad_encoding_or_label_map_fail_validate(rd_engine, tmp_path, options, m
 
 def test_a_stage_that_fails_leaves_no_half_written_run_folder(rd_engine, tmp_path):
     """A bad row past the rows validate reads fails the stage; the run folder it made is gone."""
-    from reasondistill.plugins.pipeline.pairs_stage import VALIDATE_ROWS
-
     path = write_csv(tmp_path / "late.csv", [("q%d" % i, "item", i % 3) for i in range(VALIDATE_ROWS + 5)] + [("q", "i", 9)])
     rd_engine.validate(recipe(path))  # the first rows are fine
     with pytest.raises(DataError, match=r"late\.csv row \d+: label 9 is outside the schema"):
@@ -120,3 +119,35 @@ def test_dev_queries_shared_with_train_and_repeated_pairs_are_counted_and_warned
     assert any(f"{len(ROWS) - 3} training pairs repeat" in line for line in lines)
     clean = rd_engine.run(Recipe(name="gen", stages=[step("pairs", n=100)]))["pairs"].metrics
     assert clean["dev_queries_in_train"] == 0  # dev_fraction holds out whole queries
+
+
+@pytest.mark.parametrize("good_rows, found_at_validate", [(VALIDATE_ROWS - 1, True), (VALIDATE_ROWS, False)])
+def test_validate_reads_exactly_validate_rows(rd_engine, tmp_path, good_rows, found_at_validate):
+    """The last row ``validate`` reads is row ``VALIDATE_ROWS - 1``; the one after it waits for the run."""
+    path = write_csv(tmp_path / "edge.csv", [("q%d" % i, "item", i % 3) for i in range(good_rows)] + [("q", "i", 9)])
+    if found_at_validate:
+        with pytest.raises(RecipeError, match=rf"edge\.csv row {good_rows}: label 9"):
+            rd_engine.validate(recipe(path))
+    else:
+        rd_engine.validate(recipe(path))
+
+
+def test_label_shares_are_reported_per_grade(rd_engine, tmp_path):
+    rows = [("pizza", "Blue Door: pizza", 2)] * 6 + [("gym", "Nail salon", 0)] * 3 + [("spa", "Spa day: spa", 1)]
+    m = rd_engine.run(recipe(write_csv(tmp_path / "shares.csv", rows), dev_fraction=0.0))["pairs"].metrics
+    assert {k: v for k, v in m.items() if k.startswith("share_")} == {
+        "share_irrelevant": 0.3, "share_partly_relevant": 0.1, "share_relevant": 0.6}
+
+
+def test_a_changed_source_or_dev_file_reruns_the_stage_and_a_gone_one_is_named(rd_engine, tmp_path):
+    from reasondistill.plugins.pipeline.pairs_stage import PairsOptions, PairsStage
+
+    train, dev = write_csv(tmp_path / "t.csv", ROWS), write_csv(tmp_path / "d.csv", ROWS[:3])
+    assert rd_engine.run(recipe(train, dev_source=str(dev)))["pairs"].metrics["dev"] == 3
+    write_csv(dev, ROWS[:2])  # only the dev file changes
+    assert rd_engine.run(recipe(train, dev_source=str(dev)))["pairs"].metrics["dev"] == 2
+    write_csv(train, ROWS[:9])
+    assert rd_engine.run(recipe(train, dev_source=str(dev)))["pairs"].metrics["pairs"] == 9
+    dev.unlink()  # options made outside a recipe are not checked until the stage needs the file
+    with pytest.raises(DataError, match=r"^dev_source: .*d\.csv: no such file or folder$"):
+        PairsStage().input_fingerprints(PairsOptions(source=str(train), dev_source=str(dev)))
