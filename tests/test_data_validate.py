@@ -7,6 +7,7 @@ fails leaves no half-written run folder.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,9 +122,10 @@ def test_dev_queries_shared_with_train_and_repeated_pairs_are_counted_and_warned
     assert clean["dev_queries_in_train"] == 0  # dev_fraction holds out whole queries
 
 
-@pytest.mark.parametrize("good_rows, found_at_validate", [(VALIDATE_ROWS - 1, True), (VALIDATE_ROWS, False)])
-def test_validate_reads_exactly_validate_rows(rd_engine, tmp_path, good_rows, found_at_validate):
-    """The last row ``validate`` reads is row ``VALIDATE_ROWS - 1``; the one after it waits for the run."""
+@pytest.mark.parametrize("good_rows, found_at_validate", [(999, True), (1000, False)])
+def test_validate_reads_exactly_the_documented_1000_rows(rd_engine, tmp_path, good_rows, found_at_validate):
+    """docs/cli.md: ``validate`` reads the first 1,000 rows; row 1,001 waits for the run."""
+    assert "first 1,000 rows" in (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     path = write_csv(tmp_path / "edge.csv", [("q%d" % i, "item", i % 3) for i in range(good_rows)] + [("q", "i", 9)])
     if found_at_validate:
         with pytest.raises(RecipeError, match=rf"edge\.csv row {good_rows}: label 9"):
