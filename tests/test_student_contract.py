@@ -20,6 +20,8 @@ from reasondistill.plugins.student.encoder import EncoderClassifier, EncoderStud
                "(2, 6); the domain has 3 labels, so [2, 3] for 2 rows"),
     ("forward", "'bad_student' failed in hook 'StudentNetwork.forward_view': failed on a batch of 2 rows: "
                 "RuntimeError: my head"),
+    ("vector", "'bad_student' failed in hook 'StudentNetwork.forward_view': the standard view returned tuple, not "
+               "(logits, cls) tensors"),
 ])
 def test_a_student_breaking_the_contract_is_named_before_training(rd_engine, register_plugin, broken, message):
     """What a third-party student encodes and builds is checked on use: one line naming its plugin."""
@@ -40,7 +42,8 @@ def test_a_student_breaking_the_contract_is_named_before_training(rd_engine, reg
             if broken == "build":
                 return torch.nn.Linear(2, 2)
             net = super().build(model, num_labels, options)
-            return Twice(net.model) if broken == "logits" else Raises(net.model) if broken == "forward" else net
+            wrong = {"logits": Twice, "forward": Raises, "vector": NoVector}.get(broken)
+            return wrong(net.model) if wrong else net
 
     class Twice(EncoderStudent):  # a head of the wrong width
         def forward_view(self, input_ids, attention_mask, token_type_ids=None):
@@ -50,6 +53,10 @@ def test_a_student_breaking_the_contract_is_named_before_training(rd_engine, reg
     class Raises(EncoderStudent):
         def forward_view(self, input_ids, attention_mask, token_type_ids=None):
             raise RuntimeError("my head")
+
+    class NoVector(EncoderStudent):  # a pair, but no [CLS] vector in it
+        def forward_view(self, input_ids, attention_mask, token_type_ids=None):
+            return super().forward_view(input_ids, attention_mask, token_type_ids)[0], None
 
     class P:
         @hookimpl

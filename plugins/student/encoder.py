@@ -114,7 +114,7 @@ class EncoderClassifier(Student):
 
         net = AutoModelForSequenceClassification.from_pretrained(
             model, config=config, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code,
-            use_safetensors=_has_safetensors(model), **current().model_kwargs())
+            **current().model_kwargs())
         if vocab_size is not None and vocab_size > net.get_input_embeddings().num_embeddings:
             net.resize_token_embeddings(vocab_size)  # tokens added by adapt_tokenizer
         return EncoderStudent(net)
@@ -178,15 +178,6 @@ def _shared_view(tokenizer, std, reasonings: list[str], budget: int) -> dict[str
         if types:
             out["token_type_ids"].append(list(std["token_type_ids"][i]) + [1] * len(tail) + [0])
     return prefixed(SHARED, out)
-
-
-def _has_safetensors(model: str) -> bool | None:
-    from pathlib import Path
-
-    folder = Path(model)
-    if folder.is_dir():
-        return any(folder.glob("*.safetensors")) or None
-    return None  # hub id: let transformers prefer safetensors
 
 
 @hookimpl
