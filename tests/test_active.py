@@ -87,6 +87,9 @@ def test_uncertainty_and_random_spend_the_same_budget_on_different_rows(rd_engin
         picks[name] = rounds[1]["selected"]
         assert (run / name / "round_2" / "distill" / "student").exists()
         assert m["round2_train_rows"] == res["gold"].metrics["pairs"] + 80  # gold train rows + every annotation so far
+        shares = {k.split("share_")[1]: v for k, v in m.items() if k.startswith("round1_selected_share_")}
+        gold_shares = {k.split("share_")[1]: v for k, v in m.items() if k.startswith("round1_selected_gold_share_")}
+        assert len(gold_shares) == 3 and gold_shares == shares and abs(sum(shares.values()) - 1) < 1e-3
     # round 1 of both stages is picked by the same round-0 student (same seed): the uncertain pick
     # is the less sure one, by the measure it ranks with
     assert res["unsure"].metrics["round0_dev_macro_f1"] == res["rand"].metrics["round0_dev_macro_f1"]
@@ -152,8 +155,23 @@ def test_a_selector_that_breaks_the_contract_is_named(rd_engine, register_plugin
             register(Greedy())
 
     register_plugin(P(), "greedy-plugin")
-    with pytest.raises(PluginError, match=r"greedy-plugin.*Selector.select.*40 positions \(1 distinct"):
-        rd_engine.run(active_recipe(pool_file, active("act", selector="greedy")))
+    with pytest.raises(PluginError, match=r"greedy-plugin.*Selector.select.*40 positions \(1 distinct, 0 out of "
+                                          r"range\); 40 distinct positions in 0\.\.319 were asked for"):
+        rd_engine.run(active_recipe(pool_file, active("act", selector="greedy")))  # a pool of 320 rows
+
+
+def test_annotations_so_far_are_the_rounds_up_to_the_one_asked(tmp_path):
+    """Round r trains on rounds 1..r, even where a later round's shards are already on disk."""
+    from types import SimpleNamespace
+
+    from reasondistill.plugins.annotation.active_stage import merge_shards_of
+    from reasondistill.plugins.annotation.shards import write_shard
+
+    for r in (1, 2, 3):
+        (tmp_path / f"round_{r}" / "shards").mkdir(parents=True)
+        write_shard(tmp_path / f"round_{r}" / "shards", 0, [{"pair_id": f"r{r}-{i}", "label": 1} for i in range(r)])
+    merged = merge_shards_of(SimpleNamespace(dir=tmp_path), 2)
+    assert merged["pair_id"] == ["r1-0", "r2-0", "r2-1"] and merged["round"] == [1, 2, 2]
 
 
 def test_the_stage_sets_the_training_rows_and_checks_its_parts_at_validate(rd_engine, pool_file):
