@@ -92,6 +92,14 @@ class RewardModelOptions(Options):
         description="share of the pairs held out to report each head's accuracy")
 
 
+def preference_signs(chosen: dict[str, float], rejected: dict[str, float], dims: list[str]) -> list[float]:
+    """Per dimension: 1.0 where the chosen answer scores higher, -1.0 lower, 0.0 tied (no
+    training signal); a dimension a side was not scored on counts as 0."""
+    def score(scores, d):
+        return scores.get(d) or 0
+    return [float(score(chosen, d) > score(rejected, d)) - float(score(chosen, d) < score(rejected, d)) for d in dims]
+
+
 class RewardModelStage(Stage):
     name = "reward_model"
     description = "Train a multi-head (one Bradley-Terry head per reward dimension) reward model."
@@ -113,10 +121,8 @@ class RewardModelStage(Stage):
             prompt = r["prompt"][-1]["content"]
             enc_c = tok(prompt, r["chosen"][0]["content"], truncation=True, max_length=options.max_length)
             enc_r = tok(prompt, r["rejected"][0]["content"], truncation=True, max_length=options.max_length)
-            sign = [float((r["chosen_scores"].get(d) or 0) > (r["rejected_scores"].get(d) or 0))
-                    - float((r["chosen_scores"].get(d) or 0) < (r["rejected_scores"].get(d) or 0)) for d in dims]
             rows.append({**{f"chosen_{k}": v for k, v in enc_c.items()}, **{f"rejected_{k}": v for k, v in enc_r.items()},
-                         "sign": sign})
+                         "sign": preference_signs(r["chosen_scores"], r["rejected_scores"], dims)})
         cut = max(1, int(len(rows) * (1 - options.heldout_fraction))) if len(rows) > 1 else len(rows)
         train, held = rows[:cut], rows[cut:]
         torch.manual_seed(ctx.seed)
