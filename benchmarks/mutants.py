@@ -96,7 +96,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "annotation_store": ("plugins/annotation/parse_health.py plugins/annotation/shards.py",
                          f"{OPTIONS_DOC} tests/test_parse_health.py tests/test_annotate.py tests/test_shards.py"),
     "reports": ("plugins/pipeline/run_report.py plugins/pipeline/lifecycle_log.py sdk/run_summary.py",
-                "tests/test_report_plots.py tests/test_recipes.py tests/test_engine.py"),
+                "tests/test_run_summary.py tests/test_report_plots.py tests/test_recipes.py tests/test_engine.py"),
     "cli": ("sdk/cli.py sdk/options_doc.py sdk/option_tables.py", f"tests/test_cli.py tests/test_recipes.py tests/test_plugins.py {OPTIONS_DOC} "
             "tests/test_serve.py::test_the_docs_show_every_serve_flag_with_its_bounds"),
     "run_context": ("sdk/stage_context.py sdk/model_refs.py sdk/failures.py sdk/distributed.py sdk/generators.py",
@@ -125,12 +125,27 @@ def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]
     return spans
 
 
+#: marks a line that only styles a figure (sizes, fonts, rotation): what a plot looks like, which no
+#: test should pin; its mutants are left out like those in annotations. Only run_report uses it
+#: (``test_architecture::test_no_mutate_marks_figure_style_only``).
+NO_MUTATE = "# pragma: no mutate"
+
+
+def unasked_lines(source: str) -> set[int]:
+    """Line numbers (1-based) marked :data:`NO_MUTATE`."""
+    return {i for i, line in enumerate(source.splitlines(), 1) if line.rstrip().endswith(NO_MUTATE)}
+
+
 def drop_equivalent(db: Path) -> int:
-    """Remove mutants inside annotations (see :func:`annotation_spans`); returns how many."""
+    """Remove mutants inside annotations (see :func:`annotation_spans`) and on lines marked
+    :data:`NO_MUTATE`; returns how many."""
     con = sqlite3.connect(db)
     rows = con.execute("SELECT job_id, module_path, start_pos_row, start_pos_col FROM mutation_specs").fetchall()
-    spans = {path: annotation_spans(Path(path).read_text(encoding="utf-8")) for path in {r[1] for r in rows}}
-    drop = [(job,) for job, path, row, col in rows if any(a <= (row, col) < b for a, b in spans[path])]
+    sources = {path: Path(path).read_text(encoding="utf-8") for path in {r[1] for r in rows}}
+    spans = {path: annotation_spans(text) for path, text in sources.items()}
+    unasked = {path: unasked_lines(text) for path, text in sources.items()}
+    drop = [(job,) for job, path, row, col in rows
+            if row in unasked[path] or any(a <= (row, col) < b for a, b in spans[path])]
     con.executemany("DELETE FROM mutation_specs WHERE job_id = ?", drop)
     con.executemany("DELETE FROM work_items WHERE job_id = ?", drop)
     con.commit()

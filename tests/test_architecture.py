@@ -180,6 +180,22 @@ def test_mutation_testing_covers_every_module_with_logic():
     assert all((ROOT / path).is_file() for path in covered), "TARGETS name a file that is gone"
 
 
+def test_no_mutate_marks_figure_style_only():
+    """``# pragma: no mutate`` leaves a line's mutants out of ``make mutants``: only for lines that
+    style a report figure (a figure size, a font size, a rotation), never for logic."""
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "benchmarks" / "mutants.py"))
+    marked = {str(p.relative_to(ROOT)): tool["unasked_lines"](p.read_text()) for root in (SDK, PLUGINS)
+              for p in root.rglob("*.py")}
+    marked = {path: lines for path, lines in marked.items() if lines}
+    assert set(marked) == {"plugins/pipeline/run_report.py"}
+    text = (ROOT / "plugins/pipeline/run_report.py").read_text().splitlines()
+    style = ("figsize=", "fontsize=", "dpi=", "markersize=", "width = ", 'ha="center"')
+    assert all(any(s in text[i - 1] for s in style) for i in marked["plugins/pipeline/run_report.py"])
+    assert tool["unasked_lines"]("a = 1\nb = 2  # pragma: no mutate\n") == {2}
+
+
 def test_a_mutant_runs_the_tests_that_executed_its_line(tmp_path):
     """benchmarks/mutant_tests.py: a line in a function body runs the tests coverage saw execute
     it; a line run at import (a constant, a ``def``), only by fixtures, or by no test coverage saw

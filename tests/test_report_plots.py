@@ -2,6 +2,7 @@
 never the empty boxes DejaVu Sans draws for Chinese."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,24 @@ def test_with_a_cjk_font_labels_are_drawn(tmp_path):
         pytest.skip("no CJK font here (pip install 'reasondistill[cjk]')")
     note, missing = _draw(tmp_path)
     assert note is None and not missing, missing
+
+
+def test_the_fonts_of_the_cjk_extra_are_registered(tmp_path, monkeypatch):
+    """``mplfonts`` (the ``cjk`` extra) ships font files; they are added to matplotlib's fonts."""
+    import shutil
+
+    import matplotlib
+    from matplotlib import font_manager
+
+    fonts = tmp_path / "mplfonts" / "fonts"
+    fonts.mkdir(parents=True)
+    (tmp_path / "mplfonts" / "__init__.py").write_text("")
+    shipped = fonts / "Shipped.ttf"
+    shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSerif-Bold.ttf", shipped)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_report.cjk_font.cache_clear()
+    try:
+        run_report.cjk_font()
+        assert str(shipped) in {f.fname for f in font_manager.fontManager.ttflist}
+    finally:
+        run_report.cjk_font.cache_clear()

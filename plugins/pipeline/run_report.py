@@ -83,18 +83,18 @@ def _confusion_png(gold, pred, labels, title: str, path: Path) -> None:
     for g, p in zip(gold, pred):
         if 0 <= g < k and 0 <= p < k:
             m[g, p] += 1
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    fig, ax = plt.subplots(figsize=(4, 3.6))  # pragma: no mutate
     ax.imshow(m, cmap="Blues")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="black")
-    ax.set_xticks(range(k), labels, rotation=20, fontsize=8)
-    ax.set_yticks(range(k), labels, fontsize=8)
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="black")  # pragma: no mutate
+    ax.set_xticks(range(k), labels, rotation=20, fontsize=8)  # pragma: no mutate
+    ax.set_yticks(range(k), labels, fontsize=8)  # pragma: no mutate
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9)  # pragma: no mutate
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90)  # pragma: no mutate
     plt.close(fig)
 
 
@@ -103,15 +103,15 @@ def loss_png(history: list[dict], title: str, path: Path) -> bool:
     keys = sorted({k for h in history for k in h if k == "loss" or k.startswith("loss_")})
     if not keys:
         return False
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(5, 3))  # pragma: no mutate
     for key in keys:
         pts = [(h["step"], h[key]) for h in history if key in h]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", markersize=3, label=key)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", markersize=3, label=key)  # pragma: no mutate
     ax.set_xlabel("step")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)  # pragma: no mutate
+    ax.legend(fontsize=7)  # pragma: no mutate
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90)  # pragma: no mutate
     plt.close(fig)
     return True
 
@@ -123,17 +123,17 @@ def bars_png(groups: dict[str, dict[str, float]], title: str, path: Path, log: b
     keys = sorted({k for g in groups.values() for k in g})
     if not keys:
         return False
-    fig, ax = plt.subplots(figsize=(max(4, len(keys) * 0.9), 3))
-    width = 0.8 / max(1, len(groups))
+    fig, ax = plt.subplots(figsize=(max(4, len(keys) * 0.9), 3))  # pragma: no mutate
+    width = 0.8 / max(1, len(groups))  # pragma: no mutate
     for i, (name, values) in enumerate(groups.items()):
         ax.bar(np.arange(len(keys)) + i * width, [values.get(k, 0) for k in keys], width, label=name)
-    ax.set_xticks(np.arange(len(keys)) + width * (len(groups) - 1) / 2, keys, rotation=25, fontsize=7)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(groups) - 1) / 2, keys, rotation=25, fontsize=7)  # pragma: no mutate
+    ax.set_title(title, fontsize=9)  # pragma: no mutate
+    ax.legend(fontsize=7)  # pragma: no mutate
     if log:
         ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90)  # pragma: no mutate
     plt.close(fig)
     return True
 

@@ -1,0 +1,65 @@
+"""What a person reads about a run: ``show``'s table and JSON, the plain-words warnings, the
+terminal's line per stage and report.md, from stage manifests written here (a run's own stages:
+``test_quickstart``)."""
+
+import json
+import re
+from types import SimpleNamespace
+
+from reasondistill.plugins.pipeline import lifecycle_log
+from reasondistill.run_summary import run_json, run_table, warning_lines
+from reasondistill.runstore import write_manifest
+
+
+def make_run(tmp_path, stages: dict, unfinished=("distill",)):
+    """A run folder: ``stages`` maps a stage name to (uses, metrics); ``unfinished`` have no manifest."""
+    run = tmp_path / "run"
+    run.mkdir()
+    recipe = [{"name": n, "uses": u} for n, (u, _) in stages.items()] + [{"uses": n} for n in unfinished]
+    (run / "recipe.json").write_text(json.dumps({"name": "run", "domain": "local_services", "stages": recipe}))
+    for name, (uses, metrics) in stages.items():
+        (run / name).mkdir()
+        write_manifest(run / name, {"uses": uses, "metrics": metrics, "timings": {"seconds": 12.345}, "outputs": {}})
+    return run
+
+
+def test_show_table_pads_every_column_and_marks_unfinished_stages(tmp_path):
+    run = make_run(tmp_path, {"gold": ("pairs", {"pairs": 120, "dev": 30, "dev_macro_f1": 0.51234, "steps": 9})})
+    assert run_table(run).splitlines() == [
+        "stage   | uses  | status       | seconds | metrics",
+        "--------+-------+--------------+---------+--------",
+        "gold    | pairs | complete     | 12.3    | dev_macro_f1=0.5123, pairs=120, dev=30",
+        "distill | ?     | not finished |         | ",
+    ]
+    assert json.loads(run_json(run)) == {
+        "gold": {"uses": "pairs", "status": "complete", "seconds": 12.345,
+                 "metrics": {"pairs": 120, "dev": 30, "dev_macro_f1": 0.51234, "steps": 9}},
+        "distill": {"status": "not finished"}}
+
+
+def test_teacher_warnings_are_for_annotating_stages_only(tmp_path):
+    shares = {"pairs": 40, "share_irrelevant": 0.0, "share_partly_relevant": 0.5, "share_relevant": 0.5,
+              "label_probs_share": 0.625}
+    run = make_run(tmp_path, {"ann": ("annotate", shares), "act": ("active", shares), "gold": ("pairs", shares)})
+    assert warning_lines(run) == [
+        "warning: ann: the teacher never labelled a pair 'irrelevant' (0 of 40); a student trained on these labels "
+        "cannot learn it",
+        "warning: ann: label probabilities for 62% of the rows only (a server without logprobs): the others record none"]
+
+
+def test_the_terminal_line_says_done_or_up_to_date(capsys):
+    run = SimpleNamespace(name="qs")
+    metrics = {"pairs": 3, "share": 0.123456, "note": "text", **{f"m{i}": i for i in range(6)}}
+    lifecycle_log.on_stage_end(run, "pairs", SimpleNamespace(skipped=False, seconds=2.25, metrics=metrics))
+    lifecycle_log.on_stage_end(run, "pairs", SimpleNamespace(skipped=True, seconds=0.0, metrics={}))
+    assert capsys.readouterr().err.splitlines() == [
+        "[qs] pairs: done in 2.2s (pairs=3, share=0.1235, m0=0, m1=1, m2=2, m3=3)", "[qs] pairs: up to date"]
+
+
+def test_the_report_is_rewritten_after_every_stage_through_the_plugin_manager(rd_hooks, tmp_path):
+    run = make_run(tmp_path, {"gold": ("pairs", {"pairs": 120, "dev_macro_f1": 0.5})})
+    rd_hooks.on_stage_end(SimpleNamespace(name="run", dir=run), "gold",
+                          SimpleNamespace(skipped=False, seconds=1.0, metrics={}))
+    report = (run / "report.md").read_text()
+    assert report.startswith("# Run `run`") and re.search(r"gold +\| pairs \| complete", report)
+    assert "![metrics](plots/metrics.png)" in report and (run / "plots" / "metrics.png").stat().st_size > 1000
