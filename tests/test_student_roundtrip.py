@@ -179,3 +179,19 @@ def test_portable_ref_keeps_names_and_digests_folders(tmp_path):
     first = portable_ref(str(folder))
     (folder / "config.json").write_text('{"a": 1}')
     assert first.startswith("my-model@") and portable_ref(str(folder)) != first  # the content, not the place
+
+
+def test_the_round_trip_error_counts_every_changed_label_but_near_ties(tmp_path):
+    """A label that moves to a lower class counts like one that moves up; a row the trained network
+    had on a near-tie does not count."""
+    from types import SimpleNamespace
+
+    from reasondistill.student_io import check_round_trip, write_trained_outputs
+
+    trained = [[0.1, 0.2, 0.7], [0.2, 0.7, 0.1], [0.4, 0.4004, 0.1996], [0.8, 0.1, 0.1]]
+    reloaded = [[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.4004, 0.4, 0.1996], [0.8, 0.1, 0.1]]
+    write_trained_outputs(tmp_path, ["q"] * 4, ["i"] * 4, trained)
+    saved = SimpleNamespace(predictor=lambda folder: SimpleNamespace(predict_proba=lambda q, i: reloaded))
+    with pytest.raises(PluginError, match=r"probabilities differ by up to 0\.6 \(tolerance 0\.001\), 2 of 4 labels "
+                                          r"changed"):
+        check_round_trip(saved, tmp_path, "my_student")
