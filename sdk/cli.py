@@ -149,18 +149,23 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    folder = find_package(args.target, args.runs_dir)
+def serve_options(args) -> ServeOptions:
+    """The server's options from the flags given (the rest keep their defaults); a bad value is
+    an error naming its flag."""
     from pydantic import ValidationError
 
     given = {k: getattr(args, k) for k in ServeOptions.model_fields if getattr(args, k) is not None}
     try:
-        options = ServeOptions(**given)
+        return ServeOptions(**given)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = str(err["loc"][0]) if err["loc"] else "max_wait_ms"  # the one check across two options
         raise RecipeError("--" + field.replace("_", "-"), err["msg"].removeprefix("Value error, ")) from None
-    serve(folder, args.host, args.port, options)
+
+
+def cmd_serve(args) -> int:
+    folder = find_package(args.target, args.runs_dir)
+    serve(folder, args.host, args.port, serve_options(args))
     return 0
 
 

@@ -65,3 +65,48 @@ def test_importing_a_command_module_runs_nothing(capsys):
     for module in (reasondistill.options_doc, reasondistill.cli):
         importlib.reload(module)
     assert capsys.readouterr().out == ""
+
+
+def test_serve_flags_given_override_the_defaults_and_a_bad_one_is_named():
+    from reasondistill.cli import build_parser, serve_options
+    from reasondistill.errors import RecipeError
+    from reasondistill.score_server import ServeOptions
+
+    options = serve_options(build_parser().parse_args(["serve", "pkg", "--max-batch", "8", "--max-wait-ms", "2"]))
+    assert options == ServeOptions(max_batch=8, max_wait_ms=2.0)
+    assert serve_options(build_parser().parse_args(["serve", "pkg"])) == ServeOptions()
+    with pytest.raises(RecipeError, match="--max-batch"):
+        serve_options(build_parser().parse_args(["serve", "pkg", "--max-batch", "0"]))
+
+
+def test_run_says_how_many_stages_ran_and_how_many_were_up_to_date(tmp_path, capsys):
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text("name: two\nstages:\n  - uses: pairs\n    options: {n: 60}\n"
+                      "  - uses: pairs\n    name: more\n    options: {n: 80}\n")
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    assert main(["run", str(recipe), *runs]) == 0
+    assert capsys.readouterr().out.startswith(f"run two: 2 stage(s) ran, 0 up to date -> {tmp_path / 'runs' / 'two'}\n")
+    assert main(["run", str(recipe), *runs]) == 0
+    assert capsys.readouterr().out.startswith("run two: 0 stage(s) ran, 2 up to date")
+
+
+def test_push_creates_the_repository_or_adds_to_one_that_exists(tiny_quickstart, capsys, monkeypatch):
+    """The hub client is replaced by one that records its calls: nothing leaves this machine."""
+    import huggingface_hub
+
+    calls = []
+
+    class Hub:
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload_folder", folder_path, repo_id))
+            return f"https://hub/{repo_id}"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    assert main(["push", "quickstart", "--runs-dir", str(tiny_quickstart), "--repo-id", "me/student", "--private"]) == 0
+    folder = str(tiny_quickstart / "quickstart" / "export" / "model")
+    assert calls == [("create_repo", "me/student", True, True), ("upload_folder", folder, "me/student")]
+    out = capsys.readouterr().out
+    assert out.startswith("pushed ") and out.rstrip().endswith("files to https://hub/me/student")
