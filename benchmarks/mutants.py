@@ -100,7 +100,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "cli": ("sdk/cli.py sdk/options_doc.py sdk/option_tables.py", f"tests/test_cli.py tests/test_recipes.py tests/test_plugins.py {OPTIONS_DOC} "
             "tests/test_serve.py::test_the_docs_show_every_serve_flag_with_its_bounds"),
     "run_context": ("sdk/stage_context.py sdk/model_refs.py sdk/failures.py sdk/distributed.py sdk/generators.py",
-                    f"{OPTIONS_DOC} tests/test_engine.py tests/test_hooks.py tests/test_served.py tests/test_two_processes.py"),
+                    f"{OPTIONS_DOC} tests/test_failures.py tests/test_engine.py tests/test_hooks.py tests/test_served.py tests/test_two_processes.py"),
     "pairs": ("plugins/pipeline/pairs_stage.py", f"{OPTIONS_DOC} tests/test_data.py tests/test_recipes.py tests/test_data_validate.py"),
     "teacher_extras": ("plugins/teacher/eval_stage.py plugins/teacher/learning_curve.py plugins/rewards/reward_model.py "
                        "plugins/rewards/reward_trainer.py plugins/rewards/bradley_terry.py",
