@@ -78,7 +78,10 @@ def test_a_gpu_that_is_not_there_fails_before_anything_is_written(tmp_path, caps
     path.write_text(yaml.safe_dump({"name": "rt", "runtime": {"device": device}, "stages": [{"uses": "pairs"}]}))
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "runtime.device" in err and "torch sees no GPU" in err, err
+    import torch
+
+    build = f"(torch {torch.__version__}, CUDA build: {torch.version.cuda if torch.version.cuda else 'none'})"
+    assert len(err.splitlines()) == 1 and "runtime.device" in err and f"torch sees no GPU {build}" in err, err
     assert not (tmp_path / "runs").exists()
 
 
@@ -136,3 +139,80 @@ def test_tiny_pipeline_trains_and_evaluates_on_the_gpu(rd_engine):
     results = rd_engine.run(recipe)
     manifest = json.loads((rd_engine.runs_dir / "gpu" / "distill" / "manifest.json").read_text())
     assert manifest["runtime"]["device"] == "cuda:0" and "dev_macro_f1" in results["distill"].metrics
+
+
+def test_the_bf16_probe_is_the_fp32_time_over_the_bf16_time(monkeypatch):
+    import torch
+
+    from reasondistill import runtime
+
+    assert runtime.matmul_seconds(torch.float32, size=16, repeats=2) > 0
+    seconds = {torch.float32: 0.002, torch.bfloat16: 0.001}
+    monkeypatch.setattr(runtime, "matmul_seconds", lambda dtype: seconds[dtype])
+    runtime.cpu_bf16_speedup.cache_clear()
+    try:
+        assert runtime.cpu_bf16_speedup() == pytest.approx(2.0)
+        runtime.cpu_bf16_speedup.cache_clear()
+        seconds[torch.bfloat16] = 0.0  # a timer too coarse to see it: very fast, never a division by zero
+        assert runtime.cpu_bf16_speedup() == pytest.approx(2e6)
+    finally:
+        runtime.cpu_bf16_speedup.cache_clear()
+
+
+@NO_CUDA
+@pytest.mark.parametrize("speedup, hint", [(2.0, True), (1.2, False)])
+def test_auto_says_when_fastest_would_take_bf16(monkeypatch, speedup, hint):
+    from reasondistill import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: speedup)
+    rt = resolve_runtime(RuntimeSpec(dtype="auto"))
+    assert rt.dtype == "float32" and ("; runtime.dtype: fastest would use it" in rt.reason) is hint
+
+
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    """Placement on a machine with 2 GPUs (counted, not used: the dtype is given)."""
+    from reasondistill import runtime
+
+    monkeypatch.setattr(runtime, "cuda_count", lambda: 2)
+
+    def device(spec="auto", local_rank=None):
+        ranks = {} if local_rank is None else {"local_rank": local_rank}
+        return resolve_runtime(RuntimeSpec(device=spec, dtype="float32"), **ranks).device
+
+    assert [device(), device(local_rank=1), device(local_rank=3)] == ["cuda:0", "cuda:1", "cuda:1"]
+    assert [device("cuda"), device("cuda", 1), device("cuda:1")] == ["cuda:0", "cuda:1", "cuda:1"]
+    with pytest.raises(Exception, match=r"'cuda:2' asked for, but only 2 GPU\(s\) are visible"):
+        device("cuda:2")
+
+
+def test_more_processes_than_cores_still_get_a_thread_each():
+    assert resolve_runtime(RuntimeSpec(device="cpu"), processes=4 * (os.cpu_count() or 1)).threads == 1
+
+
+def test_current_is_the_runs_runtime_inside_a_run_and_this_machines_outside(monkeypatch):
+    from reasondistill import runtime
+
+    monkeypatch.setattr(runtime, "_CURRENT", None)
+    outside = runtime.current()
+    assert isinstance(outside, Runtime) and runtime.current() is outside  # resolved once
+    mine = resolve_runtime(RuntimeSpec(device="cpu", dtype="bfloat16"))
+    with runtime.using(mine):
+        assert runtime.current() is mine
+    assert runtime.current() is outside
+
+
+@pytest.mark.parametrize("major", [4, 5])
+def test_a_per_query_mask_is_what_each_transformers_major_reads(monkeypatch, major):
+    """4.x BERT takes a 3-D 0/1 mask; 5.x a 4-D additive one (0 where a query may look)."""
+    import torch
+
+    from reasondistill import hf_compat
+
+    monkeypatch.setattr(hf_compat, "transformers_major", lambda: major)
+    allowed = torch.tensor([[[True, False], [True, True]]])
+    mask = hf_compat.per_query_mask(allowed, torch.float32)
+    if major == 4:
+        assert mask.tolist() == [[[1.0, 0.0], [1.0, 1.0]]]
+    else:
+        low = torch.finfo(torch.float32).min
+        assert mask.shape == (1, 1, 2, 2) and mask.tolist() == [[[[0.0, low], [0.0, 0.0]]]]
