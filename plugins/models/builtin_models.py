@@ -56,9 +56,10 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
 
 def _per_domain(cache_dir: Path, base: str, domain, build: Callable[..., Path]) -> Path:
     """A tiny model whose tokenizer is trained on ``domain``'s text: the demo domain keeps the plain
-    folder; another domain (and its ``domain_options``) gets its own."""
+    folder (options left at their defaults are no options); another domain, or the demo domain with
+    ``domain_options``, gets its own."""
     settings = domain.settings.model_dump(mode="json")
-    if domain.name == DEFAULT_DOMAIN and not settings:
+    if domain.name == DEFAULT_DOMAIN and not domain.settings.model_dump(exclude_defaults=True):
         name = base
     else:
         name = f"{base}-{domain.name}-{canonical_hash({'domain': domain.name, 'options': settings})[:8]}"

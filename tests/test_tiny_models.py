@@ -1,0 +1,65 @@
+"""The offline models the quickstart and the tests run on: where each tiny model is built (one
+folder per domain and domain options), what its tokenizer holds, the positions a source declares,
+and a tiny teacher trained on its answers only."""
+
+import json
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from reasondistill.plugins.domains.local_services import LocalServices
+from reasondistill.plugins.domains.web_search_zh import WebSearchZh
+from reasondistill.plugins.models.builtin_models import TinyCausalLM, TinyEncoder
+from reasondistill.tiny import corpus, train_encoder_tokenizer
+
+
+def test_each_domain_and_its_options_get_their_own_tiny_model(tmp_path):
+    source = TinyEncoder()
+    plain = source.materialize(tmp_path)
+    assert plain == tmp_path / "tiny-encoder-v2" and source.materialize_for(tmp_path, LocalServices()) == plain
+    chinese = source.materialize_for(tmp_path, WebSearchZh())
+    assert chinese.parent == tmp_path and chinese.name.startswith("tiny-encoder-v2-web_search_zh-")
+    tok = AutoTokenizer.from_pretrained(chinese)
+    assert tok.unk_token_id not in tok(WebSearchZh.task)["input_ids"]  # trained on the domain's own text
+    assert tok.unk_token_id in AutoTokenizer.from_pretrained(plain)(WebSearchZh.task)["input_ids"]
+    assert set(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == {plain.name, chinese.name}
+    options = source.materialize_for(tmp_path, LocalServices().configured(LocalServices.Options(queries=12)))
+    assert options.name.startswith("tiny-encoder-v2-local_services-")
+
+
+def test_a_source_declares_the_positions_its_model_has(tmp_path):
+    for source in (TinyEncoder(), TinyCausalLM()):
+        config = AutoConfig.from_pretrained(source.materialize(tmp_path))
+        assert config.max_position_embeddings == source.max_positions, source.name
+        assert config.vocab_size == len(AutoTokenizer.from_pretrained(source.materialize(tmp_path)))
+
+
+def test_the_tiny_wordpiece_holds_whole_words_then_pieces_of_them(tmp_path):
+    tok = train_encoder_tokenizer(tmp_path, vocab_size=600)
+    vocab = tok.get_vocab()
+    assert len(vocab) == 600
+    assert tok.tokenize("the service offers") == ["the", "service", "offers"]  # frequent words: one piece
+    pieces = tok.tokenize("servicedistrict")  # an unseen word: a word start, then continuations
+    assert pieces[0] != "[UNK]" and all(p.startswith("##") for p in pieces[1:]) and any(len(p) > 3 for p in pieces[1:])
+    assert tok.unk_token_id not in tok(" ".join(corpus()[:50]))["input_ids"]
+    again = train_encoder_tokenizer(tmp_path / "again", vocab_size=600).get_vocab()
+    assert again == vocab  # the same tokenizer in every process
+
+
+def test_the_tiny_teacher_learns_its_answers_not_its_prompts(tiny_teacher):
+    """Trained on answer tokens only: it writes the domain's format after a prompt, and ends."""
+    from transformers import AutoModelForCausalLM
+
+    dom = LocalServices()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher).eval()
+    rows = dom.generate(n=6, seed=3)
+    parsed = []
+    for row in rows:
+        prompt = tok.apply_chat_template(dom.messages(row), tokenize=False, add_generation_prompt=True)
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=60, do_sample=False, pad_token_id=tok.pad_token_id)
+        parsed.append(dom.parse_completion(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)))
+    assert all(p.label is not None for p in parsed), parsed
+    assert json.loads((tiny_teacher / "config.json").read_text())["max_position_embeddings"] == TinyCausalLM.max_positions
