@@ -90,7 +90,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "evaluation": ("sdk/evaluation.py sdk/training.py", "tests/test_evaluation.py tests/test_student.py tests/test_distill_trainer.py"),
     "gate": ("plugins/student/calibration.py plugins/student/ship_check.py plugins/student/gate_stage.py",
              f"{OPTIONS_DOC} tests/test_calibration.py tests/test_ship_check.py tests/test_distill_mixing.py"),
-    "student": ("plugins/student/encoder.py plugins/student/checks.py", f"{OPTIONS_DOC} tests/test_student.py tests/test_student_contract.py tests/test_student_heads.py"),
+    "student": ("plugins/student/encoder.py plugins/student/checks.py", f"{OPTIONS_DOC} tests/test_student.py tests/test_student_contract.py tests/test_student_heads.py "
+                "tests/test_recipes.py::test_a_token_budget_beyond_the_students_positions_fails_validate"),
     "active": ("plugins/annotation/active_stage.py plugins/annotation/selectors.py plugins/annotation/gold_annotator.py",
                f"{OPTIONS_DOC} tests/test_active.py"),
     "annotation_store": ("plugins/annotation/parse_health.py plugins/annotation/shards.py",

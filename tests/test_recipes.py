@@ -205,7 +205,9 @@ def test_an_option_naming_a_stage_that_is_not_earlier_fails_validate(rd_engine, 
     ("ce", {"max_length": 100000}, r"student_options\.max_length: 100000 is above the 512 positions of the student "
                                    r"model 'tiny-encoder'; at most 512"),
     ("crsd", {"max_length": 400, "reasoning_tokens": 200}, r"student_options\.reasoning_tokens: max_length 400 \+ "
-                                                           r"reasoning_tokens 200 = 600 is above the 512 positions"),
+                                                           r"reasoning_tokens 200 = 600 is above the 512 positions "
+                                                           r"of the student model 'tiny-encoder' \(the reasoning view "
+                                                           r"reads both\); at most 112"),
 ])
 def test_a_token_budget_beyond_the_students_positions_fails_validate(rd_engine, loss, student_options, message):
     from reasondistill import Recipe, step
