@@ -55,3 +55,31 @@ def test_the_fonts_of_the_cjk_extra_are_registered(tmp_path, monkeypatch):
         assert str(shipped) in {f.fname for f in font_manager.fontManager.ttflist}
     finally:
         run_report.cjk_font.cache_clear()
+
+
+def test_the_confusion_figure_writes_each_count_in_its_cell():
+    gold, pred = [0, 0, 1, 2, -1, 2], [0, 1, 1, 2, 0, 3]  # no gold label (-1) and an unknown label: left out
+    assert run_report.confusion_counts(gold, pred, 3).tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    fig = run_report.confusion_figure(gold, pred, ["a", "b", "c"], "t")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1", "1", "0", "0", "1", "0", "0", "0", "1"]
+    run_report._plt().close(fig)
+
+
+def test_loss_curves_draw_each_term_and_bars_fill_a_missing_key_with_zero(tmp_path):
+    history = [{"step": 1, "loss": 1.0, "loss_ce": 0.5, "lr": 0.1}, {"step": 2, "loss": 0.8}]
+    fig = run_report.loss_figure(history, "t")
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].lines}
+    assert lines == {"loss": ([1, 2], [1.0, 0.8]), "loss_ce": ([1], [0.5])}
+    run_report._plt().close(fig)
+    fig = run_report.bars_figure({"before": {"x": 1.0, "y": 2.0}, "after": {"x": 3.0}}, "t", log=True)
+    heights = [[bar.get_height() for bar in c] for c in fig.axes[0].containers]
+    assert heights == [[1.0, 2.0], [3.0, 0.0]] and fig.axes[0].get_yscale() == "log"
+    run_report._plt().close(fig)
+    assert not run_report.loss_png([{"step": 1, "lr": 0.1}], "t", tmp_path / "l.png") and not (tmp_path / "l.png").exists()
+    assert not run_report.bars_png({"a": {}}, "t", tmp_path / "b.png") and not (tmp_path / "b.png").exists()
+    assert run_report.loss_png(history, "t", tmp_path / "l.png") and (tmp_path / "l.png").stat().st_size > 1000
+
+
+def test_teacher_confusion_names_the_runs_domain_labels(tmp_path):
+    assert run_report._labels(tmp_path, "web_search_zh") == LABELS
+    assert run_report._labels(tmp_path, "no_such_domain") == ["0", "1", "2"]

@@ -63,3 +63,34 @@ def test_the_report_is_rewritten_after_every_stage_through_the_plugin_manager(rd
     report = (run / "report.md").read_text()
     assert report.startswith("# Run `run`") and re.search(r"gold +\| pairs \| complete", report)
     assert "![metrics](plots/metrics.png)" in report and (run / "plots" / "metrics.png").stat().st_size > 1000
+
+
+def test_the_report_has_a_section_for_each_stage_file_and_warns_on_a_class_never_predicted(tmp_path):
+    from datasets import Dataset
+
+    from reasondistill.plugins.pipeline.run_report import write_report
+
+    run = make_run(tmp_path, {
+        "ann": ("annotate", {"pairs": 4, "pairs_per_s": 4.0}),
+        "student": ("distill", {"dev_macro_f1": 0.4, "latency_ms_student": 2.0}),
+        "dpo": ("preference", {"before_reward_format": 0.5, "after_reward_format": 0.9})}, unfinished=())
+    Dataset.from_list([{"gold_label": g, "label": p} for g, p in ((0, 0), (1, 2), (2, 2))]).save_to_disk(
+        str(run / "ann" / "dev_annotations"))
+    (run / "student" / "loss_history.json").write_text(json.dumps([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.7}]))
+    (run / "student" / "dev_predictions.json").write_text(json.dumps(
+        {"gold": [0, 1, 2], "pred": [0, 0, 1], "labels": ["irrelevant", "partly relevant", "relevant"]}))
+    write_manifest(run / "student", {"uses": "distill", "metrics": {"dev_macro_f1": 0.4, "latency_ms_student": 2.0},
+                                     "timings": {"seconds": 1.0},
+                                     "outputs": {"dev_predictions": {"path": "dev_predictions.json"}}})
+    report = write_report(run).read_text()
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert sections == ["## Metrics per stage", "## Every metric", "## ann: teacher confusion (dev)", "## student: loss",
+                        "## student: student confusion (dev)", "## dpo: reward dimensions before/after DPO",
+                        "## Teacher vs student latency"]
+    assert all((run / "plots" / name).exists() for name in ("ann_teacher_confusion.png", "student_loss.png",
+                                                            "student_confusion.png", "dpo_rewards.png", "latency.png"))
+    assert ("**warning: student: the student never predicts 'relevant' on the 3 dev pairs (1 of them are "
+            "'relevant'): its F1 for it is 0**") in report
+    # one latency alone is no comparison
+    write_manifest(run / "ann", {"uses": "annotate", "metrics": {"pairs": 4}, "timings": {"seconds": 1.0}, "outputs": {}})
+    assert "## Teacher vs student latency" not in write_report(run).read_text()

@@ -70,19 +70,45 @@ def confusion_png(gold, pred, labels, title: str, path: Path) -> str | None:
     """Write the confusion matrix; returns the label note :func:`plot_labels` made, if any."""
     labels, note = plot_labels(labels)
     with _font_context():
-        _confusion_png(gold, pred, labels, title, path)
+        _save(confusion_figure(gold, pred, labels, title), path)
     return note
 
 
-def _confusion_png(gold, pred, labels, title: str, path: Path) -> None:
+def loss_png(history: list[dict], title: str, path: Path) -> bool:
+    """Write the loss curves; False (nothing written) when the history has no loss."""
+    fig = loss_figure(history, title)
+    return fig is not None and _save(fig, path)
+
+
+def bars_png(groups: dict[str, dict[str, float]], title: str, path: Path, log: bool = False) -> bool:
+    """Write grouped bars; False (nothing written) when there is no value to draw."""
+    fig = bars_figure(groups, title, log)
+    return fig is not None and _save(fig, path)
+
+
+def _save(fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)  # pragma: no mutate
+    _plt().close(fig)
+    return True
+
+
+def confusion_counts(gold, pred, k: int):
+    """``[gold, predicted]`` counts; a label outside ``0..k-1`` (-1: no gold label) is left out."""
     import numpy as np
 
-    plt = _plt()
-    k = len(labels)
     m = np.zeros((k, k), dtype=int)
     for g, p in zip(gold, pred):
         if 0 <= g < k and 0 <= p < k:
             m[g, p] += 1
+    return m
+
+
+def confusion_figure(gold, pred, labels, title: str):
+    """The confusion matrix, each cell's count written in it."""
+    plt = _plt()
+    k = len(labels)
+    m = confusion_counts(gold, pred, k)
     fig, ax = plt.subplots(figsize=(4, 3.6))  # pragma: no mutate
     ax.imshow(m, cmap="Blues")
     for i in range(k):
@@ -93,16 +119,15 @@ def _confusion_png(gold, pred, labels, title: str, path: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=9)  # pragma: no mutate
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)  # pragma: no mutate
-    plt.close(fig)
+    return fig
 
 
-def loss_png(history: list[dict], title: str, path: Path) -> bool:
+def loss_figure(history: list[dict], title: str):
+    """One line per loss term (``loss``, ``loss_*``) against the step, or None without any."""
     plt = _plt()
     keys = sorted({k for h in history for k in h if k == "loss" or k.startswith("loss_")})
     if not keys:
-        return False
+        return None
     fig, ax = plt.subplots(figsize=(5, 3))  # pragma: no mutate
     for key in keys:
         pts = [(h["step"], h[key]) for h in history if key in h]
@@ -110,19 +135,17 @@ def loss_png(history: list[dict], title: str, path: Path) -> bool:
     ax.set_xlabel("step")
     ax.set_title(title, fontsize=9)  # pragma: no mutate
     ax.legend(fontsize=7)  # pragma: no mutate
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)  # pragma: no mutate
-    plt.close(fig)
-    return True
+    return fig
 
 
-def bars_png(groups: dict[str, dict[str, float]], title: str, path: Path, log: bool = False) -> bool:
+def bars_figure(groups: dict[str, dict[str, float]], title: str, log: bool = False):
+    """One bar per key and group (a key a group lacks is 0), or None without any key."""
     import numpy as np
 
     plt = _plt()
     keys = sorted({k for g in groups.values() for k in g})
     if not keys:
-        return False
+        return None
     fig, ax = plt.subplots(figsize=(max(4, len(keys) * 0.9), 3))  # pragma: no mutate
     width = 0.8 / max(1, len(groups))  # pragma: no mutate
     for i, (name, values) in enumerate(groups.items()):
@@ -132,10 +155,7 @@ def bars_png(groups: dict[str, dict[str, float]], title: str, path: Path, log: b
     ax.legend(fontsize=7)  # pragma: no mutate
     if log:
         ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)  # pragma: no mutate
-    plt.close(fig)
-    return True
+    return fig
 
 
 def write_report(run_dir: Path) -> Path:
