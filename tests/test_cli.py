@@ -3,6 +3,8 @@ print; the commands' work is tested where it is done."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -110,3 +112,51 @@ def test_push_creates_the_repository_or_adds_to_one_that_exists(tiny_quickstart,
     assert calls == [("create_repo", "me/student", True, True), ("upload_folder", folder, "me/student")]
     out = capsys.readouterr().out
     assert out.startswith("pushed ") and out.rstrip().endswith("files to https://hub/me/student")
+
+
+def test_serve_help_shows_a_default_only_where_there_is_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 64)" in text and "(default None)" not in text and "(default [])" not in text
+    assert "(default: all cores)" in text  # a description that says its default keeps its own words
+
+
+def test_validate_dry_calls_every_plugin_only_when_deep(tmp_path, capsys):
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text("name: one\nstages:\n  - uses: pairs\n    options: {n: 60}\n")
+    assert main(["validate", str(recipe)]) == 0
+    assert capsys.readouterr().out.strip() == "one: valid (1 stages: pairs)"
+    assert main(["validate", str(recipe), "--deep"]) == 0
+    assert re.fullmatch(r"one: valid \(1 stages: pairs\); every plugin dry-called on \d+ rows", capsys.readouterr().out.strip())
+
+
+def test_recipes_shows_the_first_line_of_a_longer_description(tmp_path, capsys, monkeypatch):
+    from reasondistill import cli
+
+    path = tmp_path / "long.yaml"
+    path.write_text("name: long\ndescription: |\n  First line.\n  Second line.\nstages: []\n")
+    monkeypatch.setattr(cli, "builtin_recipes", lambda: {"long": path})
+    assert main(["recipes"]) == 0
+    assert capsys.readouterr().out == "long           First line.\n"
+
+
+def test_the_options_reference_lists_built_in_components_unless_asked_for_all(rd_hooks, register_plugin):
+    from reasondistill import Selector, hookimpl
+    from reasondistill.options_doc import options_markdown
+
+    class Mine(Selector):
+        name = "mine"
+
+        def select(self, rows, probabilities, k, seed, options):
+            return list(range(k))
+
+    class P:
+        @hookimpl
+        def register_selectors(self, register):
+            register(Mine())
+
+    register_plugin(P(), "mine_plugin")
+    assert "### `mine`" not in options_markdown(rd_hooks.catalogue)
+    assert "### `mine`" in options_markdown(rd_hooks.catalogue, builtin_only=False)
+    assert "### `uncertainty`" in options_markdown(rd_hooks.catalogue)
