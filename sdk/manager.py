@@ -68,10 +68,7 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
                     raise pluggy.PluginValidationError(plugin, f"hook {caller.name!r} is a wrapper; reasondistill "
                                                        "calls each implementation on its own, so wrappers are not supported")
     except pluggy.PluginValidationError as exc:
-        try:
-            pm.unregister(name=name)
-        except ValueError:
-            pass
+        pm.unregister(name=name)  # pluggy >= 1.5: None, not an error, where it never got in
         raise PluginError(name, "register", str(exc)) from exc
 
 

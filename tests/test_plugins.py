@@ -290,3 +290,24 @@ def test_an_unknown_name_of_a_kind_nobody_registered_says_none_are():
 
     with pytest.raises(RecipeError, match="unknown selector 'x'; registered: none"):
         Catalogue().get("selector", "x", "stages[0].options.selector")
+
+
+@pytest.mark.parametrize("labels", [("relevant",), ("bad", "good", "bad"), ()])
+def test_a_domain_needs_two_or_more_distinct_labels(rd_hooks, labels):
+    from reasondistill import PluginError, hookimpl
+    from reasondistill.plugins.domains.local_services import LocalServices
+
+    class Few(LocalServices):
+        name = "few_labels"
+        label_descriptions = tuple("x" for _ in labels)
+
+    Few.labels = labels
+
+    class P:
+        @hookimpl
+        def register_domains(self, register):
+            register(Few())
+
+    rd_hooks.register(P(), "few")
+    with pytest.raises(PluginError, match=r"labels must be two or more distinct names, got " + __import__("re").escape(repr(labels))):
+        rd_hooks.catalogue.get("domain", "few_labels")
