@@ -114,3 +114,11 @@ def test_generator_rule_without_noise():
             assert "does not match" in why or "different kind" in why, r
         else:
             assert "related" in why or why.count("does not match") == 1, r
+
+
+def test_an_extra_column_of_mixed_types_is_named(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"query": "q1", "item": "i1", "label": 1, "price": 3}, {"query": "q2", "item": "i2", "label": 0, "price": "n/a"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"mixed\.jsonl: columns have inconsistent types"):
+        load_pairs(str(path))

@@ -135,6 +135,23 @@ def test_custom_head_round_trip_and_export(rd_engine, rd_hooks, students):
     assert component.export_onnx(folder, rd_engine.runs_dir / "own-export") == names, "exports again in place"
     # fp32 all the way differs by ~5e-7 here; weights that went through bf16 by ~2e-4
     assert np.allclose(got, np.asarray(trained["probs"][:20]), atol=2e-5), "weights rounded to bf16 on the way"
+    # a reload runs in the runtime's inference precision unless asked for the training one
+    from reasondistill.student_io import load_network
+
+    with using(dataclasses.replace(current(), inference_dtype="bfloat16")):
+        assert next(load_network(component, folder).parameters()).dtype == torch.bfloat16
+        assert next(load_network(component, folder, inference=False).parameters()).dtype == torch.float32
+    # a server's ONNX session lets idle threads sleep; a batch job's spins
+    def spinning(predictor):
+        return predictor.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(OnnxPredictor(rd_engine.runs_dir / "own-export", "fp32", spin=False)) == "0"
+    with pytest.raises(Exception):
+        spinning(own)  # not set: onnxruntime's default, spinning
+    # the card names the labels, and "none" where no gate or ship check ran
+    card = (rd_engine.runs_dir / "head" / "export" / "model" / "README.md").read_text()
+    assert "(`irrelevant`, `partly relevant`, `relevant`)" in card
+    assert "| quality gate | none |" in card and "| ship check | none |" in card
 
 
 def test_builtin_student_round_trip_writes_no_extra_file(rd_engine, rd_hooks):
