@@ -79,7 +79,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "openai_backend": ("plugins/backends/openai_backend.py plugins/backends/openai_endpoints.py plugins/backends/openai_wire.py "
                        "plugins/backends/openai_options.py", f"{OPTIONS_DOC} tests/test_served.py tests/test_served_endpoints.py"),
     "transformers_backend": ("plugins/backends/transformers_local.py", f"{OPTIONS_DOC} tests/test_annotate.py tests/test_slot_decoding.py"),
-    "runtime": ("sdk/runtime.py sdk/hf_compat.py", f"{OPTIONS_DOC} tests/test_runtime.py tests/test_student.py::test_shared_layout_standard_view_is_exact"),
+    "runtime": ("sdk/runtime.py sdk/hf_compat.py", f"{OPTIONS_DOC} tests/test_runtime.py tests/test_hf_compat.py "
+                "tests/test_student.py::test_shared_layout_standard_view_is_exact"),
     "domain": ("sdk/domain.py plugins/domains/local_services.py plugins/domains/product_search.py "
                "plugins/domains/web_search_zh.py", f"{OPTIONS_DOC} tests/test_domain.py"),
     "export": ("plugins/export/export_stage.py sdk/onnx_export.py sdk/student_package.py sdk/predictor.py sdk/student_io.py",

@@ -148,10 +148,12 @@ def test_the_bf16_probe_is_the_fp32_time_over_the_bf16_time(monkeypatch):
 
     assert runtime.matmul_seconds(torch.float32, size=16, repeats=2) > 0
     seconds = {torch.float32: 0.002, torch.bfloat16: 0.001}
-    monkeypatch.setattr(runtime, "matmul_seconds", lambda dtype: seconds[dtype])
+    timed = []
+    monkeypatch.setattr(runtime, "matmul_seconds", lambda dtype: timed.append(dtype) or seconds[dtype])
     runtime.cpu_bf16_speedup.cache_clear()
     try:
         assert runtime.cpu_bf16_speedup() == pytest.approx(2.0)
+        assert runtime.cpu_bf16_speedup() == pytest.approx(2.0) and len(timed) == 2  # measured once a process
         runtime.cpu_bf16_speedup.cache_clear()
         seconds[torch.bfloat16] = 0.0  # a timer too coarse to see it: very fast, never a division by zero
         assert runtime.cpu_bf16_speedup() == pytest.approx(2e6)
@@ -195,6 +197,7 @@ def test_current_is_the_runs_runtime_inside_a_run_and_this_machines_outside(monk
     monkeypatch.setattr(runtime, "_CURRENT", None)
     outside = runtime.current()
     assert isinstance(outside, Runtime) and runtime.current() is outside  # resolved once
+    assert outside.threads is None  # one process: torch's own thread count
     mine = resolve_runtime(RuntimeSpec(device="cpu", dtype="bfloat16"))
     with runtime.using(mine):
         assert runtime.current() is mine
