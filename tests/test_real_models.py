@@ -50,3 +50,20 @@ def test_minilm_student_trains_and_exports(rd_engine):
     results = rd_engine.run(recipe)
     assert results["distill"].metrics["steps"] == 3
     assert results["export"].metrics["agreement_fp32"] == 1.0
+
+
+def test_real_sources_declare_their_positions_and_the_converted_teacher_pads(rd_hooks):
+    """The positions a source declares are what validate holds a token budget to; the GGUF
+    conversion keeps a pad token for batched generation (the tokenizer's, else end of text)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from reasondistill.model_refs import resolve_model
+
+    for name in ("all-minilm-l6-v2", "smollm2-135m-instruct"):
+        folder = resolve_model(name, rd_hooks)
+        source = rd_hooks.catalogue.get("model", name)
+        assert AutoConfig.from_pretrained(folder).max_position_embeddings == source.max_positions, name
+    teacher = resolve_model("smollm2-135m-instruct", rd_hooks)
+    tok = AutoTokenizer.from_pretrained(teacher)
+    pad = GenerationConfig.from_pretrained(teacher).pad_token_id
+    assert pad == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id) and pad is not None
