@@ -80,6 +80,7 @@ def test_encoding_and_label_map_read_a_users_file(rd_engine, tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"encoding": "latin-9000"}, "encoding: unknown text encoding 'latin-9000'"),
     ({"label_map": {"relevant": 3}}, r"label_map: \{'relevant': 3\} outside the domain's grades 0\.\.2"),
+    ({"label_map": {"unknown": -1}}, r"label_map: \{'unknown': -1\} outside the domain's grades 0\.\.2"),
 ])
 def test_bad_encoding_or_label_map_fail_validate(rd_engine, tmp_path, options, message):
     with pytest.raises(RecipeError, match=message):
