@@ -90,6 +90,7 @@ def test_uncertainty_and_random_spend_the_same_budget_on_different_rows(rd_engin
         shares = {k.split("share_")[1]: v for k, v in m.items() if k.startswith("round1_selected_share_")}
         gold_shares = {k.split("share_")[1]: v for k, v in m.items() if k.startswith("round1_selected_gold_share_")}
         assert len(gold_shares) == 3 and gold_shares == shares and abs(sum(shares.values()) - 1) < 1e-3
+        assert m["round1_parse_rate"] == 1.0 and m["round2_parse_rate"] == 1.0  # the gold annotator always answers
     # round 1 of both stages is picked by the same round-0 student (same seed): the uncertain pick
     # is the less sure one, by the measure it ranks with
     assert res["unsure"].metrics["round0_dev_macro_f1"] == res["rand"].metrics["round0_dev_macro_f1"]
