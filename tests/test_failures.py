@@ -47,3 +47,34 @@ def test_a_backend_given_as_a_dict_is_validated_into_its_spec():
     assert isinstance(spec, BackendSpec) and spec.uses == "openai" and spec.options["base_url"] == "http://x/v1"
     assert effective_spec(recipe, None) == BackendSpec()
     assert effective_spec(SimpleNamespace(backends={"teacher": spec}), None) is spec
+
+
+def test_an_error_that_names_its_stage_keeps_the_innermost_name(rd_hooks):
+    import pytest
+
+    from reasondistill.errors import DataError
+    from reasondistill.failures import stage_failures
+
+    with pytest.raises(DataError) as exc:
+        with stage_failures("active", rd_hooks):
+            with stage_failures("active/round_1", rd_hooks):
+                raise DataError("no rows")
+    assert str(exc.value) == "stage 'active/round_1': no rows" and exc.value.stage == "active/round_1"
+
+
+def test_a_model_name_offline_must_be_registered_or_a_folder(rd_hooks, tmp_path, monkeypatch):
+    import pytest
+
+    from reasondistill.errors import ModelError
+    from reasondistill.model_refs import model_max_positions, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"model 'no-such-model' is neither a registered model \(.*tiny-encoder.*\) "
+                                         r"nor a local folder"):
+        resolve_model("no-such-model", rd_hooks)
+    assert resolve_model("my-org/my-model", rd_hooks) == "my-org/my-model"  # a hub id: transformers' cache decides
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert resolve_model("no-such-model", rd_hooks) == "no-such-model"
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 77}')
+    assert model_max_positions(str(tmp_path), rd_hooks.catalogue) == 77
+    assert model_max_positions(str(tmp_path / "absent"), rd_hooks.catalogue) is None
