@@ -106,7 +106,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "pairs": ("plugins/pipeline/pairs_stage.py", f"{OPTIONS_DOC} tests/test_data.py tests/test_recipes.py tests/test_data_validate.py"),
     "teacher_extras": ("plugins/teacher/eval_stage.py plugins/teacher/learning_curve.py plugins/rewards/reward_model.py "
                        "plugins/rewards/reward_trainer.py plugins/rewards/bradley_terry.py",
-                       f"{OPTIONS_DOC} tests/test_teacher.py tests/test_reward_model.py tests/test_learning_curve.py"),
+                       f"{OPTIONS_DOC} tests/test_teacher.py tests/test_reward_model.py tests/test_learning_curve.py "
+                       "tests/test_hooks.py::test_hook_register_generation_backends"),
     "models": ("plugins/models/builtin_models.py sdk/tiny.py sdk/testing.py", "tests/test_tiny_models.py tests/test_hooks.py tests/test_real_models.py"),
 }
 

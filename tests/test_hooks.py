@@ -237,6 +237,7 @@ def test_hook_register_generation_backends(rd_engine, register_plugin):
     assert calls[0] == (4, 1, False) and res["reasoning"].metrics["rationalized"] == 4
     assert calls[1] == (2, 2, True), "preference sampled its candidates through the backend"
     assert calls[2] == (3, 1, False) and res["teacher_eval"].metrics["teacher_parse_rate"] == 1.0
+    assert res["teacher_eval"].outputs == {"answers": "answers"}  # the answers it scored, to read
     from datasets import load_from_disk
 
     rows = load_from_disk(str(rd_engine.runs_dir / "seam" / "annotate" / "annotations")).to_list()
