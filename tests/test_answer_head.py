@@ -130,3 +130,21 @@ def test_a_head_the_hook_cannot_narrow_still_gives_trl_loss(tiny_teacher, tmp_pa
     loss, _ = loss_and_grads(ours, batch)
     expected, _ = loss_and_grads(theirs, batch)
     assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_head_is_left_alone_for_a_sequence_it_was_not_told_of(tiny_causal_lm):
+    """Inside ``head_at`` the head sees only the masked positions of the full sequence; a hidden
+    state of another length or rank (a model that slices itself) passes through whole."""
+    from transformers import AutoModelForCausalLM
+
+    from reasondistill.plugins.teacher.answer_head import head_at
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    head = model.get_output_embeddings()
+    width, vocab = head.in_features, head.out_features
+    mask = torch.tensor([[False, True, True]])  # a sequence of 4: two positions whose next token is a label
+    with torch.no_grad(), head_at(model, mask):
+        assert head(torch.randn(1, 4, width)).shape == (2, vocab)
+        assert head(torch.randn(1, 2, width)).shape == (1, 2, vocab)
+        assert head(torch.randn(4, width)).shape == (4, vocab)
+    assert head(torch.randn(1, 4, width)).shape == (1, 4, vocab)  # and whole again after
