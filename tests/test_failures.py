@@ -78,3 +78,28 @@ def test_a_model_name_offline_must_be_registered_or_a_folder(rd_hooks, tmp_path,
     (tmp_path / "config.json").write_text('{"max_position_embeddings": 77}')
     assert model_max_positions(str(tmp_path), rd_hooks.catalogue) == 77
     assert model_max_positions(str(tmp_path / "absent"), rd_hooks.catalogue) is None
+
+
+def test_endpoint_accounting_adds_processes_and_subtracts_what_came_before():
+    from reasondistill.generators import accounting_delta, accounting_sum
+
+    a = {"endpoints": {"http://a": {"requests": 3, "cost": 0.25}}, "total": {"requests": 3, "cost": 0.25}}
+    b = {"endpoints": {"http://a": {"requests": 2}, "http://b": {"requests": 5, "cost": 1.5}},
+         "total": {"requests": 7, "cost": 1.5}}
+    both = accounting_sum([a, {}, b])
+    assert both == {"endpoints": {"http://a": {"requests": 5, "cost": 0.25}, "http://b": {"requests": 5, "cost": 1.5}},
+                    "total": {"requests": 10, "cost": 1.75}}
+    assert accounting_sum([{}, {}]) == {}
+    spent = accounting_delta(a, both)
+    assert spent == {"endpoints": {"http://a": {"requests": 2}, "http://b": {"requests": 5, "cost": 1.5}},
+                     "total": {"requests": 7, "cost": 1.5}}
+
+
+def test_a_local_teacher_that_is_not_set_is_named(rd_engine):
+    import pytest
+
+    from reasondistill import Recipe, RecipeError, step
+
+    with pytest.raises(RecipeError, match=r"^stage 'teacher_eval': models\.teacher: stage 'teacher_eval' needs a "
+                                          r"teacher model; set models\.teacher$"):
+        rd_engine.run(Recipe(name="x", stages=[step("pairs", n=20), step("teacher_eval", rows=3)]))
