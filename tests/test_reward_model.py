@@ -25,3 +25,25 @@ def test_the_encoder_reads_the_segment_ids():
         expected = model.heads(encoder(input_ids=ids, attention_mask=mask, token_type_ids=segments).last_hidden_state[:, 0])
         assert torch.allclose(model(ids, mask, segments), expected, atol=1e-6)
         assert not torch.allclose(model(ids, mask), expected, atol=1e-4)  # the segments matter here
+
+
+def test_each_heads_accuracy_is_the_share_of_decided_pairs_it_orders_right(tiny_encoder):
+    from transformers import AutoModel, AutoTokenizer
+
+    from reasondistill.plugins.rewards.reward_model import pairwise_accuracy
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder)
+    torch.manual_seed(0)
+    model = MultiHeadRewardModel(AutoModel.from_pretrained(tiny_encoder), ["a", "b"])
+    texts = [("pizza near me", "Blue Door: pizza"), ("gym", "Sunny Club: gym"), ("spa", "Nail salon")]
+    encoded = [tok(q, i) for q, i in texts]
+    with torch.no_grad():  # the model's own order of each pair's sides, per head
+        scores = [model(**{k: torch.tensor([v]) for k, v in e.items()})[0] for e in encoded]
+    rows = []
+    for first, second in ((0, 1), (1, 2), (0, 2)):
+        ordered = float(torch.sign(scores[first][0] - scores[second][0]))
+        rows.append({**{f"chosen_{k}": v for k, v in encoded[first].items()},
+                     **{f"rejected_{k}": v for k, v in encoded[second].items()}, "sign": [ordered, 0.0]})
+    rows[2]["sign"][0] = -rows[2]["sign"][0]  # one of three pairs the head orders the other way
+    assert pairwise_accuracy(model, tok, rows, ["a", "b"]) == {"a": 0.6667}  # head b: no decided pair
+    assert pairwise_accuracy(model, tok, [], ["a", "b"]) == {}
