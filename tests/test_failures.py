@@ -5,6 +5,8 @@ of its components, or a function of a plugin module), and ``one_line`` is the er
 import types
 from types import SimpleNamespace
 
+import pytest
+
 from reasondistill.failures import blame, one_line
 
 
@@ -50,8 +52,6 @@ def test_a_backend_given_as_a_dict_is_validated_into_its_spec():
 
 
 def test_an_error_that_names_its_stage_keeps_the_innermost_name(rd_hooks):
-    import pytest
-
     from reasondistill.errors import DataError
     from reasondistill.failures import stage_failures
 
@@ -63,8 +63,6 @@ def test_an_error_that_names_its_stage_keeps_the_innermost_name(rd_hooks):
 
 
 def test_a_model_name_offline_must_be_registered_or_a_folder(rd_hooks, tmp_path, monkeypatch):
-    import pytest
-
     from reasondistill.errors import ModelError
     from reasondistill.model_refs import model_max_positions, resolve_model
 
@@ -96,8 +94,6 @@ def test_endpoint_accounting_adds_processes_and_subtracts_what_came_before():
 
 
 def test_a_local_teacher_that_is_not_set_is_named(rd_engine):
-    import pytest
-
     from reasondistill import Recipe, RecipeError, step
 
     with pytest.raises(RecipeError, match=r"^stage 'teacher_eval': models\.teacher: stage 'teacher_eval' needs a "

@@ -1,6 +1,6 @@
 """The offline models the quickstart and the tests run on: where each tiny model is built (one
 folder per domain and domain options), what its tokenizer holds, the positions a source declares,
-and a tiny teacher trained on its answers only."""
+and a tiny teacher that answers in its domain's format."""
 
 import json
 
@@ -46,8 +46,8 @@ def test_the_tiny_wordpiece_holds_whole_words_then_pieces_of_them(tmp_path):
     assert again == vocab  # the same tokenizer in every process
 
 
-def test_the_tiny_teacher_learns_its_answers_not_its_prompts(tiny_teacher):
-    """Trained on answer tokens only: it writes the domain's format after a prompt, and ends."""
+def test_the_tiny_teacher_answers_in_its_domains_format(tiny_teacher):
+    """Greedy answers to unseen rows parse, each with a label."""
     from transformers import AutoModelForCausalLM
 
     dom = LocalServices()

@@ -95,9 +95,8 @@ class RewardModelOptions(Options):
 def preference_signs(chosen: dict[str, float], rejected: dict[str, float], dims: list[str]) -> list[float]:
     """Per dimension: 1.0 where the chosen answer scores higher, -1.0 lower, 0.0 tied (no
     training signal); a dimension a side was not scored on counts as 0."""
-    def score(scores, d):
-        return scores.get(d) or 0
-    return [float(score(chosen, d) > score(rejected, d)) - float(score(chosen, d) < score(rejected, d)) for d in dims]
+    pairs = ((chosen.get(d) or 0, rejected.get(d) or 0) for d in dims)
+    return [float((c > r) - (c < r)) for c, r in pairs]
 
 
 class RewardModelStage(Stage):
