@@ -8,6 +8,7 @@ other stage runs on the main process while the others wait. On CPU the process g
 
 from __future__ import annotations
 
+import atexit
 import os
 from functools import lru_cache
 from typing import Any, Callable, TypeVar
@@ -23,7 +24,25 @@ def state() -> Any | None:
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    made = PartialState(cpu=not torch.cuda.is_available())
+    atexit.register(close)
+    return made
+
+
+def close() -> None:
+    """Tear this rank's process group down before the interpreter does.
+
+    Left to interpreter exit, torch destroys the group's threads during finalization, and under
+    load a rank that had written all its outputs aborted there ("terminate called without an
+    active exception", exit -6), failing the launch. Registered at exit by ``state``; safe to call
+    twice. No barrier: a rank that failed must not wait for one that is still working.
+    """
+    if state.cache_info().currsize == 0 or state() is None:
+        return
+    import torch.distributed as tdist
+
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def rank() -> int:

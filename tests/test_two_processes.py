@@ -141,3 +141,23 @@ def test_two_processes_with_the_same_global_batch_train_as_one(tmp_path):
             assert abs(m1["metrics"]["dev_macro_f1"] - m2["metrics"]["dev_macro_f1"]) <= 1e-6, stage
         files = [sorted(p.relative_to(r / stage).as_posix() for p in (r / stage).rglob("*")) for r in (r1, r2)]
         assert files[0] == files[1], stage
+
+
+CLOSES = """
+import atexit, torch.distributed as tdist
+atexit.register(lambda: print(f"rank {tdist.get_rank() if tdist.is_initialized() else '-'} open at exit: {tdist.is_initialized()}", flush=True))
+from reasondistill import distributed
+assert distributed.all_gather(distributed.rank()) == [0, 1]
+"""
+
+
+def test_every_rank_closes_its_process_group_before_the_interpreter_exits(tmp_path):
+    """(A rank that had written its outputs aborted at exit under load, while torch tore the
+    group's threads down in finalization.) ``state`` registers ``close`` at exit, so the group is
+    gone before the handlers registered earlier run."""
+    script = tmp_path / "closes.py"
+    script.write_text(CLOSES)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)]
+    out = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("open at exit: False") == 2, out.stdout
