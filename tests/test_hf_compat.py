@@ -30,6 +30,15 @@ def test_length_grouping_and_checkpointing_reach_the_trainer(tmp_path, on):
             or getattr(checkpointed, "gradient_checkpointing", False)) is on
 
 
+def test_the_checkpointing_name_is_the_one_this_transformers_does_not_deprecate(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args(tmp_path, **hf_compat.checkpointing_arg(True))
+    assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_a_warmup_ratio_reaches_the_trainer_as_a_ratio(tmp_path):
     warm = args(tmp_path, **hf_compat.warmup_arg(0.1))
     assert getattr(warm, "warmup_ratio", None) == 0.1 or warm.warmup_steps == 0.1

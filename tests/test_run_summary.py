@@ -7,7 +7,7 @@ import re
 from types import SimpleNamespace
 
 from reasondistill.plugins.pipeline import lifecycle_log
-from reasondistill.run_summary import run_json, run_table, warning_lines
+from reasondistill.run_summary import run_json, run_stages, run_table, warning_lines
 from reasondistill.runstore import write_manifest
 
 
@@ -47,6 +47,26 @@ def test_teacher_warnings_are_for_annotating_stages_only(tmp_path):
         "warning: ann: label probabilities for 62% of the rows only (a server without logprobs): the others record none"]
 
 
+def test_a_stage_not_finished_before_others_hides_none_of_their_warnings(tmp_path):
+    run = make_run(tmp_path, {"ann": ("annotate", {"pairs": 10, "parse_rate": 0.3})}, unfinished=("first",))
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["stages"].reverse()  # the unfinished stage comes first
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    assert [name for name, _ in run_stages(run)] == ["first", "ann"]
+    assert warning_lines(run) == ["warning: ann: only 30% of the teacher's answers parsed (parse_rate)"]
+
+
+def test_unreadable_dev_predictions_give_no_warning_and_no_error(tmp_path):
+    run = make_run(tmp_path, {}, unfinished=())
+    (run / "student").mkdir()
+    (run / "student" / "dev_predictions.json").write_text("{not json")
+    write_manifest(run / "student", {"uses": "distill", "metrics": {}, "timings": {"seconds": 1.0},
+                                     "outputs": {"dev_predictions": {"path": "dev_predictions.json"}}})
+    recipe = json.loads((run / "recipe.json").read_text())
+    (run / "recipe.json").write_text(json.dumps({**recipe, "stages": [{"name": "student", "uses": "distill"}]}))
+    assert warning_lines(run) == []
+
+
 def test_the_terminal_line_says_done_or_up_to_date(capsys):
     run = SimpleNamespace(name="qs")
     metrics = {"pairs": 3, "share": 0.123456, "note": "text", **{f"m{i}": i for i in range(6)}}
@@ -63,6 +83,9 @@ def test_the_report_is_rewritten_after_every_stage_through_the_plugin_manager(rd
     report = (run / "report.md").read_text()
     assert report.startswith("# Run `run`") and re.search(r"gold +\| pairs \| complete", report)
     assert "![metrics](plots/metrics.png)" in report and (run / "plots" / "metrics.png").stat().st_size > 1000
+    # no verdict: the metrics figure right under the table, then every metric, one blank line apart
+    assert "```\n\n## Metrics per stage\n\n![metrics](plots/metrics.png)\n\n## Every metric\n" in report
+    assert "\n\n\n" not in report
 
 
 def test_the_report_has_a_section_for_each_stage_file_and_warns_on_a_class_never_predicted(tmp_path):
@@ -91,6 +114,10 @@ def test_the_report_has_a_section_for_each_stage_file_and_warns_on_a_class_never
                                                             "student_confusion.png", "dpo_rewards.png", "latency.png"))
     assert ("**warning: student: the student never predicts 'relevant' on the 3 dev pairs (1 of them are "
             "'relevant'): its F1 for it is 0**") in report
+    lines = report.splitlines()
+    table_end = lines.index("```", lines.index("```") + 1)  # the summary table's closing fence
+    assert lines[table_end + 1:table_end + 6] == ["", "## Metrics per stage", "", "![metrics](plots/metrics.png)", ""]
+    assert lines[table_end + 6].startswith("**warning") and "\n\n\n" not in report  # one blank after the verdicts
     # one latency alone is no comparison
     write_manifest(run / "ann", {"uses": "annotate", "metrics": {"pairs": 4}, "timings": {"seconds": 1.0}, "outputs": {}})
     assert "## Teacher vs student latency" not in write_report(run).read_text()

@@ -157,6 +157,14 @@ def test_the_bf16_probe_is_the_fp32_time_over_the_bf16_time(monkeypatch):
         runtime.cpu_bf16_speedup.cache_clear()
         seconds[torch.bfloat16] = 0.0  # a timer too coarse to see it: very fast, never a division by zero
         assert runtime.cpu_bf16_speedup() == pytest.approx(2e6)
+        runtime.cpu_bf16_speedup.cache_clear()
+
+        def no_bf16_kernels(dtype):
+            if dtype is torch.bfloat16:
+                raise RuntimeError('"addmm_impl_cpu_" not implemented for \'BFloat16\'')
+            return 0.002
+        monkeypatch.setattr(runtime, "matmul_seconds", no_bf16_kernels)
+        assert runtime.cpu_bf16_speedup() == 0.0  # as documented: never "as fast", so never bf16
     finally:
         runtime.cpu_bf16_speedup.cache_clear()
 
