@@ -47,3 +47,18 @@ def test_each_heads_accuracy_is_the_share_of_decided_pairs_it_orders_right(tiny_
     rows[2]["sign"][0] = -rows[2]["sign"][0]  # one of three pairs the head orders the other way
     assert pairwise_accuracy(model, tok, rows, ["a", "b"]) == {"a": 0.6667}  # head b: no decided pair
     assert pairwise_accuracy(model, tok, [], ["a", "b"]) == {}
+
+
+def test_both_answers_of_a_pair_are_cut_to_max_length_with_the_prompt(tiny_encoder):
+    from transformers import AutoTokenizer
+
+    from reasondistill.plugins.rewards.reward_model import encode_preferences
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder)
+    long = " ".join(["pizza open late near the park"] * 20)
+    prefs = [{"prompt": [{"role": "user", "content": "pizza near me"}], "chosen": [{"content": long}],
+              "rejected": [{"content": long + " closed"}], "chosen_scores": {"label": 1.0}, "rejected_scores": {"label": 0.0}}]
+    (row,) = encode_preferences(tok, prefs, ["label"], max_length=16)
+    assert len(row["chosen_input_ids"]) == len(row["rejected_input_ids"]) == 16
+    assert row["chosen_input_ids"][:5] == tok("pizza near me")["input_ids"][:5]  # the prompt first, kept whole
+    assert row["sign"] == [1.0] and set(row) >= {"chosen_attention_mask", "rejected_attention_mask"}

@@ -99,6 +99,19 @@ def preference_signs(chosen: dict[str, float], rejected: dict[str, float], dims:
     return [float((c > r) - (c < r)) for c, r in pairs]
 
 
+def encode_preferences(tok: Any, prefs: list[dict[str, Any]], dims: list[str], max_length: int) -> list[dict[str, Any]]:
+    """Each preference pair as the trainer's row: (prompt, answer) encoded for both answers, each cut
+    to ``max_length`` tokens, and the pair's sign per dimension (:func:`preference_signs`)."""
+    rows = []
+    for r in prefs:
+        prompt = r["prompt"][-1]["content"]
+        enc_c = tok(prompt, r["chosen"][0]["content"], truncation=True, max_length=max_length)
+        enc_r = tok(prompt, r["rejected"][0]["content"], truncation=True, max_length=max_length)
+        rows.append({**{f"chosen_{k}": v for k, v in enc_c.items()}, **{f"rejected_{k}": v for k, v in enc_r.items()},
+                     "sign": preference_signs(r["chosen_scores"], r["rejected_scores"], dims)})
+    return rows
+
+
 class RewardModelStage(Stage):
     name = "reward_model"
     description = "Train a multi-head (one Bradley-Terry head per reward dimension) reward model."
@@ -115,13 +128,7 @@ class RewardModelStage(Stage):
             raise DataError(f"{options.input}: no preference pairs with reward scores")
         encoder_path = resolve_model(options.encoder, ctx.hooks)
         tok = AutoTokenizer.from_pretrained(encoder_path)
-        rows = []
-        for r in prefs:
-            prompt = r["prompt"][-1]["content"]
-            enc_c = tok(prompt, r["chosen"][0]["content"], truncation=True, max_length=options.max_length)
-            enc_r = tok(prompt, r["rejected"][0]["content"], truncation=True, max_length=options.max_length)
-            rows.append({**{f"chosen_{k}": v for k, v in enc_c.items()}, **{f"rejected_{k}": v for k, v in enc_r.items()},
-                         "sign": preference_signs(r["chosen_scores"], r["rejected_scores"], dims)})
+        rows = encode_preferences(tok, prefs, dims, options.max_length)
         cut = max(1, int(len(rows) * (1 - options.heldout_fraction))) if len(rows) > 1 else len(rows)
         train, held = rows[:cut], rows[cut:]
         torch.manual_seed(ctx.seed)
