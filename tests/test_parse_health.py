@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from reasondistill import DataError, Recipe, step
-from reasondistill.plugins.annotation.parse_health import ParseHealthOptions, ParseMonitor
+from reasondistill.plugins.annotation.parse_health import ParseHealthOptions, ParseMonitor, likely_cause
 
 ANNOTATOR = {"max_new_tokens": 8, "batch_size": 8, "retries": 0}
 
@@ -49,6 +49,13 @@ def test_the_threshold_is_inclusive_and_zero_turns_it_off():
     off = ParseMonitor("annotate", ParseHealthOptions(min_parse_rate=0))
     off.add([False] * 5)
     off.check()
+
+
+def test_the_budget_is_blamed_when_at_least_half_the_unparsed_answers_used_it_all():
+    assert likely_cause([8, 8, 3, 5], budget=8).startswith("50% of the unparsed answers used the whole token budget "
+                                                           "(max_new_tokens 8): raise it")
+    for tokens, budget in (([8, 3, 5], 8), ([2, 3], 8), ([8, 8], None), ([], 8)):
+        assert likely_cause(tokens, budget).startswith("the answers end without a label line"), (tokens, budget)
 
 
 def test_teacher_eval_stops_and_keeps_its_answers(rd_engine):
