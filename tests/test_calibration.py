@@ -25,6 +25,18 @@ def test_offsets_recover_a_class_the_argmax_never_picks():
     assert best == pytest.approx(macro_f1(gold, (logits + offsets).argmax(-1), 3)) and best > 0.9
 
 
+def test_a_class_more_than_four_logits_down_stays_off():
+    """The grid ends at +-4 (``GRID``): past that an offset turns a class on or off wholesale."""
+    gold = np.repeat([0, 1], 20)
+    logits = np.zeros((40, 2))
+    logits[gold == 1, 1] = -4.5  # 4.6 would recover class 1 exactly; the grid stops at 4
+    logits[gold == 0, 1] = -9.0
+    offsets, best = fit_offsets(logits, gold)
+    assert list(offsets) == [0.0, 0.0] and best == pytest.approx(macro_f1(gold, np.zeros(40, int), 2))
+    logits[gold == 1, 1] = -3.5  # within the grid: found
+    assert fit_offsets(logits, gold)[0][1] == pytest.approx(3.6)
+
+
 def test_a_balanced_student_keeps_zero_offsets_and_the_halves_split_dev():
     gold = np.repeat([0, 1, 2], 10)
     logits = np.eye(3)[gold] * 3.0
@@ -90,6 +102,8 @@ def test_calibrated_student_ships_the_calibrated_labels_through_every_path(rd_en
     assert m["calibration_heldout_macro_f1_after"] != m["calibration_heldout_macro_f1_before"]
     assert {f"calibration_heldout_f1_{n.replace(' ', '_')}_{w}" for n in LocalServices.labels
             for w in ("before", "after")} <= set(m)
+    scores = {k: v for k, v in m.items() if k.startswith("calibration_") and isinstance(v, float)}
+    assert len(scores) == 9 and all(round(v, 5) == v for v in scores.values()), scores  # 5 decimals, as recorded
     # the saved folder predicts the calibrated labels: its held-out macro-F1 is the reported "after"
     run = rd_engine.runs_dir / "calibrated"
     from datasets import load_from_disk

@@ -25,6 +25,18 @@ def gated_recipe(path, on_fail: str) -> Recipe:
         step("export", inputs={"student": "gated"}, agreement_rows=20)])
 
 
+def test_the_check_says_why_it_was_skipped(tmp_path):
+    from types import SimpleNamespace
+
+    from reasondistill.plugins.student.ship_check import ship_check
+
+    with_dev, without_dev = SimpleNamespace(has_input=lambda name: True), SimpleNamespace(has_input=lambda name: False)
+    assert ship_check(with_dev, {"on_fail": "warn"}, tmp_path, "gated", False) == {
+        "ship_check": "skipped: the gate has no reference student"}
+    assert ship_check(without_dev, {"reference": "reference.student"}, tmp_path, "gated", False) == {
+        "ship_check": "skipped: no dev split"}
+
+
 @pytest.fixture
 def pairs_file(tmp_path):
     from reasondistill.plugins.domains.local_services import generate_pairs
