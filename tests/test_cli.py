@@ -79,6 +79,9 @@ def test_serve_flags_given_override_the_defaults_and_a_bad_one_is_named():
     assert serve_options(build_parser().parse_args(["serve", "pkg"])) == ServeOptions()
     with pytest.raises(RecipeError, match="--max-batch"):
         serve_options(build_parser().parse_args(["serve", "pkg", "--max-batch", "0"]))
+    with pytest.raises(RecipeError, match="^--max-batch: ") as two:  # of two bad flags, the first is named
+        serve_options(build_parser().parse_args(["serve", "pkg", "--max-batch", "0", "--max-pairs", "0"]))
+    assert "max-pairs" not in str(two.value)
 
 
 def test_run_says_how_many_stages_ran_and_how_many_were_up_to_date(tmp_path, capsys):
@@ -90,6 +93,20 @@ def test_run_says_how_many_stages_ran_and_how_many_were_up_to_date(tmp_path, cap
     assert capsys.readouterr().out.startswith(f"run two: 2 stage(s) ran, 0 up to date -> {tmp_path / 'runs' / 'two'}\n")
     assert main(["run", str(recipe), *runs]) == 0
     assert capsys.readouterr().out.startswith("run two: 0 stage(s) ran, 2 up to date")
+
+
+def test_run_and_show_print_the_warnings_under_the_table(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    row = '{"query": "pizza", "item": "Blue Door: pizza", "label": 2}\n'
+    pairs.write_text(row * 3 + '{"query": "gym", "item": "Sunny Club: gym", "label": 0}\n' * 37)
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text(f"name: dup\nstages:\n  - uses: pairs\n    options: {{source: {pairs}, dev_fraction: 0.0}}\n")
+    runs = tmp_path / "runs"
+    warning = "warning: pairs: 38 training pairs repeat a (query, item) pair already seen: they weigh more in training"
+    assert main(["run", str(recipe), "--runs-dir", str(runs)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(warning)
+    assert main(["show", str(runs / "dup")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(warning)
 
 
 def test_push_creates_the_repository_or_adds_to_one_that_exists(tiny_quickstart, capsys, monkeypatch):

