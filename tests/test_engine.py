@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from reasondistill import Recipe, RecipeError, step
+from reasondistill import Recipe, RecipeError, Stage, hookimpl, step
 from reasondistill.recipe import StageSpec
 from reasondistill.runstore import MANIFEST, STATE
 
@@ -105,6 +105,7 @@ def test_manifest_records_versions_timings_and_inputs(engine):
     m = json.loads((engine.runs_dir / "count3" / "b" / MANIFEST).read_text())
     assert m["versions"]["torch"] and m["versions"]["pluggy"]
     assert m["timings"]["seconds"] >= 0
+    assert m["timings"]["ended"] == pytest.approx(m["timings"]["started"] + m["timings"]["seconds"])
     assert m["inputs"] == {"a": {"result": "a/result.txt"}}
     assert m["outputs"]["result"]["fingerprint"].startswith("sha256:")
 
@@ -172,3 +173,59 @@ def test_nested_component_options_are_typed_and_hash_and_dump_as_their_mapping(r
     assert stage_options_view(typed, catalogue) == stage_options_view(as_mappings, catalogue)
     with pytest.raises(Exception, match="mapping"):
         distill.Options(student_options=["max_length", 64])
+
+
+class StageEnds:
+    """Records what the engine tells ``on_stage_end`` implementers."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def on_stage_end(self, run, stage, result):
+        self.seen.append((run.name, stage, result.skipped))
+
+
+def test_every_stage_end_reaches_the_plugins_under_the_runs_name(engine, register_plugin):
+    ends = StageEnds()
+    register_plugin(ends, "ends")
+    engine.run(three())
+    engine.run(three(), name="again")
+    assert ends.seen == [("count3", s, False) for s in "abc"] + [("again", s, False) for s in "abc"]
+
+
+class Broken(Stage):
+    name = "broken"
+    description = "fails before it writes anything; or, with the option, in its dry call"
+
+    class Options(Stage.Options):
+        in_preflight: bool = False
+
+    def preflight(self, check, options):
+        if options.in_preflight:
+            raise ValueError("refused in the dry call")
+
+    def run(self, ctx, options):
+        raise ValueError("broken before any work")
+
+
+class BrokenPlugin:
+    @hookimpl
+    def register_stages(self, register):
+        register(Broken())
+
+
+def test_a_stage_that_fails_before_any_work_leaves_no_folder(engine, register_plugin):
+    register_plugin(BrokenPlugin(), "broken")
+    with pytest.raises(Exception, match="broken before any work"):
+        engine.run(Recipe(name="fails", stages=[step("count", name="a"), step("broken")]))
+    run = engine.runs_dir / "fails"
+    assert (run / "a" / MANIFEST).exists() and not (run / "broken").exists()
+
+
+def test_every_run_dry_calls_its_stages_before_the_first_one_runs(engine, register_plugin):
+    """``Engine``'s default: the preflight is on, so a stage refused in its dry call costs no earlier stage's work."""
+    register_plugin(BrokenPlugin(), "broken")
+    with pytest.raises(Exception, match="refused in the dry call"):
+        engine.run(Recipe(name="dry", stages=[step("count", name="a"), step("broken", in_preflight=True)]))
+    assert CALLS["a"] == 0 and not (engine.runs_dir / "dry").exists()

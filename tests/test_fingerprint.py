@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from reasondistill.fingerprint import canonical_hash, file_sha256, fingerprint, write_atomic, write_json_atomic
+from reasondistill.fingerprint import canonical_hash, file_sha256, fingerprint, portable_ref, write_atomic, write_json_atomic
 
 
 def test_file_fingerprint_is_the_sha256_of_its_bytes(tmp_path):
@@ -68,3 +68,26 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         write_atomic(path, object())  # not text: the write fails part way
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_fingerprint_of_a_model_reference_keeps_names_and_digests_folders(tmp_path, monkeypatch):
+    """``portable_ref``: what exports, model cards and served ids record for a model."""
+    assert portable_ref("") == "" and portable_ref(None) is None
+    assert portable_ref("tiny-encoder") == "tiny-encoder"
+    assert portable_ref("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    folder = tmp_path / "models" / "my-model"
+    folder.mkdir(parents=True)
+    assert portable_ref(str(folder)) == "my-model"  # a folder with neither file: its name
+    (folder / "config.json").write_text("{}")
+    config = hashlib.sha256(b"{}").hexdigest()[:12]
+    assert portable_ref(str(folder)) == f"my-model@{config}"
+    (folder / "model.safetensors").write_bytes(b"weights")
+    both = f"my-model@{config}+{hashlib.sha256(b'weights').hexdigest()[:12]}"
+    assert portable_ref(str(folder)) == both
+    (folder / "config.json").write_text('{"a": 1}')
+    assert portable_ref(str(folder)) != both  # the content, not the place
+    monkeypatch.chdir(tmp_path)
+    assert portable_ref("models/my-model").startswith("my-model@")  # a relative folder that exists
+    monkeypatch.chdir(tmp_path / "models")
+    assert portable_ref("my-model") == "my-model"  # no separator: a name, even where a folder has it
+    assert portable_ref(str(folder / "config.json")) == "config.json"  # a file: its name, no digest

@@ -184,20 +184,6 @@ def test_artifacts_name_models_portably(rd_engine, tiny_encoder):
         assert str(tiny_encoder) not in text and str(rd_engine.runs_dir) not in text, name
 
 
-def test_portable_ref_keeps_names_and_digests_folders(tmp_path):
-    from reasondistill.fingerprint import portable_ref
-
-    assert portable_ref("tiny-encoder") == "tiny-encoder"
-    assert portable_ref("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
-    folder = tmp_path / "my-model"
-    folder.mkdir()
-    assert portable_ref(str(folder)) == "my-model"
-    (folder / "config.json").write_text("{}")
-    first = portable_ref(str(folder))
-    (folder / "config.json").write_text('{"a": 1}')
-    assert first.startswith("my-model@") and portable_ref(str(folder)) != first  # the content, not the place
-
-
 def test_the_round_trip_error_counts_every_changed_label_but_near_ties(tmp_path):
     """A label that moves to a lower class counts like one that moves up; a row the trained network
     had on a near-tie does not count."""
