@@ -73,6 +73,11 @@ def label_first_tokens(tokenizer: Any, labels: Sequence[str]) -> list[set[int]]:
     return [s - shared for s in out]
 
 
+def label_agreement(fast: Sequence[int], exact: Sequence[int]) -> float:
+    """The share of rows whose label is the same in both lists (the bf16 check's measure)."""
+    return sum(a == b for a, b in zip(fast, exact)) / len(exact)
+
+
 class TeacherGenerator:
     """Generates completions for chat prompts in length-bucketed, left-padded batches."""
 
@@ -131,7 +136,7 @@ class TeacherGenerator:
         except (OSError, ValueError):  # a model handed in, not loadable by its label: nothing to compare with
             return None
         exact = [parse(o[0].text).label for o in self.generate(messages)]
-        agreement = sum(a == b for a, b in zip(fast, exact)) / len(exact)
+        agreement = label_agreement(fast, exact)
         keep = agreement >= min_agreement
         if keep:
             self.model = bf16_model

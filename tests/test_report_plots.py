@@ -58,7 +58,7 @@ def test_the_fonts_of_the_cjk_extra_are_registered(tmp_path, monkeypatch):
 
 
 def test_the_confusion_figure_writes_each_count_in_its_cell():
-    gold, pred = [0, 0, 1, 2, -1, 2], [0, 1, 1, 2, 0, 3]  # no gold label (-1) and an unknown label: left out
+    gold, pred = [0, 0, 1, 2, -1, 2, 2], [0, 1, 1, 2, 0, 3, 4]  # no gold label (-1) and unknown labels: left out
     assert run_report.confusion_counts(gold, pred, 3).tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     fig = run_report.confusion_figure(gold, pred, ["a", "b", "c"], "t")
     assert [t.get_text() for t in fig.axes[0].texts] == ["1", "1", "0", "0", "1", "0", "0", "0", "1"]

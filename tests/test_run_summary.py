@@ -37,6 +37,11 @@ def test_show_table_pads_every_column_and_marks_unfinished_stages(tmp_path):
         "distill": {"status": "not finished"}}
 
 
+def test_the_full_table_shows_numbers_only(tmp_path):
+    run = make_run(tmp_path, {"gold": ("pairs", {"pairs": 120, "ok": True, "note": "text", "share": 0.25})}, unfinished=())
+    assert run_table(run, full=True).splitlines()[2].endswith("| pairs=120, share=0.25")
+
+
 def test_teacher_warnings_are_for_annotating_stages_only(tmp_path):
     shares = {"pairs": 40, "share_irrelevant": 0.0, "share_partly_relevant": 0.5, "share_relevant": 0.5,
               "label_probs_share": 0.625}

@@ -93,6 +93,31 @@ def test_top_p_keeps_only_the_nucleus(lm):
     assert [r.tokens for r in _decoder(tok, model, 3).run(prefix, suffixes, True, 1.5, 1.0, 1)] != greedy
 
 
+def test_sampling_at_temperature_zero_is_greedy(lm):
+    tok, model, enc = lm
+    prefix = shared_prefix(enc)
+    suffixes = [ids[len(prefix):] for ids in enc[:6]]
+    greedy = [r.tokens for r in _decoder(tok, model, 3).run(prefix, suffixes)]
+    assert [r.tokens for r in _decoder(tok, model, 3).run(prefix, suffixes, True, 0.0, 1.0, 1)] == greedy
+
+
+def test_label_probabilities_come_only_from_the_step_at_the_label(lm):
+    tok, model, enc = lm
+    prefix = shared_prefix(enc)
+    suffixes = [ids[len(prefix):] for ids in enc[:4]]
+    steps = []
+
+    def decoder(at_label):
+        return SlotDecoder(model, {tok.eos_token_id, tok.pad_token_id}, tok.pad_token_id, 2, MAX_NEW,
+                           step_text=lambda t: tok.decode(t[-12:], skip_special_tokens=True), is_stop=lambda text: False,
+                           at_label=at_label, label_probs=lambda logits: steps.append(1) or [float(len(steps))])
+
+    assert [r.label_probs for r in decoder(lambda text: False).run(prefix, suffixes)] == [None] * 4  # no label written
+    steps.clear()
+    rows = decoder(lambda text: True).run(prefix, suffixes)  # "at the label" from the first token on
+    assert len(steps) == 4 and sorted(r.label_probs[0] for r in rows) == [1.0, 2.0, 3.0, 4.0]  # once a row
+
+
 def test_no_shared_prefix(lm):
     tok, model, enc = lm
     rows = _decoder(tok, model, 4).run([], enc[:5])
@@ -118,15 +143,26 @@ def test_generator_engines_agree(tiny_causal_lm):
     assert [o[0].text for o in slots.generate(messages)] == [o[0].text for o in plain.generate(messages)]
     sampled = slots.generate(messages, do_sample=True, n=2, seed=0)
     assert [len(o) for o in sampled] == [2] * 7
+    greedy = [o[0].text for o in plain.generate(messages)]
+    for engine in (slots, plain):  # sampling without a top_p keeps the whole distribution: not the greedy text
+        assert [o[0].text for o in engine.generate(messages, do_sample=True, seed=0)] != greedy
     with pytest.raises(ValueError, match="engine"):
         TeacherGenerator(str(tiny_causal_lm), dom, engine="paged")
 
 
 def test_unsupported_model_falls_back(tiny_encoder):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, T5Config, T5ForConditionalGeneration
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder)
-    assert not supports_slots(model, [5, 6, 7, 8])
+    assert not supports_slots(model, [5, 6, 7, 8])  # runs, but its logits are not next-token logits
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    assert not supports_slots(t5.eval(), [5, 6, 7, 8])  # an encoder-decoder: its forward refuses the probe
+
+
+def test_the_bf16_check_counts_the_rows_whose_label_is_the_same():
+    from reasondistill.local_decoding import label_agreement
+
+    assert label_agreement([2, 1, 0, -1], [0, 1, 2, -1]) == 0.5
 
 
 class _Progress:
