@@ -193,6 +193,9 @@ def test_each_process_takes_its_own_gpu(monkeypatch):
     assert [device("cuda"), device("cuda", 1), device("cuda:1")] == ["cuda:0", "cuda:1", "cuda:1"]
     with pytest.raises(Exception, match=r"'cuda:2' asked for, but only 2 GPU\(s\) are visible"):
         device("cuda:2")
+    for count, words in ((2, "cuda:0 (2 GPUs visible)"), (1, "cuda:0 (1 GPU visible)"), (0, "cpu (0 GPUs visible)")):
+        monkeypatch.setattr(runtime, "cuda_count", lambda count=count: count)
+        assert f"device auto -> {words}" in resolve_runtime(RuntimeSpec(dtype="float32")).reason
 
 
 def test_more_processes_than_cores_still_get_a_thread_each():
