@@ -221,5 +221,5 @@ def current() -> Runtime:
     """The run's runtime, or this machine's default outside a run (scoring, export, tests)."""
     global _CURRENT
     if _CURRENT is None:
-        _CURRENT = resolve_runtime(RuntimeSpec(), processes=1)
+        _CURRENT = resolve_runtime()
     return _CURRENT
