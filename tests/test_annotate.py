@@ -241,6 +241,8 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
     # the shards' recorded seconds: a resumed stage's speed covers the kept rows too, not the redone one
     whole = summarize(ds, LocalServices(), {"seconds_now": 0.01, "pairs_now": 1, "tokens_now": 5, "seconds_all": 2.0})
     assert whole["pairs_per_s"] == 2.0 and whole["tokens_per_s"] == 13.5
+    sevenths = summarize(ds, LocalServices(), {"seconds_now": 1.0, "pairs_now": 4, "tokens_now": 27, "seconds_all": 7.0})
+    assert sevenths["pairs_per_s"] == 0.571 and sevenths["tokens_per_s"] == 3.86  # 3 and 2 decimals
 
 
 def test_seconds_of_kept_shards_count_after_a_resume(tmp_path):
@@ -381,3 +383,58 @@ def test_one_generator_per_settings_kept_across_calls(rd_hooks, tiny_causal_lm):
     assert again is not large and again.batch_size == 8
     longer = annotator.generator(ctx, teacher, TeacherAnnotatorOptions(batch_size=8, max_new_tokens=32))
     assert longer is not again and longer.max_new_tokens == 32
+
+
+def test_a_served_run_in_process_counts_failures_spend_and_shard_seconds(rd_engine, caplog, monkeypatch):
+    """The annotate stage against a fake OpenAI server in this process (the subprocess tests in
+    ``test_served.py`` check the same through the CLI, where coverage cannot see them)."""
+    import logging
+
+    from reasondistill import Recipe, step
+    from reasondistill.plugins.annotation.shards import read_seconds
+
+    from .served import FaultServer
+
+    monkeypatch.setenv("RD_TEST_KEY", "k")
+    server = FaultServer()
+    try:
+        def recipe(name, n, share):
+            return Recipe(name=name, seed=2, backends={"teacher": {"uses": "openai", "options": {
+                "model": server.model, "base_url": server.url, "api_key_env": "RD_TEST_KEY", "retries": 0}}},
+                stages=[step("pairs", n=n, dev_fraction=0.0),
+                        step("annotate", shard_size=10, max_failed_share=share, on_low_parse="warn",
+                             annotator_options={"max_new_tokens": 12, "retries": 0})])
+
+        with caplog.at_level(logging.WARNING, logger="reasondistill"):
+            started = time.time()
+            clean = rd_engine.run(recipe("clean", 20, 0.0))["annotate"].metrics
+            elapsed = time.time() - started
+        assert clean["label_probs_share"] == 1.0 and "label probabilities for" not in caplog.text
+        assert clean["teacher_requests"] == 20 and "teacher_endpoints" not in clean  # one endpoint, no failure
+        shards = rd_engine.runs_dir / "clean" / "annotate" / "annotations_shards"
+        assert all(0 < read_seconds(shards, i) <= elapsed for i in (0, 1))
+
+        pairs = generate_pairs(n=20, seed=2)
+        server.fail_queries = {pairs[3]["query"]}
+        n_fail = sum(p["query"] == pairs[3]["query"] for p in pairs)
+        failing = rd_engine.run(recipe("failing", 20, 0.5))["annotate"].metrics
+        assert failing["failed"] == n_fail and failing["teacher_failed_attempts"] == n_fail
+        assert "label probabilities for" in caplog.text  # the failed rows have none
+        from reasondistill import DataError
+
+        with pytest.raises(DataError, match="max_failed_share"):  # none may fail: the first shard stops it
+            rd_engine.run(recipe("strict", 20, 0.0))
+    finally:
+        server.close()
+
+
+def test_spend_names_the_endpoints_only_where_there_are_several_or_failures():
+    from reasondistill.plugins.annotation.annotate_stage import spend_metrics
+
+    one = {"total": {"requests": 4, "ok": 4}, "endpoints": {"http://a": {"requests": 4, "ok": 4}}}
+    assert spend_metrics(one) == {"teacher_requests": 4, "teacher_ok": 4, "teacher_failed_attempts": 0}
+    failed = {"total": {"requests": 5, "ok": 4, "errors_http": 1}, "endpoints": {"http://a": {"requests": 5}}}
+    assert spend_metrics(failed)["teacher_endpoints"] == {"http://a": {"requests": 5}}
+    two = {"total": {"requests": 4}, "endpoints": {"http://a": {"requests": 2}, "http://b": {"requests": 2}}}
+    assert set(spend_metrics(two)["teacher_endpoints"]) == {"http://a", "http://b"}
+    assert spend_metrics({}) == {}
