@@ -37,6 +37,16 @@ def test_the_check_says_why_it_was_skipped(tmp_path):
         "ship_check": "skipped: no dev split"}
 
 
+def test_both_students_are_scored_on_the_labelled_rows_and_only_the_held_out_half_after_calibration():
+    from reasondistill.plugins.student.calibration import halves
+    from reasondistill.plugins.student.ship_check import check_rows
+
+    dev = [{"label": g, "i": i} for i, g in enumerate([0, -1, 2, 1, -1, 2, 0, 1, 1, 2])]
+    labelled = [r for r in dev if r["label"] >= 0]
+    assert check_rows(dev, calibrated=False, seed=3) == labelled
+    assert check_rows(dev, calibrated=True, seed=3) == [labelled[i] for i in halves(len(labelled), 3)[1]]
+
+
 @pytest.fixture
 def pairs_file(tmp_path):
     from reasondistill.plugins.domains.local_services import generate_pairs
