@@ -285,3 +285,45 @@ def test_transport_options_do_not_change_the_stage_hash(rd_engine):
     other = digest(model="m2")
     assert other[0] == base[0], "pairs does not generate: the teacher backend is not in its hash"
     assert other[1] != base[1]
+
+
+def test_the_key_is_scrubbed_from_every_error_the_backend_raises(monkeypatch):
+    monkeypatch.setenv("RD_TEST_KEY", "sk-never-shown")
+    server = FaultServer(key="sk-never-shown")
+    try:
+        gen = _gen(server, api_key_env="RD_TEST_KEY")
+        assert gen._scrub("proxy said: bad token sk-never-shown") == "proxy said: bad token ***"
+    finally:
+        server.close()
+
+
+def test_backoff_doubles_from_the_first_retry_and_a_retry_after_is_capped_at_ten_minutes(fault):
+    from reasondistill.plugins.backends.openai_wire import retry_after
+
+    gen = _gen(fault, backoff=0.1, max_backoff=100.0)
+    for k, base in ((1, 0.1), (2, 0.2), (4, 0.8)):  # +-50% jitter around backoff * 2**(k-1)
+        assert 0.5 * base <= gen.backoff(k) <= 1.5 * base, k
+    assert gen.backoff(1, asked=7.0) == 7.0  # a server's Retry-After asks more
+    assert retry_after("100000") == 600.0 and retry_after("600") == 600.0 and retry_after("2.5") == 2.5
+    assert retry_after("Wed, 21 Oct 2026 07:28:00 GMT") == 0.0 and retry_after(None) == 0.0
+
+
+def test_one_request_id_per_body_whatever_its_key_order():
+    from reasondistill.plugins.backends.openai_wire import request_id
+
+    assert request_id({"model": "m", "seed": 1}) == request_id({"seed": 1, "model": "m"})
+    assert request_id({"model": "m", "seed": 1}) != request_id({"model": "m", "seed": 2})
+
+
+def test_an_interrupted_generate_sends_no_more_requests(fault):
+    """A stop (here the progress bar raising, as Ctrl-C would) cancels the requests still queued."""
+    gen = _gen(fault, concurrency=1)
+
+    class Stop:
+        def update(self, n):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(_messages(12), progress=Stop())
+    time.sleep(0.3)
+    assert len(fault.requests) < 4, len(fault.requests)
