@@ -229,3 +229,13 @@ def test_every_run_dry_calls_its_stages_before_the_first_one_runs(engine, regist
     with pytest.raises(Exception, match="refused in the dry call"):
         engine.run(Recipe(name="dry", stages=[step("count", name="a"), step("broken", in_preflight=True)]))
     assert CALLS["a"] == 0 and not (engine.runs_dir / "dry").exists()
+
+
+def test_only_a_recipe_that_trusts_remote_code_is_warned_about_it(engine, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="reasondistill"):
+        engine.run(three())
+        assert "trust_remote_code" not in caplog.text
+        engine.run(three().model_copy(update={"trust_remote_code": True}), name="trusting")
+    assert "recipe count3 sets trust_remote_code: code shipped with models will run" in caplog.text
