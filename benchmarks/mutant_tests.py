@@ -12,6 +12,9 @@ tests executed each line. This command diffs the mutated file against its pristi
   body: module constants, ``def`` lines, decorators, defaults, class bodies), since any test may
   depend on it and coverage credits the import to whichever test came first; and when a line ran
   only while fixtures were set up (a module-scoped fixture is credited to its first test alone);
+- the whole slice with empty model and fixture caches when the file builds what those caches keep
+  (``builds_cached`` in the plan: the tiny fixtures, materialised models); the cached builds of the
+  pristine code would otherwise hide the mutant from every test;
 - the whole slice too when no test's context executed the line: it may have run in a subprocess
   (the CLI, a served student), which coverage does not follow; a line nothing runs survives after
   the whole slice, as it would without the selection. For the same reason, the tests of files that
@@ -25,8 +28,11 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -49,6 +55,12 @@ def function_body_lines(source: str) -> set[int]:
             body = node.body if isinstance(node.body, list) else [node.body]
             lines.update(range(body[0].lineno, node.end_lineno + 1))
     return lines
+
+
+def mutated_files(coverage_map: dict[str, dict], pristine_dir: Path) -> list[str]:
+    """The plan's files that differ from their pristine copy (the one the mutant changed)."""
+    return [file for file, by_line in coverage_map.items()
+            if Path(file).read_text(encoding="utf-8") != (pristine_dir / by_line["copy"]).read_text(encoding="utf-8")]
 
 
 def tests_to_run(coverage_map: dict[str, dict], pristine_dir: Path) -> list[str] | None:
@@ -75,10 +87,23 @@ def main() -> int:
     ``slice``: the module's tests as pytest arguments, ``files``: the coverage map by file)."""
     plan_path = Path(sys.argv[1])
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    tests = tests_to_run(plan["files"], plan_path.parent / "pristine")
+    pristine = plan_path.parent / "pristine"
+    tests = tests_to_run(plan["files"], pristine)
+    if not any(plan["files"][f].get("builds_cached") for f in mutated_files(plan["files"], pristine)):
+        return run_tests(plan, tests, None)
+    fresh = tempfile.mkdtemp(prefix="mutant-caches-")
+    try:
+        env = {**os.environ, "REASONDISTILL_FIXTURE_CACHE": f"{fresh}/fixtures", "REASONDISTILL_CACHE": f"{fresh}/models"}
+        return run_tests(plan, None, env)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def run_tests(plan: dict, tests: list[str] | None, env: dict[str, str] | None) -> int:
+    """Run ``tests`` (``None``: the whole slice), quickest first; pytest's exit code."""
     seconds = plan.get("seconds", {})  # quickest first: with -x, most mutants die in the first test
     if tests is None and not plan.get("tests"):
-        return subprocess.run(f"{plan['pytest']} {plan['slice']}", shell=True).returncode
+        return subprocess.run(f"{plan['pytest']} {plan['slice']}", shell=True, env=env).returncode
     if tests is None:
         tests = list(plan["tests"])  # the whole slice, as pytest collected it
     elif tests:
@@ -86,7 +111,7 @@ def main() -> int:
     if not tests:
         return 0
     tests.sort(key=lambda t: seconds.get(t, 1.0))
-    return subprocess.run([*plan["pytest"].split(), *tests]).returncode
+    return subprocess.run([*plan["pytest"].split(), *tests], env=env).returncode
 
 
 if __name__ == "__main__":

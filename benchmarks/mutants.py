@@ -111,6 +111,11 @@ TARGETS: dict[str, tuple[str, str]] = {
     "models": ("plugins/models/builtin_models.py sdk/tiny.py sdk/testing.py", "tests/test_tiny_models.py tests/test_hooks.py tests/test_real_models.py"),
 }
 
+#: files whose code builds what the persistent caches keep (the tiny fixtures, materialised
+#: models): a mutant there runs the whole slice with empty caches, or the cached builds of the
+#: pristine code would hide it (session 20: the models slice passed a tokenizer mutant that way)
+CACHED_BUILDERS = {"sdk/tiny.py", "sdk/testing.py", "plugins/models/builtin_models.py"}
+
 
 def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """Where the file's function annotations are: signatures (never evaluated under ``from
@@ -234,7 +239,8 @@ def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, flo
         copy = f"{i}-{source.name}"
         shutil.copyfile(source, pristine / copy)
         by_line = data.contexts_by_lineno(measured[str(source.resolve())]) if str(source.resolve()) in measured else {}
-        files[str(source)] = {"copy": copy, "lines": {str(n): sorted(ctx) for n, ctx in by_line.items()}}
+        files[str(source)] = {"copy": copy, "lines": {str(n): sorted(ctx) for n, ctx in by_line.items()},
+                              "builds_cached": path in CACHED_BUILDERS}
     plan = work / f"{name}.plan.json"
     seconds_by_test: dict[str, float] = {}  # pytest's --durations lines: "0.52s call     tests/x.py::t[a b]"
     for match in re.finditer(r"^([0-9.]+)s (?:setup|call|teardown) +(.+?)\s*$", run.stdout, re.M):

@@ -222,3 +222,37 @@ def test_a_mutant_runs_the_tests_that_executed_its_line(tmp_path):
     assert selected(source.replace("return n", "return -n")) is None
     plan[str(module)]["lines"].pop("6")
     assert selected(source.replace("raise ValueError(n)", "pass")) is None
+
+
+def test_a_mutant_in_a_builder_of_cached_models_runs_the_whole_slice_with_empty_caches(tmp_path, monkeypatch):
+    """(Session 20: a tokenizer mutant in ``sdk/tiny.py`` survived, the cached tiny models having
+    been built by the pristine code.) The caches are fresh for that mutant, and removed after it."""
+    import json as _json
+    import runpy
+    import sys
+
+    tool = runpy.run_path(str(ROOT / "benchmarks" / "mutant_tests.py"))
+    source = "def build(n):\n    return n + 1\n"
+    (tmp_path / "pristine").mkdir()
+    (tmp_path / "pristine" / "0-tiny.py").write_text(source)
+    module, out = tmp_path / "tiny.py", tmp_path / "ran.json"
+    probe = tmp_path / "probe.py"  # stands in for pytest: records the tests and the caches it was given
+    probe.write_text("import json, os, sys\n"
+                     f"open({str(out)!r}, 'w').write(json.dumps([os.environ.get('REASONDISTILL_FIXTURE_CACHE'), "
+                     "os.environ.get('REASONDISTILL_CACHE'), sys.argv[1:]]))\n")
+    plan = tmp_path / "plan.json"
+    monkeypatch.setattr(sys, "argv", ["mutant_tests.py", str(plan)])
+    monkeypatch.setenv("REASONDISTILL_FIXTURE_CACHE", "/kept/fixtures")
+    module.write_text(source.replace("n + 1", "n - 1"))
+    for builds_cached, caches, tests in ((False, "/kept/fixtures", ["t.py::a"]), (True, None, ["t.py::a", "t.py::b"])):
+        plan.write_text(_json.dumps({"pytest": f"{sys.executable} {probe}", "slice": "t.py", "tests": ["t.py::b", "t.py::a"],
+                                     "files": {str(module): {"copy": "0-tiny.py", "lines": {"2": ["t.py::a|run"]},
+                                                             "builds_cached": builds_cached}}}))
+        assert tool["main"]() == 0
+        fixtures, models, ran = _json.loads(out.read_text())
+        assert sorted(ran) == tests
+        if caches:
+            assert fixtures == caches
+        else:
+            assert "mutant-caches-" in fixtures and models.startswith(fixtures.removesuffix("fixtures"))
+            assert not Path(fixtures).parent.exists()  # removed after the mutant
