@@ -74,8 +74,9 @@ def test_serve_flags_given_override_the_defaults_and_a_bad_one_is_named():
     from reasondistill.errors import RecipeError
     from reasondistill.score_server import ServeOptions
 
-    options = serve_options(build_parser().parse_args(["serve", "pkg", "--max-batch", "8", "--max-wait-ms", "2"]))
-    assert options == ServeOptions(max_batch=8, max_wait_ms=2.0)
+    options = serve_options(build_parser().parse_args(["serve", "pkg", "--max-batch", "8", "--max-wait-ms", "2.5"]))
+    assert options == ServeOptions(max_batch=8, max_wait_ms=2.5)
+    assert build_parser().parse_args(["serve", "pkg"]).port == 8080  # as docs/cli.md and docs/serving.md show
     assert serve_options(build_parser().parse_args(["serve", "pkg"])) == ServeOptions()
     with pytest.raises(RecipeError, match="--max-batch"):
         serve_options(build_parser().parse_args(["serve", "pkg", "--max-batch", "0"]))
@@ -129,6 +130,14 @@ def test_push_creates_the_repository_or_adds_to_one_that_exists(tiny_quickstart,
     assert calls == [("create_repo", "me/student", True, True), ("upload_folder", folder, "me/student")]
     out = capsys.readouterr().out
     assert out.startswith("pushed ") and out.rstrip().endswith("files to https://hub/me/student")
+
+    class Offline(Hub):
+        def create_repo(self, repo_id, private, exist_ok):
+            raise ConnectionError("no network\n(a long traceback of the HTTP client)")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    assert main(["push", "quickstart", "--runs-dir", str(tiny_quickstart), "--repo-id", "me/student"]) == 2
+    assert capsys.readouterr().err.strip().endswith("push to me/student failed: ConnectionError: no network")
 
 
 def test_serve_help_shows_a_default_only_where_there_is_one(capsys):
