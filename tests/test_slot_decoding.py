@@ -159,6 +159,13 @@ def test_unsupported_model_falls_back(tiny_encoder):
     assert not supports_slots(t5.eval(), [5, 6, 7, 8])  # an encoder-decoder: its forward refuses the probe
 
 
+def test_a_probe_needs_three_tokens(lm):
+    """Prefix, prefill and one decode step each need a token: fewer, and no probe claims support."""
+    _, model, enc = lm
+    assert supports_slots(model, enc[0][:3])
+    assert not supports_slots(model, enc[0][:2]) and not supports_slots(model, enc[0][:1])
+
+
 def test_the_bf16_check_counts_the_rows_whose_label_is_the_same():
     from reasondistill.local_decoding import label_agreement
 
