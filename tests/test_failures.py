@@ -27,6 +27,29 @@ def test_a_function_of_a_plugin_module_is_blamed_by_module_and_function(rd_hooks
     assert blame(_raised(lambda: [][0]), rd_hooks) == (None, None)  # no plugin frame: nobody named
 
 
+def test_a_method_of_a_registered_component_is_blamed_on_the_plugin_that_registered_it(rd_hooks):
+    """The component is not the plugin object (a plugin class registers instances of others): its
+    owner is found through the catalogue."""
+    from reasondistill import Selector, hookimpl
+
+    class PickNothing(Selector):
+        name = "pick_nothing"
+        needs_probabilities = False
+
+        def select(self, rows, probabilities, k, seed, options):
+            raise ValueError("no rows to pick")
+
+    class SelectorPlugin:
+        @hookimpl
+        def register_selectors(self, register):
+            register(PickNothing())
+
+    rd_hooks.register(SelectorPlugin(), "pickers")
+    component = rd_hooks.catalogue.get("selector", "pick_nothing")
+    exc = _raised(lambda: component.select([], None, 1, 0, None))
+    assert blame(exc, rd_hooks) == ("pickers", "PickNothing.select")
+
+
 def test_a_broken_catalogue_blames_nobody():
     def broken():
         raise RuntimeError("catalogue")
