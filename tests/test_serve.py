@@ -155,7 +155,9 @@ def test_slow_client_gets_408_while_others_are_served(server):
 
 
 def test_concurrent_requests_are_micro_batched(server, dev_pairs):
-    before = httpx.get(server + "/health").json()["batches"]
+    health = httpx.get(server + "/health").json()
+    assert health["status"] == "ok" and 0 <= health["uptime_s"] < 3600  # seconds since this module's server started
+    before = health["batches"]
     results: dict[int, dict] = {}
 
     def one(i: int) -> None:
