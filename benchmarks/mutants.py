@@ -59,7 +59,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "slot_decoding": ("sdk/slot_decoding.py", "tests/test_slot_decoding.py tests/test_ml_core.py -k slot"),
     "generation": ("sdk/local_decoding.py", "tests/test_slot_decoding.py tests/test_annotate.py tests/test_ml_core.py "
                    "-k 'slot or star or stop_string or contract or engines or bf16'"),
-    "annotate": ("plugins/annotation/annotate_stage.py plugins/annotation/sharded_run.py plugins/annotation/teacher_annotator.py", f"tests/test_annotate.py tests/test_shards.py {OPTIONS_DOC}"),
+    "annotate": ("plugins/annotation/annotate_stage.py plugins/annotation/sharded_run.py plugins/annotation/teacher_annotator.py", f"tests/test_annotate.py tests/test_annotate_served.py tests/test_shards.py {OPTIONS_DOC}"),
     "distill_stage": ("plugins/student/distill_stage.py plugins/student/checks.py plugins/student/sources.py plugins/student/gate_stage.py", f"tests/test_student.py tests/test_distill_trainer.py tests/test_distill_sources.py tests/test_ml_core.py tests/test_distill_mixing.py "
                       f"{OPTIONS_DOC} tests/test_two_processes.py tests/test_recipes.py -k 'distill or saved_student "
                       "or hide_verdict or loss or options_reference or documented_ones or checkpointed_run_resumes or two_processes "
