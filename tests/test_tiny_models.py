@@ -92,7 +92,7 @@ def test_register_plugin_takes_its_plugins_out_again():
     from reasondistill.manager import Hooks
     from reasondistill.testing import register_plugin
 
-    class Scorer:
+    class NoModels:  # a third party's plugin that registers nothing
         @hookimpl
         def register_models(self, register):
             pass
@@ -100,7 +100,7 @@ def test_register_plugin_takes_its_plugins_out_again():
     hooks = Hooks()
     fixture = register_plugin.__wrapped__(hooks)
     register = next(fixture)
-    name = register(Scorer(), "third-party")
+    name = register(NoModels(), "third-party")
     assert hooks.pm.has_plugin(name)
     next(fixture, None)  # the teardown
     assert not hooks.pm.has_plugin(name)
