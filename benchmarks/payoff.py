@@ -46,8 +46,12 @@ def payoff_recipe(data: str, seed: int, args):
     by_name = {s.stage_name: s for s in study.stages}
     ref = by_name["student_gold_ce"].options
     base = {k: ref[k] for k in ("loss", "epochs", "batch_size", "learning_rate", "student_options") if k in ref}
+    base.update({k: v for k, v in (("epochs", args.epochs), ("learning_rate", args.learning_rate)) if v is not None})
     gold_ce = {**base, "train_input": "pairs"}
-    stages = [by_name["gold"], by_name["pool"]]
+    gold = by_name["gold"]
+    if args.gold is not None:
+        gold = gold.model_copy(update={"options": {**gold.options, "limit": args.gold}})
+    stages = [gold, by_name["pool"]]
     if args.teacher:
         stages += [by_name[n] for n in TEACHER_STAGES]
         ann = by_name["annotate"].options
@@ -81,7 +85,14 @@ def payoff_recipe(data: str, seed: int, args):
             stages.append(step("distill", name="student_shipped", inputs={"dev": "gold"}, **base, gate="gate.verdict",
                                sources=[{"input": "active_uncertainty_teacher.annotations"},
                                         {"input": "gold.pairs", "weight": 2.0}], calibrate="macro_f1"))
-    return study.model_copy(update={"name": f"payoff-{data}-s{seed}", "seed": seed, "stages": stages, "profiles": {}})
+    return study.model_copy(update={"name": run_name(data, seed, args), "seed": seed, "stages": stages, "profiles": {}})
+
+
+def run_name(data: str, seed: int, args) -> str:
+    """``payoff-<data>-s<seed>``, plus the students' settings where they differ from the study recipe's, so
+    a trial of other settings never replaces the default runs."""
+    tag = "".join(f"-{k}{v:g}" for k, v in (("e", args.epochs), ("lr", args.learning_rate), ("g", args.gold)) if v is not None)
+    return f"payoff-{data}-s{seed}{tag}"
 
 
 def main() -> None:
@@ -94,6 +105,9 @@ def main() -> None:
     p.add_argument("--profile", default="cpu", help="the study recipe's profile (its students' settings, the teacher's "
                    "steps): cpu, the settings of every earlier study on this machine")
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
+    p.add_argument("--gold", type=int, help="gold pairs instead of the study recipe's 2,000 (a trial: its own runs)")
+    p.add_argument("--epochs", type=int, help="the students' epochs instead of the study recipe's (a trial: its own runs)")
+    p.add_argument("--learning-rate", type=float, help="the students' learning rate instead of the study recipe's")
     p.add_argument("--arms", default="students,selection",
                    help="students (the gold-only students) and/or selection (uncertainty vs random)")
     args = p.parse_args()
@@ -190,7 +204,7 @@ def round_score(data: str, seed: int, results: dict, name: str, r: int, args) ->
     from reasondistill.predictor import render_items
     from reasondistill.student_package import student_component
 
-    run = args.runs / f"payoff-{data}-s{seed}"
+    run = args.runs / run_name(data, seed, args)
     hooks = get_hooks()
     domain = hooks.catalogue.get("domain", _domain_of(data))
     dev = [row for row in load_from_disk(str(run / "gold" / results["gold"].outputs["dev"]))
