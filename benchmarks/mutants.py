@@ -215,6 +215,13 @@ def test_environment(work: Path) -> dict[str, str]:
             "REASONDISTILL_FIXTURE_CACHE": str(cache / "fixtures"), "REASONDISTILL_CACHE": str(cache / "models")}
 
 
+def file_plan(path: str, copy: str, by_line: dict[int, list[str]]) -> dict:
+    """One mutated file's entry in the plan: its pristine copy's name, the tests that executed each
+    line, and whether it builds what the model caches keep (:data:`CACHED_BUILDERS`)."""
+    return {"copy": copy, "lines": {str(n): sorted(ctx) for n, ctx in by_line.items()},
+            "builds_cached": path in CACHED_BUILDERS}
+
+
 def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, float, str]:
     """Runs the module's slice once under coverage with a context per test and writes the plan
     ``mutant_tests.py`` reads (which tests executed each line of the module's files, and a pristine
@@ -239,8 +246,7 @@ def coverage_plan(name: str, work: Path, env: dict[str, str]) -> tuple[Path, flo
         copy = f"{i}-{source.name}"
         shutil.copyfile(source, pristine / copy)
         by_line = data.contexts_by_lineno(measured[str(source.resolve())]) if str(source.resolve()) in measured else {}
-        files[str(source)] = {"copy": copy, "lines": {str(n): sorted(ctx) for n, ctx in by_line.items()},
-                              "builds_cached": path in CACHED_BUILDERS}
+        files[str(source)] = file_plan(path, copy, by_line)
     plan = work / f"{name}.plan.json"
     seconds_by_test: dict[str, float] = {}  # pytest's --durations lines: "0.52s call     tests/x.py::t[a b]"
     for match in re.finditer(r"^([0-9.]+)s (?:setup|call|teardown) +(.+?)\s*$", run.stdout, re.M):

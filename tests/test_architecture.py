@@ -256,3 +256,15 @@ def test_a_mutant_in_a_builder_of_cached_models_runs_the_whole_slice_with_empty_
         else:
             assert "mutant-caches-" in fixtures and models.startswith(fixtures.removesuffix("fixtures"))
             assert not Path(fixtures).parent.exists()  # removed after the mutant
+
+
+def test_the_plan_marks_exactly_the_builders_of_cached_models():
+    """The other half of the test above: ``mutants.py`` writes ``builds_cached`` into the plan for
+    the files in ``CACHED_BUILDERS`` and for no other."""
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "benchmarks" / "mutants.py"))
+    assert "sdk/tiny.py" in tool["CACHED_BUILDERS"]
+    entry = tool["file_plan"]("sdk/tiny.py", "0-tiny.py", {7: {"tests/a.py::t|run", "tests/a.py::s|run"}})
+    assert entry == {"copy": "0-tiny.py", "lines": {"7": ["tests/a.py::s|run", "tests/a.py::t|run"]}, "builds_cached": True}
+    assert tool["file_plan"]("sdk/metrics.py", "1-metrics.py", {})["builds_cached"] is False
