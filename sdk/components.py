@@ -75,6 +75,12 @@ class Stage(Component):
         stage will use on ``check.rows`` (a few of the run's own rows) and raise what they get
         wrong, so the mistake is found before any stage trains. Default: nothing to call."""
 
+    def model_roles(self, recipe: Any, options: Any, catalogue: Any) -> tuple[str, ...]:
+        """The recipe's model roles (``models.<role>``) this stage loads with these options, so a
+        recipe that lacks one is refused at ``validate``, not when the stages before this one have
+        run. Default: none."""
+        return ()
+
 
 class Annotator(Component):
     """Makes a teacher label pairs with a reasoning chain (the annotations contract).
@@ -95,6 +101,12 @@ class Annotator(Component):
         teacher); an annotator that makes the teacher write gets it from
         :func:`reasondistill.generators.load_generator`.
         """
+
+    def model_roles(self, recipe: Any, options: Any, catalogue: Any) -> tuple[str, ...]:
+        """The recipe's model roles this annotator loads, checked at ``validate`` (see
+        :meth:`Stage.model_roles`). Default: none (the built-in ``teacher`` annotator names the
+        teacher where it runs here)."""
+        return ()
 
     def usage(self) -> dict[str, Any]:
         """What the annotator's teacher has spent so far (``generator_accounting``'s shape), for

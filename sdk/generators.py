@@ -185,6 +185,12 @@ def effective_spec(recipe: Any, spec: BackendSpec | dict | None) -> BackendSpec:
     return spec if isinstance(spec, BackendSpec) else BackendSpec.model_validate(spec)
 
 
+def teacher_roles(recipe: Any, spec: BackendSpec | dict | None, catalogue: Any) -> tuple[str, ...]:
+    """``("teacher",)`` where the effective backend runs the teacher here (it needs ``models.teacher``),
+    ``()`` for a served one: what :meth:`reasondistill.Stage.model_roles` returns for a stage that generates."""
+    return ("teacher",) if catalogue.get("backend", effective_spec(recipe, spec).uses, "backend").local else ()
+
+
 def load_generator(ctx: StageContext, spec: BackendSpec | dict | None = None, *, model: str | None = None,
                    trained: bool = False, batch_size: int = 16, max_new_tokens: int = 96) -> Generator:
     """The generator a stage uses.

@@ -250,6 +250,10 @@ def resolve(recipe: Recipe, catalogue: Any, source: str | None = None) -> list[R
                 earlier = ", ".join(names[:i]) or "none"
                 raise RecipeError(f"stages[{i}].options.{path}", f"{ref!r} names stage {stage_name!r}, which is not an "
                                   f"earlier stage (earlier stages: {earlier})", source)
+        for role in component.model_roles(recipe, options, catalogue):
+            if role not in recipe.models:
+                raise RecipeError(f"models.{role}", f"stage {spec.stage_name!r} ({spec.uses}) needs a {role} model; "
+                                  f"set models.{role}", source)
         out.append(ResolvedStage(spec, component, options))
     return out
 

@@ -116,9 +116,10 @@ def test_endpoint_accounting_adds_processes_and_subtracts_what_came_before():
                      "total": {"requests": 7, "cost": 1.5}}
 
 
-def test_a_local_teacher_that_is_not_set_is_named(rd_engine):
+def test_a_local_teacher_that_is_not_set_is_named_before_any_stage_runs(rd_engine):
     from reasondistill import Recipe, RecipeError, step
 
-    with pytest.raises(RecipeError, match=r"^stage 'teacher_eval': models\.teacher: stage 'teacher_eval' needs a "
+    with pytest.raises(RecipeError, match=r"^models\.teacher: stage 'teacher_eval' \(teacher_eval\) needs a "
                                           r"teacher model; set models\.teacher$"):
         rd_engine.run(Recipe(name="x", stages=[step("pairs", n=20), step("teacher_eval", rows=3)]))
+    assert not (rd_engine.runs_dir / "x").exists()  # refused at validate: the pairs stage never ran

@@ -194,11 +194,13 @@ def test_an_option_naming_a_stage_that_is_not_earlier_fails_validate(rd_engine, 
     validate error naming the option, not an error after the stages before it have run."""
     from reasondistill import RecipeError, Recipe, step
 
-    recipe = Recipe(name="refs", stages=[step("pairs", n=20), step(stage, **options), step("pairs", name="later")])
+    models = {"student": "tiny-encoder", "teacher": "tiny-causal-lm"}
+    recipe = Recipe(name="refs", models=models, stages=[step("pairs", n=20), step(stage, **options),
+                                                        step("pairs", name="later")])
     with pytest.raises(RecipeError, match=rf"stages\[1\]\.options\.{__import__('re').escape(field)}: '.*' names stage "
                                           r"'\w+', which is not an earlier stage \(earlier stages: pairs\)"):
         rd_engine.validate(recipe)
-    rd_engine.validate(Recipe(name="refs", stages=[step("pairs", n=20), step(stage)]))  # defaults name no stage
+    rd_engine.validate(Recipe(name="refs", models=models, stages=[step("pairs", n=20), step(stage)]))  # defaults: none
 
 
 @pytest.mark.parametrize("loss, student_options, message", [
@@ -272,3 +274,55 @@ def test_numeric_options_have_sane_bounds_checked_on_the_boundary(rd_engine, use
     with pytest.raises(RecipeError, match=rf"stages\[1\]\.options\.{re.escape(option)}: .*(less|greater) than or "
                                           rf"equal to {re.escape(str(limit))}"):
         rd_engine.validate(recipe(beyond))
+
+
+SERVED = {"uses": "openai", "options": {"model": "m"}}
+
+
+@pytest.mark.parametrize("uses, options, role", [
+    ("dapt", {}, "teacher"), ("sft", {}, "teacher"), ("preference", {}, "teacher"),
+    ("reasoning", {"source": "rationalize"}, "teacher"), ("teacher_eval", {}, "teacher"), ("annotate", {}, "teacher"),
+    ("distill", {"train_input": "pairs"}, "student"),
+    ("active", {"input": "pairs", "labeled": "pairs", "annotator": "gold"}, "student"),
+    ("active", {"input": "pairs", "labeled": "pairs"}, "teacher"),
+])
+def test_a_stage_needing_a_model_the_recipe_does_not_set_fails_validate(rd_engine, uses, options, role):
+    """Found at validate, naming the role and the stage, not when the stages before it have run."""
+    from reasondistill import Recipe, step
+
+    models = {"teacher": "tiny-causal-lm", "student": "tiny-encoder"}
+    recipe = Recipe(name="roles", models={k: v for k, v in models.items() if k != role},
+                    stages=[step("pairs", n=20), step(uses, **options)])
+    with pytest.raises(RecipeError, match=rf"^models\.{role}: stage '{uses}' \({uses}\) needs a {role} model; "
+                                          rf"set models\.{role}$"):
+        rd_engine.validate(recipe)
+    rd_engine.validate(recipe.model_copy(update={"models": models}))
+
+
+@pytest.mark.parametrize("uses, options", [
+    ("teacher_eval", {"backend": SERVED}), ("annotate", {"annotator_options": {"backend": SERVED}}),
+    ("annotate", {"annotator": "gold"}), ("reasoning", {"source": "rationalize", "backend": SERVED}),
+    ("reasoning", {"source": "column_then_rationalize"}),  # whether rows lack a chain is known only at run time
+    ("annotate", {"annotator": "no_model"}),  # a third party's annotator declares no role by default
+])
+def test_a_served_teacher_or_no_teacher_needs_no_models_teacher(rd_engine, register_plugin, uses, options):
+    from reasondistill import Annotator, Recipe, hookimpl, step
+
+    class NoModel(Annotator):
+        name = "no_model"
+
+        def annotate(self, ctx, pairs, teacher, options):
+            return pairs
+
+    class Plugin:
+        @hookimpl
+        def register_annotators(self, register):
+            register(NoModel())
+
+    register_plugin(Plugin(), "no-model")
+
+    rd_engine.validate(Recipe(name="roles", models={"student": "tiny-encoder"},
+                              stages=[step("pairs", n=20), step(uses, **options)]))
+    served = Recipe(name="roles", models={"student": "tiny-encoder"}, backends={"teacher": SERVED},
+                    stages=[step("pairs", n=20), step(uses, **{k: v for k, v in options.items() if k != "backend"})])
+    rd_engine.validate(served)  # the recipe's backends.teacher serves it

@@ -89,6 +89,11 @@ class ActiveStage(Stage):
         return opts.model_copy(update={"selector_options": sel, "annotator_options": ann,
                                        "distill": dist.model_dump(exclude_unset=True)})
 
+    def model_roles(self, recipe, options: ActiveOptions, catalogue) -> tuple[str, ...]:
+        """The round students start from ``models.student``; the annotator's own roles."""
+        annotator = catalogue.get("annotator", options.annotator)
+        return ("student", *annotator.model_roles(recipe, options.annotator_options, catalogue))
+
     def preflight(self, check, options: ActiveOptions) -> None:
         """The round students' dry call: the distill stage's own, with this stage's options."""
         distill = check.hooks.catalogue.get("stage", "distill")

@@ -60,6 +60,10 @@ class AnnotateStage(Stage):
         sub = validate_nested(context, "annotator", opts.annotator, opts.annotator_options, "annotator_options")
         return opts.model_copy(update={"annotator_options": sub})  # typed from here on
 
+    def model_roles(self, recipe, options: AnnotateOptions, catalogue) -> tuple[str, ...]:
+        """Its annotator's (a local teacher's; none for a served one or the gold labels)."""
+        return catalogue.get("annotator", options.annotator).model_roles(recipe, options.annotator_options, catalogue)
+
     def run(self, ctx, options: AnnotateOptions) -> StageResult:
         annotator = ctx.hooks.catalogue.get("annotator", options.annotator)
         a_opts = annotator.options(options.annotator_options)

@@ -14,6 +14,7 @@ from reasondistill.generators import (
     generator_accounting,
     generator_precision_check,
     load_generator,
+    teacher_roles,
 )
 from reasondistill.runtime import current
 
@@ -46,6 +47,10 @@ class TeacherAnnotator(Annotator):
 
     def __init__(self) -> None:
         self._cache: tuple[Any, Any] | None = None
+
+    def model_roles(self, recipe, options: TeacherAnnotatorOptions, catalogue) -> tuple[str, ...]:
+        """The teacher, where it runs here rather than on a server."""
+        return teacher_roles(recipe, options.backend, catalogue)
 
     def generator(self, ctx, teacher: str, options: TeacherAnnotatorOptions):
         """One generator per (teacher, backend, sizes), kept across the shards of a stage."""

@@ -118,6 +118,10 @@ class DistillStage(Stage):
     Options = DistillOptions
     distributed = True
 
+    def model_roles(self, recipe, options, catalogue) -> tuple[str, ...]:
+        """The student it trains starts from ``models.student``."""
+        return ("student",)
+
     def options(self, raw=None, context=None) -> DistillOptions:
         opts = DistillOptions.model_validate(raw or {}, context=context)
         student = validate_nested(context, "student", opts.student, opts.student_options, "student_options")

@@ -49,6 +49,10 @@ class DaptStage(Stage):
     Options = DaptOptions
     distributed = True
 
+    def model_roles(self, recipe, options, catalogue) -> tuple[str, ...]:
+        """It trains from ``models.teacher`` (or an earlier stage's teacher, which started from it)."""
+        return ("teacher",)
+
     def input_fingerprints(self, options: DaptOptions) -> dict[str, str]:
         try:
             return {f"text_files[{i}]": fingerprint(p) for i, p in enumerate(options.text_files)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from reasondistill import BackendSpec, Stage, StageResult, hookimpl
+from reasondistill.generators import teacher_roles
 from reasondistill.plugins.annotation.parse_health import ParseHealthOptions, ParseMonitor
 from reasondistill.plugins.teacher.evaluation import dev_rows, evaluate_teacher, preflight_rewards
 
@@ -22,6 +23,10 @@ class TeacherEvalStage(Stage):
     description = "Parse rate, accuracy, macro-F1 and mean reward per dimension of the current teacher."
     Options = TeacherEvalOptions
     generates = True
+
+    def model_roles(self, recipe, options: TeacherEvalOptions, catalogue) -> tuple[str, ...]:
+        """The teacher, where it runs here rather than on a server."""
+        return teacher_roles(recipe, options.backend, catalogue)
 
     def preflight(self, check, options: TeacherEvalOptions) -> None:
         """The reward scorers it will call, dry-called on the run's rows."""

@@ -145,6 +145,10 @@ class PreferenceStage(Stage):
     generates = True
     distributed = True
 
+    def model_roles(self, recipe, options, catalogue) -> tuple[str, ...]:
+        """It samples from and trains the local teacher, which starts from ``models.teacher``."""
+        return ("teacher",)
+
     def preflight(self, check, options: PreferenceOptions) -> None:
         """The reward scorers it will call, dry-called on the run's rows."""
         preflight_rewards(check)

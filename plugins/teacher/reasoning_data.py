@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from reasondistill import BackendSpec, Options, Stage, StageResult, hookimpl
 from reasondistill.domain import require_ability
 from reasondistill.errors import DataError
-from reasondistill.generators import load_generator
+from reasondistill.generators import load_generator, teacher_roles
 from reasondistill.recipe import OUTPUT_REF
 
 
@@ -52,6 +52,11 @@ class ReasoningDataStage(Stage):
     description = "Build reasoning SFT data from given chains, or bootstrap them STaR-style from gold labels."
     Options = ReasoningDataOptions
     generates = True
+
+    def model_roles(self, recipe, options: ReasoningDataOptions, catalogue) -> tuple[str, ...]:
+        """``rationalize`` makes the teacher write every chain; ``column_then_rationalize`` only the
+        chains the data lacks, which validate cannot know, so the stage itself asks then."""
+        return teacher_roles(recipe, options.backend, catalogue) if options.source == "rationalize" else ()
 
     def run(self, ctx, options: ReasoningDataOptions) -> StageResult:
         from datasets import Dataset

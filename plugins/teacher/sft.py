@@ -24,6 +24,10 @@ class SFTStage(Stage):
     Options = SFTOptions
     distributed = True
 
+    def model_roles(self, recipe, options, catalogue) -> tuple[str, ...]:
+        """It trains from ``models.teacher`` (or an earlier stage's teacher, which started from it)."""
+        return ("teacher",)
+
     def preflight(self, check, options: SFTOptions) -> None:
         """The reward scorers its dev evaluation will call, dry-called on the run's rows."""
         if options.eval_rows:
