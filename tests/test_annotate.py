@@ -243,6 +243,10 @@ def test_summary_counts_failures_and_leaves_out_speed_when_nothing_ran():
     assert whole["pairs_per_s"] == 2.0 and whole["tokens_per_s"] == 13.5
     sevenths = summarize(ds, LocalServices(), {"seconds_now": 1.0, "pairs_now": 4, "tokens_now": 27, "seconds_all": 7.0})
     assert sevenths["pairs_per_s"] == 0.571 and sevenths["tokens_per_s"] == 3.86  # 3 and 2 decimals
+    one = summarize(Dataset.from_list([{"label": 2, "gold_label": 2, "parse_ok": True, "first_try_ok": True,
+                                        "new_tokens": 3, "label_probs": [0.1, 0.2, 0.7]}]), LocalServices(),
+                    {"seconds_now": 0.0, "pairs_now": 0, "tokens_now": 0})
+    assert one["parse_rate"] == one["first_try_parse_rate"] == one["label_probs_share"] == one["share_relevant"] == 1.0
 
 
 def test_seconds_of_kept_shards_count_after_a_resume(tmp_path):

@@ -37,3 +37,17 @@ def test_a_shard_is_readable_text_and_needs_its_checksum(tmp_path):
     write_shard(tmp_path, 1, rows)
     (tmp_path / "shard-00001.jsonl").unlink()
     assert read_shard(tmp_path, 1) is None
+
+
+def test_the_progress_bar_shows_speed_failures_parse_rate_retries_and_cost():
+    import io
+
+    from tqdm import tqdm
+
+    from reasondistill.plugins.annotation.sharded_run import show_speed
+
+    bar = tqdm(total=10, file=io.StringIO())
+    show_speed(bar, 4.0, 10, 300, 1, 0.875, {"errors_429": 2, "errors_5xx": 1, "requests": 12, "cost": 0.123456})
+    assert bar.postfix == "cost=0.1235, failed=1, pairs_s=2.50, parsed=88%, retried=3, tok_s=75.0"  # tqdm sorts them
+    show_speed(bar, 0.0, 3, 0, 0, 1.0, {})  # no time yet: no division by zero, no served figures
+    assert bar.postfix == "failed=0, pairs_s=3000000000.00, parsed=100%, tok_s=0.0"
