@@ -183,7 +183,7 @@ def _recipe(urls, n=40, **annotate) -> Recipe:
     backend = {"uses": "openai", "options": {"model": "teacher-7b", "endpoints": [{"base_url": u} for u in urls],
                                              "retries": 2, "backoff": 0.05, "max_backoff": 0.2, "timeout": 5,
                                              "breaker_failures": 2, "probe_interval": 0.1,
-                                             "cost_per_1m_tokens": {"input": 1.0, "output": 2.0}}}
+                                             "cost_per_1m_tokens": {"input": 1.234, "output": 2.0}}}
     return Recipe(name="multi", seed=2, backends={"teacher": backend}, stages=[
         step("pairs", n=n, dev_fraction=0.0),
         step("annotate", shard_size=10, on_low_parse="warn", **{"max_failed_share": 0.0, **annotate},
@@ -214,7 +214,7 @@ def test_one_of_two_endpoints_killed_mid_run_loses_and_duplicates_nothing(rd_eng
     assert m["teacher_ok"] == 40 and m["teacher_completion_tokens"] == 15 * 40 and m["teacher_prompt_tokens"] == 400
     # every attempt the client made is an answer or a counted failure
     assert m["teacher_requests"] == m["teacher_ok"] + m["teacher_failed_attempts"]
-    assert m["teacher_cost"] == round((400 * 1.0 + 600 * 2.0) / 1e6, 6)
+    assert m["teacher_cost"] == 0.001694  # (400 x 1.234 + 600 x 2.0) / 1e6 to 6 decimals
     assert set(m["teacher_endpoints"]) == {a.url.rstrip("/"), b.url.rstrip("/")}
 
 
