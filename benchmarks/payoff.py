@@ -4,6 +4,8 @@
     python benchmarks/payoff.py --seeds 0,1,2 --teacher --crsd      # + the trained teacher's arms, CRSD students
     python benchmarks/payoff.py --data qbqtc --seeds 0 --budget 250 # one data set, one seed, a smaller budget
     python benchmarks/payoff.py --seeds 1,2 --arms students         # the gold-only students only (~8 min a seed)
+    python benchmarks/payoff.py --data qbqtc --arms students --epochs 8   # a trial of other student settings
+                                                                    # (--epochs, --learning-rate, --gold): its own runs
 
 Per data set it builds one recipe from the study recipe (``recipes/<data>.yaml``: its gold and pool
 stages and its gold-only student's options) and runs, per seed:
