@@ -84,7 +84,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "domain": ("sdk/domain.py plugins/domains/local_services.py plugins/domains/product_search.py "
                "plugins/domains/web_search_zh.py", f"{OPTIONS_DOC} tests/test_domain.py"),
     "export": ("plugins/export/export_stage.py sdk/onnx_export.py sdk/student_package.py sdk/predictor.py sdk/student_io.py",
-               f"{OPTIONS_DOC} tests/test_serve.py tests/test_student_roundtrip.py tests/test_student_contract.py tests/test_lineage.py"),
+               f"{OPTIONS_DOC} tests/test_serve.py tests/test_student_roundtrip.py tests/test_student_contract.py tests/test_lineage.py tests/test_export_stage.py"),
     "plugin_system": ("sdk/manager.py sdk/catalogue.py sdk/hookspecs.py sdk/components.py sdk/reward_scores.py",
                       "tests/test_plugins.py tests/test_hooks.py tests/test_rewards.py tests/test_student_contract.py"),
     "data": ("sdk/data.py sdk/preflight.py", "tests/test_data.py tests/test_data_validate.py tests/test_preflight.py"),

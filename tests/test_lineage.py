@@ -47,3 +47,19 @@ def test_annotations_that_cannot_be_read_name_no_teacher(run):
 
     shutil.rmtree(run / "ann" / "annotations")
     assert lineage(run, {})["teacher"] is None
+
+
+def test_the_gate_the_student_read_is_named_with_its_verdict_and_both_numbers(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    names = [("my_gate", "gate"), ("student", "distill")]
+    (run / "recipe.json").write_text(json.dumps({"name": "run", "domain": "local_services", "models": {},
+                                                 "stages": [{"name": n, "uses": u} for n, u in names]}))
+    stage(run, "my_gate", "gate", metrics={"verdict": "fallback", "teacher_macro_f1": 0.41, "reference_macro_f1": 0.45,
+                                           "pairs": 300, "verdict_line": "gate: fallback"})
+    stage(run, "student", "distill", options={"loss": "ce", "gate": "my_gate.verdict"}, metrics={"train_rows": 10})
+    assert lineage(run, {})["gate"] == {"verdict": "fallback", "teacher_macro_f1": 0.41, "reference_macro_f1": 0.45,
+                                        "pairs": 300, "line": "gate: fallback"}
+    stage(run, "student", "distill", options={"loss": "ce"}, metrics={"train_rows": 10})  # read no gate
+    assert "gate" not in lineage(run, {})
+
