@@ -59,10 +59,11 @@ def payoff_recipe(data: str, seed: int, args):
         ann = by_name["annotate"].options
         stages.append(step("annotate", inputs={"pairs": "pool", "dev": "gold"}, limit=32, dev_rows=ann.get("dev_rows", 300),
                            shard_size=32, annotator_options=ann.get("annotator_options", {})))
-    stages += [
+    students = [
         step("distill", name="student_gold_ce", inputs={"pairs": "gold", "dev": "gold"}, **gold_ce, calibrate="macro_f1"),
         step("distill", name="student_gold_ce_balanced", inputs={"pairs": "gold", "dev": "gold"}, **gold_ce,
              class_weights="balanced", calibrate="macro_f1")]
+    stages += [s for s in students if args.students == "both" or s.stage_name.endswith(f"_{args.students}")]
     if args.crsd:
         opts = {**base, "student_options": {**base["student_options"], "reasoning_tokens": 64}}
         stages.append(step("distill", name="student_gold_crsd_domain", inputs={"dev": "gold"}, **{**opts, "loss": "crsd"},
@@ -107,6 +108,8 @@ def main() -> None:
     p.add_argument("--profile", default="cpu", help="the study recipe's profile (its students' settings, the teacher's "
                    "steps): cpu, the settings of every earlier study on this machine")
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
+    p.add_argument("--students", default="both", choices=("both", "balanced"),
+                   help="balanced: only the balanced gold-only student (a trial of its settings; no CE bar)")
     p.add_argument("--gold", type=int, help="gold pairs instead of the study recipe's 2,000 (a trial: its own runs)")
     p.add_argument("--epochs", type=int, help="the students' epochs instead of the study recipe's (a trial: its own runs)")
     p.add_argument("--learning-rate", type=float, help="the students' learning rate instead of the study recipe's")
@@ -147,6 +150,8 @@ def report(data: str, results: dict, args) -> None:
             minority.append((rows[-1][0], min(f1s.values())))
     print("Gold-only students, on the held-out half of dev (the offsets were fitted on the other half)\n")
     print(table(("student", "macro-F1 per seed", "mean", "std", "per-class F1 (mean)"), rows))
+    if "student_gold_ce" not in results[seeds[0]]:
+        return
     bar = [results[s]["student_gold_ce"].metrics["calibration_heldout_macro_f1_before"] for s in seeds]
     for s_i, s in enumerate(seeds):
         best = max(results[s][n].metrics[f"calibration_heldout_macro_f1_{w}"]

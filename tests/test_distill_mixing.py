@@ -294,12 +294,13 @@ def test_gate_margin_chains_by_pair_id_and_a_domain_without_rationale(mixed_run,
     tmp, teacher, run, _ = mixed_run
     ann = load_from_disk(str(run / "annotate" / "annotations")).to_list()
     teacher_f1 = _metrics(run, "gate_ref")["teacher_macro_f1"]
+    bar = teacher_f1 - 0.0050037  # a sixth decimal that the record's 5 decimals drop
     extra = f"""  - uses: gate
     name: gate_margin
-    options: {{reference_macro_f1: {teacher_f1 - 0.005:.6f}, margin: 0.01, policy: warn}}
+    options: {{reference_macro_f1: {bar:.7f}, margin: 0.01, policy: warn}}
   - uses: gate
     name: gate_no_margin
-    options: {{reference_macro_f1: {teacher_f1 - 0.005:.6f}, policy: warn}}
+    options: {{reference_macro_f1: {bar:.7f}, policy: warn}}
   - uses: distill
     name: chained
     inputs: {{dev: gold}}
@@ -314,6 +315,7 @@ def test_gate_margin_chains_by_pair_id_and_a_domain_without_rationale(mixed_run,
         code, _ = _cli("run", str(recipe), "--runs-dir", str(tmp / "runs"))
     assert code == 0
     assert _metrics(run, "gate_margin")["verdict"] == "warn" and _metrics(run, "gate_no_margin")["verdict"] == "pass"
+    assert _metrics(run, "gate_no_margin")["reference_macro_f1"] == round(bar, 5)
     # a teacher below the bar is a warning in the log; one above it is not
     gate_lines = {r.levelname: r.getMessage() for r in caplog.records if r.getMessage().startswith("gate: ")}
     assert ": WARN," in gate_lines["WARNING"] and ": PASS," in gate_lines["INFO"], gate_lines
