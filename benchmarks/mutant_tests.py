@@ -88,9 +88,8 @@ def main() -> int:
     plan_path = Path(sys.argv[1])
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
     pristine = plan_path.parent / "pristine"
-    tests = tests_to_run(plan["files"], pristine)
     if not any(plan["files"][f].get("builds_cached") for f in mutated_files(plan["files"], pristine)):
-        return run_tests(plan, tests, None)
+        return run_tests(plan, tests_to_run(plan["files"], pristine), None)
     fresh = tempfile.mkdtemp(prefix="mutant-caches-")
     try:
         env = {**os.environ, "REASONDISTILL_FIXTURE_CACHE": f"{fresh}/fixtures", "REASONDISTILL_CACHE": f"{fresh}/models"}
