@@ -14,7 +14,9 @@ tests executed each line. This command diffs the mutated file against its pristi
   only while fixtures were set up (a module-scoped fixture is credited to its first test alone);
 - the whole slice with empty model and fixture caches when the file builds what those caches keep
   (``builds_cached`` in the plan: the tiny fixtures, materialised models); the cached builds of the
-  pristine code would otherwise hide the mutant from every test;
+  pristine code would otherwise hide the mutant from every test. An entry one class builds alone
+  (``built_apart``: the SmolLM2 conversion) starts as the pristine build unless the mutant changed
+  that class;
 - the whole slice too when no test's context executed the line: it may have run in a subprocess
   (the CLI, a served student), which coverage does not follow; a line nothing runs survives after
   the whole slice, as it would without the selection. For the same reason, the tests of files that
@@ -82,6 +84,16 @@ def tests_to_run(coverage_map: dict[str, dict], pristine_dir: Path) -> list[str]
     return sorted(selected)
 
 
+def reusable_entries(plan: dict, pristine_dir: Path) -> list[str]:
+    """The plan's ``built_apart`` cache entries whose builder has no line the mutant changed."""
+    changed: dict[str, set[int]] = {}
+    for file in mutated_files(plan["files"], pristine_dir):
+        pristine = (pristine_dir / plan["files"][file]["copy"]).read_text(encoding="utf-8")
+        changed[file] = changed_lines(pristine, Path(file).read_text(encoding="utf-8"))
+    return [entry for entry, where in plan.get("built_apart", {}).items()
+            if not any(where["lines"][0] <= n <= where["lines"][1] for n in changed.get(where["file"], ()))]
+
+
 def main() -> int:
     """``mutant_tests.py PLAN``: PLAN is the JSON ``mutants.py`` wrote (``pytest``: the command,
     ``slice``: the module's tests as pytest arguments, ``files``: the coverage map by file)."""
@@ -92,6 +104,10 @@ def main() -> int:
         return run_tests(plan, tests_to_run(plan["files"], pristine), None)
     fresh = tempfile.mkdtemp(prefix="mutant-caches-")
     try:
+        kept = os.environ.get("REASONDISTILL_CACHE")
+        for entry in reusable_entries(plan, pristine) if kept else ():
+            if (Path(kept) / entry).is_dir():
+                shutil.copytree(Path(kept) / entry, Path(fresh) / "models" / entry)
         env = {**os.environ, "REASONDISTILL_FIXTURE_CACHE": f"{fresh}/fixtures", "REASONDISTILL_CACHE": f"{fresh}/models"}
         return run_tests(plan, None, env)
     finally:

@@ -258,6 +258,51 @@ def test_a_mutant_in_a_builder_of_cached_models_runs_the_whole_slice_with_empty_
             assert not Path(fixtures).parent.exists()  # removed after the mutant
 
 
+def test_a_builder_mutant_reuses_only_the_cache_entries_built_apart_from_its_change(tmp_path, monkeypatch):
+    """The SmolLM2 conversion (minutes) is copied from the pristine cache into a builder mutant's
+    fresh caches unless the mutant changed the class that converts it; the tiny models are
+    always built again."""
+    import json as _json
+    import runpy
+    import sys
+
+    tool = runpy.run_path(str(ROOT / "benchmarks" / "mutant_tests.py"))
+    apart = runpy.run_path(str(ROOT / "benchmarks" / "mutants.py"))["built_apart"](ROOT)
+    where = apart["models/smollm2-135m-instruct-fp32"]
+    source = (ROOT / "plugins" / "models" / "builtin_models.py").read_text().splitlines(keepends=True)
+    assert source[where["lines"][0] - 1].startswith("class SmolLM2") and where["file"].endswith("builtin_models.py")
+    assert source[where["lines"][1]].strip() == "" and "materialize" not in "".join(source[where["lines"][1]:where["lines"][1] + 3])
+    (tmp_path / "pristine").mkdir()
+    (tmp_path / "pristine" / "0-b.py").write_text("".join(source))
+    module = tmp_path / "b.py"
+    plan = {"files": {str(module): {"copy": "0-b.py", "lines": {}, "builds_cached": True}},
+            "built_apart": {"models/smollm2-135m-instruct-fp32": {"file": str(module), "lines": where["lines"]}}}
+
+    def reused(line: int) -> list[str]:
+        mutated = list(source)
+        mutated[line - 1] = mutated[line - 1].replace("\n", "  # mutated\n")
+        module.write_text("".join(mutated))
+        return tool["reusable_entries"](plan, tmp_path / "pristine")
+
+    for inside in (where["lines"][0], where["lines"][1]):
+        assert reused(inside) == [], inside
+    for outside in (where["lines"][0] - 1, where["lines"][1] + 1):
+        assert reused(outside) == ["models/smollm2-135m-instruct-fp32"], outside
+    kept = tmp_path / "kept"
+    (kept / "models" / "smollm2-135m-instruct-fp32").mkdir(parents=True)
+    (kept / "models" / "smollm2-135m-instruct-fp32" / "config.json").write_text("{}")
+    (kept / "models" / "tiny-encoder-v2").mkdir()
+    out, probe = tmp_path / "ran.json", tmp_path / "probe.py"
+    probe.write_text("import json, os\n"
+                     f"c = os.environ['REASONDISTILL_CACHE']\nopen({str(out)!r}, 'w').write(json.dumps(sorted(os.listdir(c + '/models'))))\n")
+    plan.update(pytest=f"{sys.executable} {probe}", slice="t.py", tests=["t.py::a"])
+    (tmp_path / "plan.json").write_text(_json.dumps(plan))
+    monkeypatch.setattr(sys, "argv", ["mutant_tests.py", str(tmp_path / "plan.json")])
+    monkeypatch.setenv("REASONDISTILL_CACHE", str(kept))
+    assert tool["main"]() == 0
+    assert _json.loads(out.read_text()) == ["smollm2-135m-instruct-fp32"]  # the tiny encoder is built again
+
+
 def test_the_plan_marks_exactly_the_builders_of_cached_models():
     """The other half of the test above: ``mutants.py`` writes ``builds_cached`` into the plan for
     the files in ``CACHED_BUILDERS`` and for no other."""
