@@ -25,16 +25,20 @@ def test_offsets_recover_a_class_the_argmax_never_picks():
     assert best == pytest.approx(macro_f1(gold, (logits + offsets).argmax(-1), 3)) and best > 0.9
 
 
-def test_a_class_more_than_four_logits_down_stays_off():
-    """The grid ends at +-4 (``GRID``): past that an offset turns a class on or off wholesale."""
+def test_the_offsets_grid_ends_at_four_logits_both_ways():
+    """The grid ends at +-4 (``GRID``): past that an offset turns a class on or off wholesale.
+    Class 1 sits 4.05 down: +4.1 on class 1, or -4.1 on class 0, would recover it; the grid stops at
+    4.0 both ways."""
     gold = np.repeat([0, 1], 20)
     logits = np.zeros((40, 2))
-    logits[gold == 1, 1] = -4.5  # 4.6 would recover class 1 exactly; the grid stops at 4
+    logits[gold == 1, 1] = -4.05
     logits[gold == 0, 1] = -9.0
     offsets, best = fit_offsets(logits, gold)
     assert list(offsets) == [0.0, 0.0] and best == pytest.approx(macro_f1(gold, np.zeros(40, int), 2))
     logits[gold == 1, 1] = -3.5  # within the grid: found
     assert fit_offsets(logits, gold)[0][1] == pytest.approx(3.6)
+    logits[gold == 0, 1], logits[gold == 1, 1] = 4.05, 9.0  # the other end: -4.1 would turn class 1 off class 0's rows
+    assert list(fit_offsets(logits, gold)[0]) == [0.0, 0.0]
 
 
 def test_a_balanced_student_keeps_zero_offsets_and_the_halves_split_dev():
