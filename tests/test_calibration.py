@@ -25,6 +25,22 @@ def test_offsets_recover_a_class_the_argmax_never_picks():
     assert best == pytest.approx(macro_f1(gold, (logits + offsets).argmax(-1), 3)) and best > 0.9
 
 
+def test_coordinate_ascent_stops_after_three_rounds(monkeypatch):
+    """The cap on rounds: a case (found by search) that still improves in the third round gets
+    it, and no fourth round is tried although the third changed an offset."""
+    import reasondistill.plugins.student.calibration as calibration
+
+    gold = np.array([0, 0, 2, 1, 0, 2, 0, 1, 0, 2])
+    logits = np.array([[-1.4, 1.1, -1.1], [-2.1, 0.0, -0.7], [-1.4, 1.2, 2.0], [-2.6, 1.8, 0.9], [-0.4, 1.2, 0.9],
+                       [-0.9, 2.6, 0.3], [-1.4, -0.6, 0.4], [-0.5, -0.8, 0.8], [-1.1, -0.3, -2.7], [0.0, 2.3, 0.3]])
+    assert fit_offsets(logits, gold, rounds=2)[1] == pytest.approx(0.4841, abs=1e-4)
+    calls = []
+    monkeypatch.setattr(calibration, "macro_f1", lambda *a: calls.append(1) or macro_f1(*a))
+    offsets, best = fit_offsets(logits, gold)
+    assert best == pytest.approx(0.6111, abs=1e-4) == macro_f1(gold, (logits + offsets).argmax(-1), 3)
+    assert len(calls) == 1 + 3 * 2 * len(calibration.GRID)  # the start, then 3 rounds of 2 classes
+
+
 def test_the_offsets_grid_ends_at_four_logits_both_ways():
     """The grid ends at +-4 (``GRID``): past that an offset turns a class on or off wholesale.
     Class 1 sits 4.05 down: +4.1 on class 1, or -4.1 on class 0, would recover it; the grid stops at
