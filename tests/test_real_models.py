@@ -54,7 +54,8 @@ def test_minilm_student_trains_and_exports(rd_engine):
 
 def test_real_sources_declare_their_positions_and_the_converted_teacher_pads(rd_hooks):
     """The positions a source declares are what validate holds a token budget to; the GGUF
-    conversion keeps a pad token for batched generation (the tokenizer's, else end of text)."""
+    conversion keeps a pad token for batched generation (the tokenizer's, else end of text), and
+    SmolLM2's own weights (it still knows a capital)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from reasondistill.model_refs import resolve_model
@@ -67,3 +68,11 @@ def test_real_sources_declare_their_positions_and_the_converted_teacher_pads(rd_
     tok = AutoTokenizer.from_pretrained(teacher)
     pad = GenerationConfig.from_pretrained(teacher).pad_token_id
     assert pad == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id) and pad is not None
+    from transformers import AutoModelForCausalLM  # the converted weights are SmolLM2's, not a fresh init
+
+    model = AutoModelForCausalLM.from_pretrained(teacher)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    inputs = tok(prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

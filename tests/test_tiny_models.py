@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoTokenizer
 from reasondistill.plugins.domains.local_services import LocalServices
 from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 from reasondistill.plugins.models.builtin_models import TinyCausalLM, TinyEncoder
-from reasondistill.tiny import corpus, train_encoder_tokenizer
+from reasondistill.tiny import BERT_SPECIALS, corpus, train_encoder_tokenizer
 
 
 def test_each_domain_and_its_options_get_their_own_tiny_model(tmp_path):
@@ -38,6 +38,7 @@ def test_the_tiny_wordpiece_holds_whole_words_then_pieces_of_them(tmp_path):
     tok = train_encoder_tokenizer(tmp_path, vocab_size=600)
     vocab = tok.get_vocab()
     assert len(vocab) == 600
+    assert [t for t in vocab if t not in BERT_SPECIALS and t != t.lower()] == []  # input is lowercased: no slot wasted
     assert tok.tokenize("the service offers") == ["the", "service", "offers"]  # frequent words: one piece
     pieces = tok.tokenize("servicedistrict")  # an unseen word: a word start, then continuations
     assert pieces[0] != "[UNK]" and all(p.startswith("##") for p in pieces[1:]) and any(len(p) > 3 for p in pieces[1:])
@@ -123,3 +124,12 @@ def test_the_tiny_models_have_the_documented_sizes(tiny_encoder, tiny_causal_lm)
                                "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")} == {
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 1024, "tie_word_embeddings": True}
+
+
+def test_the_pytest_plugin_gives_third_parties_the_tiny_fixtures(request):
+    """``reasondistill.testing`` is a pytest11 entry point: a plugin author's tests ask for these
+    fixtures by name, so each must be a fixture (a bare function is not found)."""
+    pairs = request.getfixturevalue("tiny_pairs")
+    assert len(pairs) == 64 and set(pairs["label"]) == {0, 1, 2}
+    for name in ("tiny_encoder", "tiny_causal_lm", "tiny_teacher"):
+        assert (request.getfixturevalue(name) / "config.json").is_file(), name
