@@ -39,3 +39,19 @@ def tiny_quickstart(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("quickstart") / "runs"
     assert main(["run", "quickstart", "--profile", "tiny", "--runs-dir", str(runs)]) == 0
     return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_served_run(tmp_path_factory) -> Path:
+    """A tiny student trained on the quickstart domain's gold pairs and exported (run ``served``):
+    what the serve tests serve. Seconds, where :func:`tiny_quickstart`'s teacher stages take
+    minutes; the quickstart's own package and its full lineage are tested in test_quickstart."""
+    from reasondistill import Engine, Recipe, step
+    from reasondistill.manager import Hooks
+
+    runs = tmp_path_factory.mktemp("served") / "runs"
+    recipe = Recipe(name="served", domain="local_services", models={"student": "tiny-encoder"}, stages=[
+        step("pairs", n=400), step("distill", train_input="pairs", reasoning_column="rationale", epochs=3, batch_size=16, learning_rate=0.001),
+        step("export", agreement_rows=300)])
+    Engine(Hooks(), runs_dir=runs).run(recipe)
+    return runs

@@ -21,8 +21,8 @@ httpx = httpx_module()
 
 
 @pytest.fixture(scope="module")
-def package(tiny_quickstart) -> Path:
-    return tiny_quickstart / "quickstart" / "export" / "model"
+def package(tiny_served_run) -> Path:
+    return tiny_served_run / "served" / "export" / "model"
 
 
 @pytest.fixture(scope="module")

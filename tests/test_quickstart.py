@@ -58,3 +58,17 @@ def test_never_predicted_classes_are_named_with_their_dev_counts(tmp_path):
         "its F1 for it is 0"]
     path.write_text(json.dumps({"gold": [0, 1, 2], "pred": [0, 1, 2], "labels": ["a", "b", "c"]}))
     assert _never_predicted("distill", path) == []
+
+
+def test_the_quickstart_package_names_its_teacher_and_annotations(tiny_quickstart):
+    """The lineage a served student reports (``/metadata``) after the whole recipe: the teacher it
+    learned from, the annotations, the student's retention of the teacher; the card names the teacher."""
+    from huggingface_hub import ModelCard
+
+    from reasondistill.student_package import read_lineage
+
+    package = tiny_quickstart / "quickstart" / "export" / "model"
+    lineage = read_lineage(package)
+    assert lineage["teacher"].startswith("preference/teacher@") and len(lineage["recipe_hash"]) == 16
+    assert lineage["annotations"]["pairs"] == 160 and "retention_macro_f1" in lineage["retention"]
+    assert f"`{lineage['teacher']}`" in ModelCard((package / "README.md").read_text()).text
