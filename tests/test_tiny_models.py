@@ -109,17 +109,20 @@ def test_register_plugin_takes_its_plugins_out_again():
 
 def test_the_tiny_models_have_the_documented_sizes(tiny_encoder, tiny_causal_lm):
     """What the tests' timings and the student's token budgets assume: 64 wide, 2 layers, a feed-forward
-    twice as wide, 4 heads (2 key/value heads in the causal LM), 512 and 1024 positions."""
+    twice as wide, 4 heads (2 key/value heads in the causal LM), 512 and 1024 positions, vocabularies of
+    800 WordPiece and 600 BPE tokens."""
     import json
     from pathlib import Path
 
     enc = json.loads((Path(tiny_encoder) / "config.json").read_text())
+    assert enc["vocab_size"] == 800
     assert {k: enc[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                 "max_position_embeddings")} == {"hidden_size": 64, "intermediate_size": 128,
                                                                 "num_hidden_layers": 2, "num_attention_heads": 4,
                                                                 "max_position_embeddings": 512}
     assert len(enc["id2label"]) == 3
     lm = json.loads((Path(tiny_causal_lm) / "config.json").read_text())
+    assert lm["vocab_size"] == 600
     assert {k: lm[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")} == {
         "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
