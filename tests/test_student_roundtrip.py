@@ -198,3 +198,22 @@ def test_the_round_trip_error_counts_every_changed_label_but_near_ties(tmp_path)
     with pytest.raises(PluginError, match=r"probabilities differ by up to 0\.6 \(tolerance 0\.001\), 2 of 4 labels "
                                           r"changed"):
         check_round_trip(saved, tmp_path, "my_student")
+
+
+def test_the_round_trip_returns_the_largest_difference_and_zero_with_nothing_to_compare(tmp_path):
+    """No trained outputs (or none recorded): nothing is reloaded and no difference is claimed;
+    otherwise the largest probability difference within the tolerance."""
+    from types import SimpleNamespace
+
+    from reasondistill.student_io import check_round_trip, write_trained_outputs
+
+    def never(folder):
+        raise AssertionError("nothing to compare: the student is not reloaded")
+
+    assert check_round_trip(SimpleNamespace(predictor=never), tmp_path, "my_student") == 0.0
+    write_trained_outputs(tmp_path, [], [], [])
+    assert check_round_trip(SimpleNamespace(predictor=never), tmp_path, "my_student") == 0.0
+    write_trained_outputs(tmp_path, ["q"] * 2, ["i"] * 2, [[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    reloaded = [[0.1, 0.2004, 0.6996], [0.6, 0.3, 0.1]]
+    saved = SimpleNamespace(predictor=lambda folder: SimpleNamespace(predict_proba=lambda q, i: reloaded))
+    assert check_round_trip(saved, tmp_path, "my_student") == pytest.approx(0.0004)
