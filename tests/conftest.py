@@ -42,16 +42,24 @@ def tiny_quickstart(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_served_run(tmp_path_factory) -> Path:
-    """A tiny student trained on the quickstart domain's gold pairs and exported (run ``served``):
-    what the serve tests serve. Seconds, where :func:`tiny_quickstart`'s teacher stages take
-    minutes; the quickstart's own package and its full lineage are tested in test_quickstart."""
-    from reasondistill import Engine, Recipe, step
+def served_recipe():
+    """A tiny student trained on the quickstart domain's gold pairs and exported (run ``served``)."""
+    from reasondistill import Recipe, step
+
+    return Recipe(name="served", domain="local_services", models={"student": "tiny-encoder"}, stages=[
+        step("pairs", n=400), step("distill", train_input="pairs", loss="ce", epochs=3, batch_size=16, learning_rate=0.001,
+                                   student_options={"max_length": 64}),
+        step("export", agreement_rows=300)])
+
+
+@pytest.fixture(scope="session")
+def tiny_served_run(tmp_path_factory, served_recipe) -> Path:
+    """:func:`served_recipe`, run once: what the serve tests serve. Seconds, where
+    :func:`tiny_quickstart`'s teacher stages take minutes; the quickstart's own package and its full
+    lineage are tested in test_quickstart."""
+    from reasondistill import Engine
     from reasondistill.manager import Hooks
 
     runs = tmp_path_factory.mktemp("served") / "runs"
-    recipe = Recipe(name="served", domain="local_services", models={"student": "tiny-encoder"}, stages=[
-        step("pairs", n=400), step("distill", train_input="pairs", reasoning_column="rationale", epochs=3, batch_size=16, learning_rate=0.001),
-        step("export", agreement_rows=300)])
-    Engine(Hooks(), runs_dir=runs).run(recipe)
+    Engine(Hooks(), runs_dir=runs).run(served_recipe)
     return runs
