@@ -136,3 +136,18 @@ def test_the_pytest_plugin_gives_third_parties_the_tiny_fixtures(request):
     assert len(pairs) == 64 and set(pairs["label"]) == {0, 1, 2}
     for name in ("tiny_encoder", "tiny_causal_lm", "tiny_teacher"):
         assert (request.getfixturevalue(name) / "config.json").is_file(), name
+
+
+def test_the_tiny_wordpiece_is_what_its_cache_name_promises(tmp_path):
+    """Materialised tiny encoders are cached under a versioned name (``tiny-encoder-v2``), so a change
+    to the vocabulary the builder makes (its corpus, seeds, piece lengths, size) must bump that name,
+    or a user's cache keeps serving the old model. The vocabulary's fingerprint pins it: when a change
+    is meant, bump the name and this value together."""
+    import hashlib
+
+    from reasondistill.plugins.models.builtin_models import TinyEncoder
+
+    vocab = train_encoder_tokenizer(tmp_path).get_vocab()
+    ordered = [token for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    assert hashlib.sha256(json.dumps(ordered).encode()).hexdigest()[:16] == "23653d6e0728562c"
+    assert TinyEncoder().materialize(tmp_path / "cache").name == "tiny-encoder-v2"
