@@ -66,10 +66,13 @@ def test_the_tiny_teacher_answers_in_its_domains_format(tiny_teacher):
     assert json.loads((tiny_teacher / "config.json").read_text())["max_position_embeddings"] == TinyCausalLM.max_positions
 
 
-def test_the_tiny_causal_lm_is_safetensors_and_its_tokenizer_adds_no_space(tiny_causal_lm):
+def test_the_tiny_causal_lm_is_safetensors_and_its_tokenizer_adds_no_space(tiny_causal_lm, tiny_encoder):
+    """Both tiny models are safetensors (transformers 5 writes nothing else; ``make test-min``'s
+    4.x would write a pickle if the builders did not ask)."""
     from pathlib import Path
 
-    assert "model.safetensors" in {p.name for p in Path(tiny_causal_lm).iterdir()}
+    for folder in (tiny_causal_lm, tiny_encoder):
+        assert "model.safetensors" in {p.name for p in Path(folder).iterdir()}, folder
     tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
     text = "Reasoning: the shop is open late.\nLabel: relevant"
     assert tok.decode(tok(text)["input_ids"]) == text  # byte-level, no space put before the first word
