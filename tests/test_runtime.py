@@ -215,9 +215,9 @@ def test_current_is_the_runs_runtime_inside_a_run_and_this_machines_outside(monk
     assert runtime.current() is outside
 
 
-@pytest.mark.parametrize("major", [4, 5])
+@pytest.mark.parametrize("major", [4, 5, 6])
 def test_a_per_query_mask_is_what_each_transformers_major_reads(monkeypatch, major):
-    """4.x BERT takes a 3-D 0/1 mask; 5.x a 4-D additive one (0 where a query may look)."""
+    """4.x BERT takes a 3-D 0/1 mask; 5.x and later a 4-D additive one (0 where a query may look)."""
     import torch
 
     from reasondistill import hf_compat
