@@ -261,3 +261,18 @@ def test_a_stop_string_ends_each_row_where_it_is_written(tiny_teacher, engine):
         f, c = f[0], c[0]
         assert "Label:" in f.text and c.text.endswith("Label:"), (f.text, c.text)
         assert f.text.startswith(c.text) and c.tokens < f.tokens
+
+
+def test_the_kv_cache_takes_the_configs_head_dim_else_hidden_over_heads():
+    """A config's own ``head_dim`` wins (Llama-style models may set one other than hidden / heads);
+    a config without one (GPT-2) gets hidden / heads, and all heads as key/value heads."""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, LlamaConfig
+
+    from reasondistill.slot_decoding import _kv_shape
+
+    llama = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3, head_dim=32)
+    assert _kv_shape(SimpleNamespace(config=llama)) == (3, 2, 32)
+    gpt2 = GPT2Config(n_embd=64, n_head=4, n_layer=2)
+    assert _kv_shape(SimpleNamespace(config=gpt2)) == (2, 4, 16)
