@@ -84,12 +84,11 @@ def tests_to_run(coverage_map: dict[str, dict], pristine_dir: Path) -> list[str]
     return sorted(selected)
 
 
-def reusable_entries(plan: dict, pristine_dir: Path) -> list[str]:
-    """The plan's ``built_apart`` cache entries whose builder has no line the mutant changed."""
-    changed: dict[str, set[int]] = {}
-    for file in mutated_files(plan["files"], pristine_dir):
-        pristine = (pristine_dir / plan["files"][file]["copy"]).read_text(encoding="utf-8")
-        changed[file] = changed_lines(pristine, Path(file).read_text(encoding="utf-8"))
+def reusable_entries(plan: dict, pristine_dir: Path, mutated: list[str]) -> list[str]:
+    """The plan's ``built_apart`` cache entries whose builder has no line the mutant changed
+    (``mutated``: the files it changed, :func:`mutated_files`)."""
+    changed = {file: changed_lines((pristine_dir / plan["files"][file]["copy"]).read_text(encoding="utf-8"),
+                                   Path(file).read_text(encoding="utf-8")) for file in mutated}
     return [entry for entry, where in plan.get("built_apart", {}).items()
             if not any(where["lines"][0] <= n <= where["lines"][1] for n in changed.get(where["file"], ()))]
 
@@ -100,13 +99,14 @@ def main() -> int:
     plan_path = Path(sys.argv[1])
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
     pristine = plan_path.parent / "pristine"
-    if not any(plan["files"][f].get("builds_cached") for f in mutated_files(plan["files"], pristine)):
+    mutated = mutated_files(plan["files"], pristine)
+    if not any(plan["files"][f].get("builds_cached") for f in mutated):
         return run_tests(plan, tests_to_run(plan["files"], pristine), None)
     fresh = tempfile.mkdtemp(prefix="mutant-caches-")
     try:
-        kept = os.environ.get("REASONDISTILL_CACHE")
-        for entry in reusable_entries(plan, pristine) if kept else ():
-            if (Path(kept) / entry).is_dir():
+        kept = os.environ.get("REASONDISTILL_CACHE")  # the pristine caches mutants.py filled
+        for entry in reusable_entries(plan, pristine, mutated):
+            if kept and (Path(kept) / entry).is_dir():
                 shutil.copytree(Path(kept) / entry, Path(fresh) / "models" / entry)
         env = {**os.environ, "REASONDISTILL_FIXTURE_CACHE": f"{fresh}/fixtures", "REASONDISTILL_CACHE": f"{fresh}/models"}
         return run_tests(plan, None, env)

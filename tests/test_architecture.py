@@ -270,8 +270,9 @@ def test_a_builder_mutant_reuses_only_the_cache_entries_built_apart_from_its_cha
     apart = runpy.run_path(str(ROOT / "benchmarks" / "mutants.py"))["built_apart"](ROOT)
     where = apart["models/smollm2-135m-instruct-fp32"]
     source = (ROOT / "plugins" / "models" / "builtin_models.py").read_text().splitlines(keepends=True)
-    assert source[where["lines"][0] - 1].startswith("class SmolLM2") and where["file"].endswith("builtin_models.py")
-    assert source[where["lines"][1]].strip() == "" and "materialize" not in "".join(source[where["lines"][1]:where["lines"][1] + 3])
+    span = source[where["lines"][0] - 1:where["lines"][1]]  # the whole class, the conversion's folder name in it
+    assert where["file"].endswith("builtin_models.py") and span[0].startswith("class SmolLM2")
+    assert any('"smollm2-135m-instruct-fp32"' in line for line in span) and not source[where["lines"][1]].startswith(" ")
     (tmp_path / "pristine").mkdir()
     (tmp_path / "pristine" / "0-b.py").write_text("".join(source))
     module = tmp_path / "b.py"
@@ -282,7 +283,7 @@ def test_a_builder_mutant_reuses_only_the_cache_entries_built_apart_from_its_cha
         mutated = list(source)
         mutated[line - 1] = mutated[line - 1].replace("\n", "  # mutated\n")
         module.write_text("".join(mutated))
-        return tool["reusable_entries"](plan, tmp_path / "pristine")
+        return tool["reusable_entries"](plan, tmp_path / "pristine", [str(module)])
 
     for inside in (where["lines"][0], where["lines"][1]):
         assert reused(inside) == [], inside

@@ -56,7 +56,7 @@ def test_real_sources_declare_their_positions_and_the_converted_teacher_pads(rd_
     """The positions a source declares are what validate holds a token budget to; the GGUF
     conversion keeps a pad token for batched generation (the tokenizer's, else end of text), and
     SmolLM2's own weights (it still knows a capital)."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from reasondistill.model_refs import resolve_model
 
@@ -68,9 +68,7 @@ def test_real_sources_declare_their_positions_and_the_converted_teacher_pads(rd_
     tok = AutoTokenizer.from_pretrained(teacher)
     pad = GenerationConfig.from_pretrained(teacher).pad_token_id
     assert pad == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id) and pad is not None
-    from transformers import AutoModelForCausalLM  # the converted weights are SmolLM2's, not a fresh init
-
-    model = AutoModelForCausalLM.from_pretrained(teacher)
+    model = AutoModelForCausalLM.from_pretrained(teacher)  # SmolLM2's weights, not a fresh init
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
                                      add_generation_prompt=True)
     inputs = tok(prompt, return_tensors="pt")
