@@ -6,9 +6,9 @@ config and tensor factory takes its device and dtype from there. The rule for ``
 
 - device: ``cuda:0`` when torch sees a GPU, else ``cpu``.
 - dtype: on a GPU, ``bfloat16`` where the GPU supports it, else ``float32``. On a CPU, ``float32``.
-  A matmul probe measures bf16 against fp32 on this CPU (AVX-512 bf16 / AMX ran bf16 3x faster on
-  one CPU seen here; another ran it 200x slower) and the manifest records it; ``dtype: bfloat16``
-  opts in. Choosing bf16 on a CPU automatically needs a label-agreement check in the stage that
+  A matmul probe (one 384 x 384 matmul, the best of 5 timings) measures bf16 against fp32 on this
+  CPU (AVX-512 bf16 / AMX ran bf16 3x faster on one CPU seen here; another ran it 200x slower) and
+  the manifest records it; ``dtype: bfloat16`` opts in. Choosing bf16 on a CPU automatically needs a label-agreement check in the stage that
   switches, which is not built yet (``benchmarks/precision.py`` measures speed and agreement).
 - ``dtype: fastest`` chooses by measurement instead: bf16 on a GPU that supports it, and on a CPU
   whose bf16 matmul probe beats fp32 by :data:`CPU_BF16_MIN_SPEEDUP` (training under bf16 autocast
@@ -31,7 +31,7 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -133,7 +133,10 @@ def cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def matmul_seconds(dtype: Any, size: int = 384, repeats: int = 5) -> float:
+PROBE_SIZE, PROBE_REPEATS = 384, 5  # one square matmul, the best of 5: ~50 ms in all
+
+
+def matmul_seconds(dtype: Any, size: int = PROBE_SIZE, repeats: int = PROBE_REPEATS) -> float:
     """The best of ``repeats`` timings of one ``size`` x ``size`` matmul in ``dtype`` on the CPU."""
     import torch
 
@@ -147,10 +150,10 @@ def matmul_seconds(dtype: Any, size: int = 384, repeats: int = 5) -> float:
     return min(times)
 
 
-@lru_cache(maxsize=1)
+@cache
 def cpu_bf16_speedup() -> float:
-    """fp32 time / bf16 time of one square matmul on this CPU (:func:`matmul_seconds`); ~50 ms.
-    0.0 where torch has no bf16 kernels."""
+    """fp32 time / bf16 time of one square matmul on this CPU (:func:`matmul_seconds`), measured once
+    a process. 0.0 where torch has no bf16 kernels."""
     import torch
 
     try:
@@ -162,45 +165,71 @@ def cpu_bf16_speedup() -> float:
 def resolve_runtime(spec: RuntimeSpec | None = None, processes: int = 1, local_rank: int = 0) -> Runtime:
     """The runtime for this process; a device that is not there is a one-line ``RecipeError``."""
     spec = spec or RuntimeSpec()
-    count = cuda_count()
-    reasons = []
-    if spec.device == "auto":
-        device = f"cuda:{local_rank % count}" if count else "cpu"
-        reasons.append(f"device auto -> {device} ({count} GPU{'s' if count != 1 else ''} visible)")
-    elif spec.device == "cpu":
-        device = "cpu"
-    else:
-        index = int(spec.device.split(":")[1]) if ":" in spec.device else local_rank
-        if not count:
-            import torch
-
-            raise RecipeError("runtime.device", f"{spec.device!r} asked for, but torch sees no GPU "
-                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
-        if index >= count:
-            raise RecipeError("runtime.device", f"{spec.device!r} asked for, but only {count} GPU(s) are visible")
-        device = f"cuda:{index}"
+    reasons: list[str] = []
+    device = _device(spec.device, local_rank, reasons)
     cuda = device.startswith("cuda")
-    if spec.dtype not in ("auto", "fastest"):
-        dtype = inference = spec.dtype
-    elif cuda:
+    dtype = _dtype(spec.dtype, cuda, reasons)
+    match spec.attn_implementation:
+        case "auto":
+            attn = None
+        case named:
+            attn = named
+    return Runtime(device=device, dtype=dtype, inference_dtype=dtype, attn_implementation=attn,
+                   threads=_threads(spec.threads, processes, cuda), reason="; ".join(reasons))
+
+
+def _device(asked: str, local_rank: int, reasons: list[str]) -> str:
+    """``auto``: this process's GPU by local rank, else the CPU; ``cuda[:N]`` must be there."""
+    count = cuda_count()
+    match asked:
+        case "auto":
+            device = f"cuda:{local_rank % count}" if count else "cpu"
+            reasons.append(f"device auto -> {device} ({count} GPU{'s' if count != 1 else ''} visible)")
+            return device
+        case "cpu":
+            return "cpu"
+    index = int(asked.split(":")[1]) if ":" in asked else local_rank
+    if not count:
         import torch
 
-        dtype = inference = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        reasons.append(f"dtype {spec.dtype} -> {dtype} on the GPU")
-    else:
-        speedup = cpu_bf16_speedup()
-        faster = speedup >= CPU_BF16_MIN_SPEEDUP
-        dtype = inference = "bfloat16" if spec.dtype == "fastest" and faster else "float32"
-        hint = "; runtime.dtype: fastest would use it" if faster and spec.dtype == "auto" else ""
-        reasons.append(f"dtype {spec.dtype} -> {dtype} on the CPU (bf16 matmul {speedup:.1f}x fp32 here, "
-                       f"{CPU_BF16_MIN_SPEEDUP}x needed{hint})")
-    attn = None if spec.attn_implementation == "auto" else spec.attn_implementation
-    if spec.threads == "auto":
-        threads = max(1, (os.cpu_count() or 1) // processes) if processes > 1 and not cuda else None
-    else:
-        threads = int(spec.threads)
-    return Runtime(device=device, dtype=dtype, inference_dtype=inference, attn_implementation=attn,
-                   threads=threads, reason="; ".join(reasons))
+        raise RecipeError("runtime.device", f"{asked!r} asked for, but torch sees no GPU "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
+    if index >= count:
+        raise RecipeError("runtime.device", f"{asked!r} asked for, but only {count} GPU(s) are visible")
+    return f"cuda:{index}"
+
+
+def _dtype(asked: str, cuda: bool, reasons: list[str]) -> str:
+    """A named dtype as asked; ``auto`` and ``fastest`` by the rule in the module docstring."""
+    if asked not in ("auto", "fastest"):
+        return asked
+    if cuda:
+        import torch
+
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        reasons.append(f"dtype {asked} -> {dtype} on the GPU")
+        return dtype
+    speedup = cpu_bf16_speedup()
+    faster = speedup >= CPU_BF16_MIN_SPEEDUP
+    match asked:
+        case "fastest":
+            dtype, hint = ("bfloat16" if faster else "float32"), ""
+        case _:
+            dtype, hint = "float32", "; runtime.dtype: fastest would use it" if faster else ""
+    reasons.append(f"dtype {asked} -> {dtype} on the CPU (bf16 matmul {speedup:.1f}x fp32 here, "
+                   f"{CPU_BF16_MIN_SPEEDUP}x needed{hint})")
+    return dtype
+
+
+def _threads(asked: int | str, processes: int, cuda: bool) -> int | None:
+    """``auto``: torch's own default for one process or on a GPU; with N CPU processes, cores / N
+    each (at least 1; an unknown core count gives 1)."""
+    match asked:
+        case "auto":
+            if processes > 1 and not cuda:
+                return max(1, (os.cpu_count() or processes) // processes)
+            return None
+    return int(asked)
 
 
 _CURRENT: Runtime | None = None

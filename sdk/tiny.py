@@ -159,6 +159,24 @@ def build_tiny_encoder(out_dir: str | Path, seed: int = 0, hidden: int = 64, lay
     return out
 
 
+def teacher_lessons(domain: Domain, n: int = 2000, seed: int = 11) -> list[tuple[list[dict[str, str]], str]]:
+    """``(chat, answer)`` the tiny teacher learns from: ``n`` of the domain's generated pairs with
+    noise-free labels, so its answers follow the domain's rule; one prompt in four carries STaR's
+    "the correct label is ..." hint, so rationalization prompts are answered in format too."""
+    return [(domain.rationalize_prompt(row, row["label"]) if i % 4 == 0 else domain.messages(row),
+             domain.format_completion(reasoning, row["label"]))
+            for i, (row, reasoning) in enumerate(domain_examples(domain, n=n, seed=seed, noise=0.0))]
+
+
+def completion_only(tok: Any, chat: list[dict[str, str]], answer: str) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one chat and its answer, the prompt's labels masked with -100 so
+    the loss is on the answer and its end-of-sequence token only."""
+    prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"]
+    return p_ids + a_ids, [-100] * len(p_ids) + a_ids
+
+
 def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0, domain: Domain | None = None) -> Path:
     """A tiny causal LM taught a domain's answer format (default ``local_services``; the domain needs
     a generator), so greedy decoding writes
@@ -167,9 +185,9 @@ def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0, dom
     The untrained tiny model writes the same blank lines for every prompt, so every label, label
     probability and accuracy check on its output would compare constants. This one parses on
     every dev prompt and answers all three labels (about 40% accuracy after 200-300 steps): enough
-    for tests whose expected values depend on what the teacher wrote. A quarter of its training
-    prompts carry STaR's "the correct label is ..." hint, so rationalization answers parse too
-    (and follow the hint only in part, so the STaR filter has chains to drop). A plain torch loop on
+    for tests whose expected values depend on what the teacher wrote. It learns
+    :func:`teacher_lessons`, so rationalization answers parse too (and follow the hint only in part,
+    so the STaR filter has chains to drop). A plain torch loop on
     completion tokens only, not trl, to keep the fixture to seconds and free of trainer state.
     """
     import random
@@ -178,22 +196,14 @@ def build_tiny_teacher(out_dir: str | Path, steps: int = 200, seed: int = 0, dom
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dom = domain or default_domain()
-    pairs = domain_examples(dom, n=2000, seed=11, noise=0.0)
-    if not pairs:
+    lessons = teacher_lessons(dom)
+    if not lessons:
         raise ValueError(f"domain {dom.name!r} has no generator to teach the tiny teacher from")
     out = Path(out_dir)
     build_tiny_causal_lm(out, seed=seed, domain=dom)
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    examples = []
-    for i, (row, reasoning) in enumerate(pairs):
-        # one in four prompts carries STaR's hint, so rationalization prompts are answered in format too
-        chat = dom.rationalize_prompt(row, row["label"]) if i % 4 == 0 else dom.messages(row)
-        prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        answer = dom.format_completion(reasoning, row["label"]) + tok.eos_token
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tok(answer, add_special_tokens=False)["input_ids"]
-        examples.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
+    examples = [completion_only(tok, chat, answer) for chat, answer in lessons]
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -230,3 +230,34 @@ def test_a_per_query_mask_is_what_each_transformers_major_reads(monkeypatch, maj
     else:
         low = torch.finfo(torch.float32).min
         assert mask.shape == (1, 1, 2, 2) and mask.tolist() == [[[[0.0, low], [0.0, 0.0]]]]
+
+
+def test_the_probe_is_the_one_the_docs_describe(monkeypatch):
+    """One PROBE_SIZE square matmul, the best of PROBE_REPEATS timings, as the module docstring says:
+    the probe readings in docs/benchmarks.md compare across runs only at one size."""
+    import time
+
+    import torch
+
+    from reasondistill import runtime
+
+    assert f"one {runtime.PROBE_SIZE} x {runtime.PROBE_SIZE} matmul, the best of {runtime.PROBE_REPEATS} timings" \
+        in " ".join(runtime.__doc__.split())
+    shapes, ticks = [], iter([0.0, 0.5, 1.0, 1.2, 2.0, 2.3, 3.0, 3.4, 4.0, 4.6, 5.0, 5.7])
+    real_randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *size, **kw: shapes.append(size) or real_randn(2, 2, **kw))
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks))
+    assert runtime.matmul_seconds(torch.float32) == pytest.approx(0.2)  # the best of the 5 timings
+    assert shapes == [(runtime.PROBE_SIZE, runtime.PROBE_SIZE)] * 2 and next(ticks) == 5.0  # 10 ticks read
+
+
+@pytest.mark.parametrize("cores, processes, cuda, threads", [
+    (5, 2, False, 2), (2, 2, False, 1), (1, 2, False, 1), (None, 2, False, 1), (8, 1, False, None),
+    (8, 2, True, None)])
+def test_auto_threads_split_known_cores_and_leave_gpus_alone(monkeypatch, cores, processes, cuda, threads):
+    from reasondistill import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: cores)
+    got = runtime._threads("auto", processes, cuda)
+    assert got == threads and type(got) is type(threads)
+    assert runtime._threads(3, processes, cuda) == 3

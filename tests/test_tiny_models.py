@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoTokenizer
 from reasondistill.plugins.domains.local_services import LocalServices
 from reasondistill.plugins.domains.web_search_zh import WebSearchZh
 from reasondistill.plugins.models.builtin_models import TinyCausalLM, TinyEncoder
-from reasondistill.tiny import BERT_SPECIALS, corpus, train_encoder_tokenizer
+from reasondistill.tiny import BERT_SPECIALS, completion_only, corpus, teacher_lessons, train_encoder_tokenizer
 
 
 def test_each_domain_and_its_options_get_their_own_tiny_model(tmp_path):
@@ -154,3 +154,27 @@ def test_the_tiny_wordpiece_is_what_its_cache_name_promises(tmp_path):
     ordered = [token for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     assert hashlib.sha256(json.dumps(ordered).encode()).hexdigest()[:16] == "23653d6e0728562c"
     assert TinyEncoder().materialize(tmp_path / "cache").name == "tiny-encoder-v2"
+
+
+def test_the_tiny_teacher_learns_clean_labels_and_a_quarter_of_star_hints():
+    """What :func:`teacher_lessons` promises: the generator's noise-free labels (a teacher that learned
+    flipped labels would make every accuracy check on it noisier), and every fourth prompt STaR's hint."""
+    dom = LocalServices()
+    lessons = teacher_lessons(dom, n=400, seed=11)
+    clean = [row["label"] for row in dom.generate(n=400, seed=11, noise=0.0)]
+    assert clean != [row["label"] for row in dom.generate(n=400, seed=11)]  # the default noise flips some
+    assert [dom.parse_completion(answer).label for _, answer in lessons] == clean
+    hinted = [i for i, (chat, _) in enumerate(lessons) if "the correct label is" in json.dumps(chat).lower()]
+    assert hinted == list(range(0, 400, 4))
+    assert len(teacher_lessons(dom)) == 2000 and teacher_lessons(WebSearchZh()) == []
+
+
+def test_the_tiny_teacher_is_trained_on_its_answers_only(tiny_teacher):
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    chat, answer = teacher_lessons(LocalServices(), n=1)[0]
+    ids, labels = completion_only(tok, chat, answer)
+    prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    masked = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert len(ids) == len(labels) and labels[:masked] == [-100] * masked
+    assert labels[masked:] == ids[masked:] and tok.decode(ids[masked:]) == answer + tok.eos_token
+    assert tok.decode(ids[:masked]) == prompt
