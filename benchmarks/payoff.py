@@ -5,7 +5,8 @@
     python benchmarks/payoff.py --data qbqtc --seeds 0 --budget 250 # one data set, one seed, a smaller budget
     python benchmarks/payoff.py --seeds 1,2 --arms students         # the gold-only students only (~8 min a seed)
     python benchmarks/payoff.py --data qbqtc --arms students --epochs 8   # a trial of other student settings
-                                                                    # (--epochs, --learning-rate, --gold): its own runs
+                                                                    # (--epochs, --learning-rate, --gold,
+                                                                    # --student-option k=v): its own runs
 
 Per data set it builds one recipe from the study recipe (``recipes/<data>.yaml``: its gold and pool
 stages and its gold-only student's options) and runs, per seed:
@@ -49,6 +50,8 @@ def payoff_recipe(data: str, seed: int, args):
     ref = by_name["student_gold_ce"].options
     base = {k: ref[k] for k in ("loss", "epochs", "batch_size", "learning_rate", "student_options") if k in ref}
     base.update({k: v for k, v in (("epochs", args.epochs), ("learning_rate", args.learning_rate)) if v is not None})
+    if args.student_option:
+        base["student_options"] = {**base.get("student_options", {}), **student_options(args.student_option)}
     gold_ce = {**base, "train_input": "pairs"}
     gold = by_name["gold"]
     if args.gold is not None:
@@ -95,8 +98,23 @@ def run_name(data: str, seed: int, args) -> str:
     """``payoff-<data>-s<seed>``, plus the students' settings where they differ from the study recipe's, so
     a trial of other settings never replaces the default runs."""
     tag = "".join(f"-{k}{v:g}" for k, v in (("e", args.epochs), ("lr", args.learning_rate), ("g", args.gold)) if v is not None)
+    tag += "".join(f"-{k}-{v}" for k, v in student_options(args.student_option).items())
     # one student fewer changes the chain of stage hashes: the balanced one would be trained again
     return f"payoff-{data}-s{seed}{tag}" + ("" if args.students == "both" else f"-{args.students}")
+
+
+def student_options(pairs: list[str] | None) -> dict:
+    """``--student-option key=value`` (repeatable; the value read as JSON where it parses)."""
+    import json
+
+    out = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def main() -> None:
@@ -114,6 +132,8 @@ def main() -> None:
     p.add_argument("--gold", type=int, help="gold pairs instead of the study recipe's 2,000 (a trial: its own runs)")
     p.add_argument("--epochs", type=int, help="the students' epochs instead of the study recipe's (a trial: its own runs)")
     p.add_argument("--learning-rate", type=float, help="the students' learning rate instead of the study recipe's")
+    p.add_argument("--student-option", action="append", metavar="KEY=VALUE",
+                   help="a student option over the study recipe's, e.g. added_token_init=distinct (a trial: its own runs)")
     p.add_argument("--arms", default="students,selection",
                    help="students (the gold-only students) and/or selection (uncertainty vs random)")
     args = p.parse_args()

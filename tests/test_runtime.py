@@ -50,6 +50,8 @@ def test_explicit_choices_are_honoured():
     assert rt.model_kwargs(inference=True) == {"dtype": torch.bfloat16, "attn_implementation": "eager"}
     assert rt.model_kwargs() == {"dtype": torch.float32, "attn_implementation": "eager"}  # fp32 master weights
     assert rt.training_args()["bf16"] is True and rt.training_args()["fp16"] is False
+    assert rt.place(torch.nn.Linear(2, 2)).weight.dtype == torch.float32  # a model that trains: fp32 master weights
+    assert rt.place(torch.nn.Linear(2, 2), inference=True).weight.dtype == torch.bfloat16
 
 
 def test_threads_split_the_cores_between_processes():

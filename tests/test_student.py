@@ -299,6 +299,29 @@ def test_unknown_characters_become_tokens(tiny_encoder):
     assert student.model(**enc).logits.shape == (1, 3)
 
 
+def test_added_characters_start_apart_where_asked(tiny_encoder):
+    """transformers' mean resizing starts every added character at one point (a student cannot tell
+    them apart); ``added_token_init: distinct`` draws them at the spread of the shipped rows."""
+    comp = EncoderClassifier()
+    tok = comp.tokenizer(str(tiny_encoder))
+    shipped = len(tok)
+    comp.adapt_tokenizer(tok, ["小孩咳嗽感冒过后久"], comp.Options(add_unknown_characters=8))
+    rows = {}
+    for init in ("mean", "distinct"):
+        student = comp.build(str(tiny_encoder), 3, comp.Options(added_token_init=init), vocab_size=len(tok))
+        weight = student.model.get_input_embeddings().weight.detach()
+        rows[init] = weight[shipped:]
+        assert torch.equal(weight[:shipped], comp.build(str(tiny_encoder), 3, comp.Options()).model
+                           .get_input_embeddings().weight.detach())  # the shipped rows untouched
+    apart = torch.cdist(weight[:shipped], weight[:shipped]).mean()  # the shipped rows' typical distance
+    assert rows["mean"].shape == (8, weight.shape[1]) and torch.cdist(rows["mean"], rows["mean"]).max() < 1e-3 * apart
+    distinct = torch.cdist(rows["distinct"], rows["distinct"])[~torch.eye(8, dtype=torch.bool)]
+    assert distinct.min() > 0.5 * apart and distinct.mean() < 2 * apart
+    assert torch.allclose(rows["distinct"].mean(0), weight[:shipped].mean(0), atol=3 * float(weight[:shipped].std(0).max()))
+    again = comp.build(str(tiny_encoder), 3, comp.Options(added_token_init="distinct"), vocab_size=len(tok))
+    assert torch.equal(again.model.get_input_embeddings().weight.detach()[shipped:], rows["distinct"])  # deterministic
+
+
 def test_distill_adds_characters_and_serves_them(rd_engine, tmp_path):
     import json as _json
 

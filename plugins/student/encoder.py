@@ -34,9 +34,24 @@ class EncoderOptions(Options):
         0, ge=0, description="add up to this many characters the tokenizer maps to [UNK] in the training text as "
                              "new tokens (most frequent first; embeddings resized): a script the vocabulary lacks, "
                              "such as Chinese in an English MiniLM")
+    added_token_init: Literal["mean", "distinct"] = Field(
+        "mean", description="embeddings of the added characters: 'mean' (transformers' resize: each starts at the "
+                            "vocabulary's mean, so all are nearly equal), 'distinct' (each drawn at the spread of the "
+                            "existing embeddings, so equal characters in query and item match from the first step)")
     reasoning_layout: Literal["separate", "shared"] = Field(
         "separate", description="'separate': two passes, (query, item) and (query, item, reasoning); 'shared': "
                                 "one pass in which the (query, item) tokens are encoded once for both views")
+
+
+def spread_added_rows(weight: torch.Tensor, shipped: int, seed: int = 0) -> None:
+    """Redraw the rows past ``shipped`` from a normal with the shipped rows' mean and per-dimension
+    spread. transformers' mean resizing scales that spread by 1e-9, which leaves every added
+    character about 5e-5 from every other (all-MiniLM-L6-v2 rows are about 1.0 apart): a student
+    cannot tell two of them apart, nor see that a query's character is in the item."""
+    with torch.no_grad():
+        old = weight[:shipped].float()
+        noise = torch.randn(weight.shape[0] - shipped, weight.shape[1], generator=torch.Generator().manual_seed(seed))
+        weight[shipped:] = (old.mean(0) + old.std(0) * noise).to(weight.dtype)
 
 
 class EncoderStudent(torch.nn.Module):
@@ -115,8 +130,11 @@ class EncoderClassifier(Student):
         net = AutoModelForSequenceClassification.from_pretrained(
             model, config=config, ignore_mismatched_sizes=True, trust_remote_code=trust_remote_code,
             **current().model_kwargs())
-        if vocab_size is not None and vocab_size > net.get_input_embeddings().num_embeddings:
+        shipped = net.get_input_embeddings().num_embeddings
+        if vocab_size is not None and vocab_size > shipped:
             net.resize_token_embeddings(vocab_size)  # tokens added by adapt_tokenizer
+            if options.added_token_init == "distinct":
+                spread_added_rows(net.get_input_embeddings().weight, shipped)
         return EncoderStudent(net)
 
     def adapt_tokenizer(self, tokenizer, texts: Iterable[str], options: EncoderOptions) -> list[str]:
