@@ -9,7 +9,8 @@ import pytest
 
 from reasondistill import Recipe, Selector, hookimpl, step
 from reasondistill.errors import PluginError, RecipeError
-from reasondistill.plugins.annotation.selectors import RandomSelector, UncertaintyOptions, UncertaintySelector, uncertainty
+from reasondistill.plugins.annotation.selectors import (RandomSelector, UncertaintyOptions, UncertaintySelector, in_turns,
+                                                        uncertainty)
 
 DISTILL = {"loss": "ce", "max_steps": 20, "batch_size": 16, "learning_rate": 0.001, "student_options": {"max_length": 48}}
 
@@ -34,6 +35,21 @@ def test_the_diversity_guard_caps_a_query_and_fills_the_budget_when_it_must():
     # only query a left: the guard cannot hold, and the budget is still spent on the least sure
     filled = UncertaintySelector().select(rows[:5], probs[:5], 4, 0, UncertaintyOptions(max_per_query=1))
     assert len(set(filled)) == 4
+
+
+def test_spreading_over_predicted_labels_gives_a_rare_class_its_turns():
+    # rows 0-5 are predicted 0 and less sure than anything predicted 2 (rows 6-8, least sure 8 then 7)
+    probs = np.array([[0.4, 0.35, 0.25]] * 6 + [[0.1, 0.3, 0.6], [0.1, 0.35, 0.55], [0.1, 0.4, 0.5]])
+    rows = [{"query": f"q{i}"} for i in range(9)]
+    plain = UncertaintySelector().select(rows, probs, 4, 0, UncertaintyOptions())
+    assert set(plain) <= set(range(6))  # plain uncertainty spends the budget on the common class
+    spread = UncertaintySelector().select(rows, probs, 4, 0, UncertaintyOptions(spread_over_predicted=True))
+    assert [int(probs[i].argmax()) for i in spread] == [0, 2, 0, 2] and spread[1:4:2] == [8, 7]
+    assert set(spread[::2]) <= set(plain)  # within a label, least sure first
+    # label 2 runs out after three turns: label 0 takes the rest of the budget
+    more = UncertaintySelector().select(rows, probs, 8, 0, UncertaintyOptions(spread_over_predicted=True))
+    assert [int(probs[i].argmax()) for i in more] == [0, 2, 0, 2, 0, 2, 0, 0]
+    assert in_turns([np.array([5, 6]), np.array([1]), np.array([9, 8, 7])]).tolist() == [5, 1, 9, 6, 8, 7]
 
 
 def test_random_selection_is_seeded_distinct_and_never_over_budget():

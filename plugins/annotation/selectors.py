@@ -2,7 +2,8 @@
 
 ``uncertainty`` ranks rows by how unsure the current student is (margin between its two most
 likely labels, entropy, or one minus its top probability) and caps the rows per query, so one
-query with many near-duplicate items cannot take the round's budget; ``random`` is the baseline
+query with many near-duplicate items cannot take the round's budget; optionally it takes the labels
+the student predicts in turn, so a rare class gets its share; ``random`` is the baseline
 at the same budget. Ties are broken by a seeded permutation, so a round is reproducible.
 """
 
@@ -25,6 +26,10 @@ class UncertaintyOptions(Options):
         2, ge=1, description="the diversity guard: at most this many rows of one query per round (rows past it "
         "are taken only when the pool has too few other queries to fill the budget); null = no cap")
     query_column: str = Field("query", description="the column whose value counts as one query for the guard")
+    spread_over_predicted: bool = Field(
+        False, description="take the least sure rows of each label the student predicts in turn, so a class the "
+        "pool rarely shows gets its share of the budget (macro-F1 is decided by that class); a label that runs "
+        "out of rows leaves its turns to the others")
 
 
 def uncertainty(probabilities: np.ndarray, measure: str) -> np.ndarray:
@@ -38,6 +43,12 @@ def uncertainty(probabilities: np.ndarray, measure: str) -> np.ndarray:
     return -(top2[:, 1] - top2[:, 0])
 
 
+def in_turns(queues: list[np.ndarray]) -> np.ndarray:
+    """The first of each queue, then the second of each, ...; a queue that runs out drops out."""
+    ranked = [(rank, q, int(i)) for q, queue in enumerate(queues) for rank, i in enumerate(queue)]
+    return np.array([i for _, _, i in sorted(ranked)], dtype=np.int64)
+
+
 class UncertaintySelector(Selector):
     name = "uncertainty"
     description = "The rows the student is least sure of (margin, entropy or top probability), capped per query."
@@ -48,6 +59,9 @@ class UncertaintySelector(Selector):
         score = uncertainty(probabilities, options.measure)
         tiebreak = np.random.default_rng(seed).permutation(len(rows))
         order = np.lexsort((tiebreak, -score))  # least sure first; equal scores in seeded order
+        if options.spread_over_predicted:
+            predicted = np.asarray(probabilities).argmax(-1)[order]
+            order = in_turns([order[predicted == label] for label in np.unique(predicted)])
         want = min(k, len(rows))
         if options.max_per_query is None:
             return [int(i) for i in order[:want]]
