@@ -57,20 +57,29 @@ def rd_engine(rd_hooks, tmp_path):
     return Engine(rd_hooks, runs_dir=tmp_path / "runs")
 
 
-def _built(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
-    """``build`` into a fresh session folder, or once into ``REASONDISTILL_FIXTURE_CACHE``."""
-    import os
-
-    cache = os.environ.get("REASONDISTILL_FIXTURE_CACHE")
-    if not cache:
-        return build(tmp_path_factory.mktemp(name))
+def fixture_cache_path(name: str) -> Path | None:
+    """Where fixture ``name`` is kept in ``REASONDISTILL_FIXTURE_CACHE``, keyed by the builders' source
+    and transformers' version (a change to either builds it again); None without that variable."""
     import hashlib
-    import shutil
+    import os
 
     import transformers
 
+    cache = os.environ.get("REASONDISTILL_FIXTURE_CACHE")
+    if not cache:
+        return None
     key = hashlib.sha256((Path(tiny.__file__).read_text() + transformers.__version__).encode()).hexdigest()[:12]
-    final = Path(cache) / f"{name}-{key}"
+    return Path(cache) / f"{name}-{key}"
+
+
+def _built(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build`` into a fresh session folder, or once into ``REASONDISTILL_FIXTURE_CACHE``."""
+    import os
+    import shutil
+
+    final = fixture_cache_path(name)
+    if final is None:
+        return build(tmp_path_factory.mktemp(name))
     if not final.exists():
         scratch = build(tmp_path_factory.mktemp(name))
         staged = final.with_name(final.name + f".{os.getpid()}.tmp")

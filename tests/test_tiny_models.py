@@ -178,3 +178,24 @@ def test_the_tiny_teacher_is_trained_on_its_answers_only(tiny_teacher):
     assert len(ids) == len(labels) and labels[:masked] == [-100] * masked
     assert labels[masked:] == ids[masked:] and tok.decode(ids[masked:]) == answer + tok.eos_token
     assert tok.decode(ids[:masked]) == prompt
+
+
+def test_a_fixture_another_session_cached_first_is_the_one_used(tmp_path, tmp_path_factory, monkeypatch):
+    """Two pytest sessions (or xdist workers) building one fixture: the second to finish keeps the
+    first one's folder, removes its own copy, and fails nothing."""
+    from reasondistill.testing import _built, fixture_cache_path
+
+    monkeypatch.delenv("REASONDISTILL_FIXTURE_CACHE", raising=False)
+    assert fixture_cache_path("tiny-x") is None
+    monkeypatch.setenv("REASONDISTILL_FIXTURE_CACHE", str(tmp_path / "cache"))
+    final = fixture_cache_path("tiny-x")
+    assert final.parent == tmp_path / "cache" and final.name.startswith("tiny-x-") and len(final.name) == 19
+
+    def build(out):  # while this session builds, another one finishes the same fixture
+        (final / "theirs").mkdir(parents=True)
+        (out / "mine").write_text("1")
+        return out
+
+    assert _built(tmp_path_factory, "tiny-x", build) == final
+    assert [p.name for p in final.iterdir()] == ["theirs"] and [p.name for p in final.parent.iterdir()] == [final.name]
+    assert _built(tmp_path_factory, "tiny-x", lambda out: 1 / 0) == final  # cached: not built again
