@@ -23,10 +23,11 @@ def options_view(options: BaseModel) -> dict[str, Any]:
 
     A field declared with ``json_schema_extra={"hash": False}`` is left out. One declared
     ``{"hash": "unless_default"}`` (an option added after stages were cached) is left out while it
-    has its default, so adding it does not rerun every stage computed before it existed. A field
-    declared as an option model is viewed the same way; another component's options
-    (``NestedOptions``) and a backend spec are kept whole, as written (:func:`stage_options_view`
-    views a nested backend spec through its backend).
+    has its default, so adding it does not rerun every stage computed before it existed. An option
+    model inside (a typed field, or a component's options typed by the stage: ``student_options``
+    as the student's ``Options``) is viewed the same way, so a student option added later reruns
+    nothing either; options still a dict and a backend spec are kept whole, as written
+    (:func:`stage_options_view` views a nested backend spec through its backend).
     """
     dumped = options.model_dump(mode="json")
     out: dict[str, Any] = {}
@@ -36,9 +37,8 @@ def options_view(options: BaseModel) -> dict[str, Any]:
         if rule is False or (rule == "unless_default" and getattr(options, name) == info.get_default(call_default_factory=True)):
             continue
         value = getattr(options, name)
-        declared = info.annotation if isinstance(info.annotation, type) else None
-        nested = declared is not None and issubclass(declared, BaseModel) and not issubclass(declared, BackendSpec)
-        out[name] = options_view(value) if nested and isinstance(value, BaseModel) else dumped[name]
+        nested = isinstance(value, BaseModel) and not isinstance(value, BackendSpec)
+        out[name] = options_view(value) if nested else dumped[name]
     return out
 
 

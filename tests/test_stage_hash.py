@@ -77,10 +77,13 @@ class Outer(Options):
     after: int = Field(2, description="a field after the nested ones")
 
 
-def test_options_view_skips_transport_and_unset_later_fields_and_keeps_other_components_whole():
+def test_options_view_skips_transport_and_unset_later_fields_and_keeps_other_components_as_written():
     view = options_view(Outer(inner=Inner(url="http://b", later=0), other=Inner(url="http://c")))
     assert view["inner"] == {"k": 1}, "a declared option model is viewed field by field"
-    assert view["other"] == {"url": "http://c", "k": 1, "later": 0, "seen": []}, "another component's: whole"
+    # another component's options, typed by the stage (a student's, a selector's): by their own rules,
+    # so a student option added later (hash: unless_default) reruns no cached distill stage
+    assert view["other"] == {"k": 1}
+    assert options_view(Outer(other={"url": "http://c", "k": 1}))["other"] == {"url": "http://c", "k": 1}, "a dict: as written"
     assert view["after"] == 2, "fields after a skipped one are still viewed"
     assert options_view(Inner(later=3, seen=[1]))["later"] == 3 and options_view(Inner(seen=[1]))["seen"] == [1]
 
@@ -116,7 +119,19 @@ def test_the_options_outside_the_hash_are_the_documented_ones():
         f"OpenAIBackendOptions.{opt}" for opt in ("api_key_env", "backoff", "base_url", "breaker_failures", "concurrency",
                                                   "cost_per_1m_tokens", "endpoints", "max_backoff", "max_response_bytes",
                                                   "probe_interval", "retries", "timeout", "tokenizer")}
-    assert rules["unless_default"] == {"PairsOptions.encoding", "PairsOptions.label_map"} | {
+    assert rules["unless_default"] == {"PairsOptions.encoding", "PairsOptions.label_map", "EncoderOptions.added_token_init",
+                                       "UncertaintyOptions.spread_over_predicted"} | {
         f"{cls}.{opt}" for cls in ("DaptOptions", "PreferenceOptions", "SFTOptions", "TeacherTrainOptions")
         for opt in ("answer_head_only", "group_by_length")}
     assert set(rules) == {"False", "unless_default"}
+
+
+def test_a_student_option_added_later_reruns_only_where_it_is_set(rd_hooks):
+    """``added_token_init`` came after users had cached distill stages: at its default the pinned
+    hashes hold (above); set, it reruns the distill stage."""
+    moved = PINNED.model_copy(deep=True)
+    moved.stages[2].options["student_options"]["added_token_init"] = "distinct"
+    hashes = _hashes(moved, rd_hooks.catalogue)
+    assert hashes["distill"] != PINNED_HASHES["distill"] and hashes["annotate"] == PINNED_HASHES["annotate"]
+    moved.stages[2].options["student_options"]["added_token_init"] = "mean"  # written out, at its default
+    assert _hashes(moved, rd_hooks.catalogue) == PINNED_HASHES

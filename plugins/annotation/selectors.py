@@ -29,7 +29,7 @@ class UncertaintyOptions(Options):
     spread_over_predicted: bool = Field(
         False, description="take the least sure rows of each label the student predicts in turn, so a class the "
         "pool rarely shows gets its share of the budget (macro-F1 is decided by that class); a label that runs "
-        "out of rows leaves its turns to the others")
+        "out of rows leaves its turns to the others", json_schema_extra={"hash": "unless_default"})
 
 
 def uncertainty(probabilities: np.ndarray, measure: str) -> np.ndarray:

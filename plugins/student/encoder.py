@@ -37,7 +37,8 @@ class EncoderOptions(Options):
     added_token_init: Literal["mean", "distinct"] = Field(
         "mean", description="embeddings of the added characters: 'mean' (transformers' resize: each starts at the "
                             "vocabulary's mean, so all are nearly equal), 'distinct' (each drawn at the spread of the "
-                            "existing embeddings, so equal characters in query and item match from the first step)")
+                            "existing embeddings, so equal characters in query and item match from the first step)",
+        json_schema_extra={"hash": "unless_default"})
     reasoning_layout: Literal["separate", "shared"] = Field(
         "separate", description="'separate': two passes, (query, item) and (query, item, reasoning); 'shared': "
                                 "one pass in which the (query, item) tokens are encoded once for both views")
