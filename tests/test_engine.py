@@ -156,7 +156,8 @@ def test_an_option_added_later_leaves_hashes_alone_at_its_default():
 def test_nested_component_options_are_typed_and_hash_and_dump_as_their_mapping(rd_hooks):
     """A stage's validated options carry the student's and the loss's own Options models (typed from
     the recipe to the component); the manifest and the stage hash still see the mapping, so caches
-    made when they were plain dicts stay valid."""
+    made when they were plain dicts stay valid. A student option added since (``added_token_init``,
+    ``hash: unless_default``) was in no such mapping, and at its default it stays out of the hash."""
     from reasondistill.stage_hash import options_view, stage_options_view
 
     catalogue = rd_hooks.catalogue
@@ -167,6 +168,7 @@ def test_nested_component_options_are_typed_and_hash_and_dump_as_their_mapping(r
     assert typed.student_options.max_length == 64 and typed.loss_options.temperature == 3.0
     dumped = typed.model_dump(mode="json")
     assert dumped["student_options"] == typed.student_options.model_dump(mode="json")
+    assert dumped["student_options"].pop("added_token_init") == "mean"  # not in a mapping written before it
     as_mappings = typed.model_copy(update={"student_options": dumped["student_options"],
                                            "loss_options": dumped["loss_options"]})
     assert options_view(typed) == options_view(as_mappings)
