@@ -52,7 +52,7 @@ def payoff_recipe(data: str, seed: int, args):
     base = {k: ref[k] for k in ("loss", "epochs", "batch_size", "learning_rate", "student_options") if k in ref}
     base.update({k: v for k, v in (("epochs", args.epochs), ("learning_rate", args.learning_rate)) if v is not None})
     if args.student_option:
-        base["student_options"] = {**base.get("student_options", {}), **student_options(args.student_option)}
+        base["student_options"] = {**base.get("student_options", {}), **key_values(args.student_option)}
     gold_ce = {**base, "train_input": "pairs"}
     gold = by_name["gold"]
     if args.gold is not None:
@@ -85,7 +85,7 @@ def payoff_recipe(data: str, seed: int, args):
             stages.append(step("active", name=f"active_{selector}_{annotator}", inputs={"dev": "gold"}, input="pool.pairs",
                                labeled="gold.pairs", start_student="student_gold_ce_balanced.student", rounds=2,
                                per_round=args.budget, selector=selector, annotator=annotator, annotator_options=a_opts,
-                               selector_options=student_options(args.selector_option) if selector == "uncertainty" else {},
+                               selector_options=key_values(args.selector_option) if selector == "uncertainty" else {},
                                distill=winning, shard_size=min(args.budget, 128), on_low_parse="warn"))
     if args.teacher:  # the gated student learns from the teacher's annotations of its uncertain rows
         stages.append(step("gate", reference="student_gold_ce.student", on_fail="gold_only"))
@@ -100,13 +100,13 @@ def run_name(data: str, seed: int, args) -> str:
     """``payoff-<data>-s<seed>``, plus the students' settings where they differ from the study recipe's, so
     a trial of other settings never replaces the default runs."""
     tag = "".join(f"-{k}{v:g}" for k, v in (("e", args.epochs), ("lr", args.learning_rate), ("g", args.gold)) if v is not None)
-    tag += "".join(f"-{k}-{v}" for k, v in student_options(args.student_option).items())
-    tag += "".join(f"-sel-{k}-{v}" for k, v in student_options(args.selector_option).items())
+    tag += "".join(f"-{k}-{v}" for k, v in key_values(args.student_option).items())
+    tag += "".join(f"-sel-{k}-{v}" for k, v in key_values(args.selector_option).items())
     # one student fewer changes the chain of stage hashes: the balanced one would be trained again
     return f"payoff-{data}-s{seed}{tag}" + ("" if args.students == "both" else f"-{args.students}")
 
 
-def student_options(pairs: list[str] | None) -> dict:
+def key_values(pairs: list[str] | None) -> dict:
     """``--student-option`` / ``--selector-option key=value`` (repeatable; the value read as JSON where it parses)."""
     import json
 

@@ -8,8 +8,9 @@ config and tensor factory takes its device and dtype from there. The rule for ``
 - dtype: on a GPU, ``bfloat16`` where the GPU supports it, else ``float32``. On a CPU, ``float32``.
   A matmul probe (one 384 x 384 matmul, the best of 5 timings) measures bf16 against fp32 on this
   CPU (AVX-512 bf16 / AMX ran bf16 3x faster on one CPU seen here; another ran it 200x slower) and
-  the manifest records it; ``dtype: bfloat16`` opts in. Choosing bf16 on a CPU automatically needs a label-agreement check in the stage that
-  switches, which is not built yet (``benchmarks/precision.py`` measures speed and agreement).
+  the manifest records it; ``dtype: bfloat16`` opts in. Choosing bf16 on a CPU automatically needs
+  a label-agreement check in the stage that switches, which is not built yet
+  (``benchmarks/precision.py`` measures speed and agreement).
 - ``dtype: fastest`` chooses by measurement instead: bf16 on a GPU that supports it, and on a CPU
   whose bf16 matmul probe beats fp32 by :data:`CPU_BF16_MIN_SPEEDUP` (training under bf16 autocast
   with fp32 master weights, inference in bf16), else fp32. On the 2-core EPYC here the probe read
@@ -169,11 +170,7 @@ def resolve_runtime(spec: RuntimeSpec | None = None, processes: int = 1, local_r
     device = _device(spec.device, local_rank, reasons)
     cuda = device.startswith("cuda")
     dtype = _dtype(spec.dtype, cuda, reasons)
-    match spec.attn_implementation:
-        case "auto":
-            attn = None
-        case named:
-            attn = named
+    attn = None if spec.attn_implementation == "auto" else spec.attn_implementation
     return Runtime(device=device, dtype=dtype, inference_dtype=dtype, attn_implementation=attn,
                    threads=_threads(spec.threads, processes, cuda), reason="; ".join(reasons))
 
@@ -211,11 +208,10 @@ def _dtype(asked: str, cuda: bool, reasons: list[str]) -> str:
         return dtype
     speedup = cpu_bf16_speedup()
     faster = speedup >= CPU_BF16_MIN_SPEEDUP
-    match asked:
-        case "fastest":
-            dtype, hint = ("bfloat16" if faster else "float32"), ""
-        case _:
-            dtype, hint = "float32", "; runtime.dtype: fastest would use it" if faster else ""
+    if asked == "fastest":
+        dtype, hint = ("bfloat16" if faster else "float32"), ""
+    else:
+        dtype, hint = "float32", "; runtime.dtype: fastest would use it" if faster else ""
     reasons.append(f"dtype {asked} -> {dtype} on the CPU (bf16 matmul {speedup:.1f}x fp32 here, "
                    f"{CPU_BF16_MIN_SPEEDUP}x needed{hint})")
     return dtype
@@ -224,12 +220,11 @@ def _dtype(asked: str, cuda: bool, reasons: list[str]) -> str:
 def _threads(asked: int | str, processes: int, cuda: bool) -> int | None:
     """``auto``: torch's own default for one process or on a GPU; with N CPU processes, cores / N
     each (at least 1; an unknown core count gives 1)."""
-    match asked:
-        case "auto":
-            if processes > 1 and not cuda:
-                return max(1, (os.cpu_count() or processes) // processes)
-            return None
-    return int(asked)
+    if asked != "auto":
+        return int(asked)
+    if processes > 1 and not cuda:
+        return max(1, (os.cpu_count() or processes) // processes)
+    return None
 
 
 _CURRENT: Runtime | None = None
